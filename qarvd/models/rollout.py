@@ -1,0 +1,143 @@
+"""Chunk-wise autoregressive rollout with self-forcing / causal-forcing inference semantics.
+
+Per chunk: for each timestep of the (warped) denoising list the model predicts the flow of the noisy chunk,
+``x0 = x_t - sigma_t * v`` (float64); unless it is the last step, ``x0`` is re-noised to the next timestep with
+fresh noise. Then the model runs once more on the clean ``x0`` at ``t = 0`` to write the chunk's clean K/V into
+the cache (the refresh pass). Every forward is published through :func:`qarvd.models.context.forward_context`.
+
+Noise comes from one CPU generator per sample, seeded by that sample's seed, so an FP rollout and a quantized
+rollout of the same prompt see identical noise whatever else draws random numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from qarvd.models.context import ForwardInfo, forward_context
+from qarvd.models.wan import CausalWanModel
+
+
+class FlowMatchSchedule:
+    """Flow-matching schedule of Wan / self-forcing: sigma = shift*s / (1 + (shift-1)*s), s = linspace(1, 0, T+1)[:-1]."""
+
+    def __init__(self, shift: float = 5.0, num_train_timesteps: int = 1000) -> None:
+        s = torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float64)[:-1]
+        self.num_train_timesteps = num_train_timesteps
+        self.sigmas = shift * s / (1 + (shift - 1) * s)
+        self.timesteps = self.sigmas * num_train_timesteps
+
+    def warp(self, steps: Sequence[float]) -> list[float]:
+        """Map a denoising list on the 0..T grid (e.g. [1000, 750, 500, 250]) to the shifted timesteps."""
+        out = []
+        for t in steps:
+            idx = self.num_train_timesteps - int(round(float(t)))
+            if not 0 <= idx < self.num_train_timesteps:
+                raise ValueError(f"denoising step {t} is outside (0, {self.num_train_timesteps}]")
+            out.append(float(self.timesteps[idx]))
+        return out
+
+    def sigma(self, timestep: float) -> float:
+        if timestep <= 0:
+            return 0.0
+        return float(self.sigmas[torch.argmin((self.timesteps - timestep).abs())])
+
+
+@dataclass
+class RolloutConfig:
+    """How a video is generated; defaults are self-forcing chunk-wise (21 latent frames, 3 per chunk, 4 steps)."""
+
+    num_frames: int = 21
+    frames_per_chunk: int = 3
+    denoising_steps: list = field(default_factory=lambda: [1000, 750, 500, 250])
+    first_chunk_steps: Optional[list] = None  # causal-forcing 1-/2-step variants: a longer list for chunk 0
+    warp: bool = True
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    refresh_timestep: float = 0.0  # self-forcing's context_noise: timestep of the K/V refresh pass
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.frames_per_chunk < 1:
+            raise ValueError("num_frames and frames_per_chunk must be >= 1")
+        self.denoising_steps = list(self.denoising_steps)
+        if self.first_chunk_steps is not None:
+            self.first_chunk_steps = list(self.first_chunk_steps)
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_frames // self.frames_per_chunk)
+
+    def chunk_frames(self) -> list[tuple[int, int]]:
+        """(first latent frame, number of frames) of every chunk."""
+        return [(s, min(self.frames_per_chunk, self.num_frames - s)) for s in range(0, self.num_frames, self.frames_per_chunk)]
+
+    def timesteps(self, chunk: int) -> list[float]:
+        steps = self.first_chunk_steps if (chunk == 0 and self.first_chunk_steps) else self.denoising_steps
+        if not self.warp:
+            return [float(s) for s in steps]
+        return FlowMatchSchedule(self.shift, self.num_train_timesteps).warp(steps)
+
+    def forward_infos(self) -> list[ForwardInfo]:
+        """The sequence of forwards a rollout makes: every denoising step of every chunk, then its refresh."""
+        infos = []
+        for c in range(self.num_chunks):
+            ts = self.timesteps(c)
+            infos += [ForwardInfo(c, i, t, False, self.num_chunks) for i, t in enumerate(ts)]
+            infos.append(ForwardInfo(c, len(ts), float(self.refresh_timestep), True, self.num_chunks))
+        return infos
+
+
+def _randn(gens: list[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
+    return torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in gens])
+
+
+@torch.no_grad()
+def rollout(
+    model: CausalWanModel,
+    context: torch.Tensor,
+    seeds: Sequence[int],
+    latent_shape: Sequence[int],
+    cfg: RolloutConfig,
+    on_chunk: Optional[Callable[[int, torch.Tensor], None]] = None,
+) -> torch.Tensor:
+    """Generate latents [B, F, C, H, W] for text ``context`` [B, L, text_dim] with one seed per sample.
+
+    ``latent_shape`` is (C, H, W) of one latent frame. ``on_chunk(c, x0)`` is called after each chunk is final.
+    """
+    if len(seeds) != context.shape[0]:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {context.shape[0]} prompts")
+    c_, h_, w_ = latent_shape
+    device = next(model.parameters()).device
+    b = context.shape[0]
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    noise = _randn(gens, (cfg.num_frames, c_, h_, w_))  # self-forcing draws the whole video's noise first
+    sched = FlowMatchSchedule(cfg.shift, cfg.num_train_timesteps)
+    cache = model.new_cache(b, cfg.num_frames, h_, w_)
+    out = torch.empty(b, cfg.num_frames, c_, h_, w_, dtype=torch.float32)
+    context = context.to(device)
+
+    def call(x: torch.Tensor, t: float, start: int) -> torch.Tensor:
+        tt = torch.full((b, x.shape[1]), float(t), device=device)
+        return model(x.transpose(1, 2).to(device), tt, context, cache=cache, frame_offset=start).transpose(1, 2)
+
+    for c, (start, n) in enumerate(cfg.chunk_frames()):
+        x = noise[:, start : start + n].to(device)
+        ts = cfg.timesteps(c)
+        x0 = x
+        for i, t in enumerate(ts):
+            with forward_context(ForwardInfo(c, i, t, False, cfg.num_chunks)):
+                v = call(x, t, start)
+            sigma = sched.sigma(t) if cfg.warp else t / cfg.num_train_timesteps
+            x0 = (x.double() - sigma * v.double()).float()
+            if i < len(ts) - 1:
+                t_next = ts[i + 1]
+                s_next = sched.sigma(t_next) if cfg.warp else t_next / cfg.num_train_timesteps
+                eps = _randn(gens, (n, c_, h_, w_)).to(device)
+                x = ((1 - s_next) * x0.double() + s_next * eps.double()).float()
+        with forward_context(ForwardInfo(c, len(ts), float(cfg.refresh_timestep), True, cfg.num_chunks)):
+            call(x0, cfg.refresh_timestep, start)
+        out[:, start : start + n] = x0.cpu()
+        if on_chunk is not None:
+            on_chunk(c, x0)
+    return out
