@@ -1,0 +1,1 @@
+"""Prompt sources and the procedural video dataset of the embedded model."""
