@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random CausalWan model and Hydra composition helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
+from qarvd.models.wan import CausalWanModel, WanConfig
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+TINY_ARCH = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4,
+                 in_dim=4, out_dim=4, patch_size=(1, 2, 2))
+
+
+@pytest.fixture
+def tiny_cfg() -> WanConfig:
+    return WanConfig(**TINY_ARCH)
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg) -> CausalWanModel:
+    torch.manual_seed(0)
+    return CausalWanModel(tiny_cfg).eval()
+
+
+def compose(overrides=(), config_name: str = "config"):
+    """Compose conf/<config_name>.yaml with overrides (no Hydra run dir is created)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
