@@ -1,0 +1,53 @@
+"""Reference-based metrics over paired FP / quantized video folders, reading every file once.
+
+Pairs are matched by file name (:func:`eval.video_io.pair_videos`). Per-frame metrics (LPIPS, PSNR, SSIM) are
+averaged over frames, then over videos; FVD-FP is the Fréchet distance between the backbone features of all FP
+videos and all quantized videos. Per-video values are returned too, so a dashboard can show the worst prompts.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Mapping, Optional
+
+import torch
+from tqdm import tqdm
+
+from eval.fvd import VideoFeatureBackbone, fvd_from_features
+from eval.video_io import pair_videos, read_video
+
+FrameMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (fp [T,3,H,W], quant) -> per-frame [T]
+
+
+def evaluate_pairs(
+    fp_dir: str | os.PathLike,
+    quant_dir: str | os.PathLike,
+    frame_metrics: Mapping[str, FrameMetric],
+    backbone: Optional[VideoFeatureBackbone] = None,
+    fvd_key: str = "fvd_fp",
+    progress: bool = True,
+) -> dict:
+    """``{"metrics": {name: mean}, "per_video": {file: {name: value}}, "num_videos": N}``.
+
+    ``frame_metrics`` maps a result name (e.g. ``lpips_fp``) to a per-frame metric; ``backbone`` adds FVD-FP.
+    """
+    pairs = pair_videos(fp_dir, quant_dir)
+    per_video: dict[str, dict[str, float]] = {}
+    feats_fp, feats_q = [], []
+    for name, fp_path, q_path in tqdm(pairs, desc="reference metrics", disable=not progress):
+        fp, q = read_video(fp_path), read_video(q_path)
+        if fp.shape != q.shape:
+            raise ValueError(f"'{name}': FP video {tuple(fp.shape)} and quantized video {tuple(q.shape)} differ in shape")
+        per_video[name] = {key: float(fn(fp, q).mean()) for key, fn in frame_metrics.items()}
+        if backbone is not None:
+            f = backbone.features(torch.stack([fp, q]))
+            feats_fp.append(f[0])
+            feats_q.append(f[1])
+    metrics = {key: _mean([v[key] for v in per_video.values()]) for key in frame_metrics}
+    if backbone is not None:
+        metrics[fvd_key] = fvd_from_features(torch.stack(feats_fp), torch.stack(feats_q))
+    return {"metrics": metrics, "per_video": per_video, "num_videos": len(pairs)}
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)

@@ -1,0 +1,125 @@
+"""Video files: mp4 through PyAV (FFmpeg), PNG frame strips, and FP/quantized folder pairing.
+
+Reference-based metrics are computed from the files on disk, so the encoding must not hide the quantization error:
+the default is x264 at crf 0 without chroma subsampling (yuv444p), which reads back within one or two 8-bit levels.
+One encoder thread by default: x264's output depends on its thread count, and sharded generation must write
+byte-identical files whatever the machine. Every file is written to a temporary name and renamed into place, so a
+killed job never leaves a truncated video that a resumed job would mistake for a finished one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from qarvd.utils.io import atomic_write
+
+VIDEO_SUFFIX = ".mp4"
+
+
+@dataclass(frozen=True)
+class VideoEncoding:
+    """How mp4 files are encoded (``eval.video`` in the config)."""
+
+    fps: float = 16  # frames per second
+    codec: str = "libx264"  # FFmpeg encoder
+    crf: int = 0  # x264 constant rate factor; 0 = lossless in YUV
+    pix_fmt: str = "yuv444p"  # yuv420p plays in browsers but halves chroma resolution (and needs even sizes)
+    threads: int = 1  # encoder threads; 1 keeps the bytes independent of the machine
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"eval.video.fps must be > 0, got {self.fps}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"eval.video.crf must be in [0, 51], got {self.crf}")
+        if self.codec not in av.codecs_available:
+            raise ValueError(f"eval.video.codec '{self.codec}' is not available in this FFmpeg build")
+        if self.threads < 0:
+            raise ValueError(f"eval.video.threads must be >= 0 (0 = auto), got {self.threads}")
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[T, 3, H, W] float in [-1, 1] -> [T, H, W, 3] uint8 (rounded, clamped)."""
+    if video.ndim != 4 or video.shape[1] != 3:
+        raise ValueError(f"expected a video [T, 3, H, W], got shape {tuple(video.shape)}")
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding = VideoEncoding()) -> Path:
+    """Encode ``video`` [T, 3, H, W] in [-1, 1] to an mp4 at ``path`` atomically."""
+    frames = to_uint8(video)
+    _, h, w, _ = frames.shape
+    if enc.pix_fmt.endswith("420p") and (h % 2 or w % 2):
+        raise ValueError(f"pix_fmt {enc.pix_fmt} needs even frame sizes, got {h}x{w}; use yuv444p")
+
+    def _write(tmp: str) -> None:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream(enc.codec, rate=Fraction(enc.fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = w, h, enc.pix_fmt
+            stream.thread_count = enc.threads
+            stream.options = {"crf": str(enc.crf)} if "264" in enc.codec or "265" in enc.codec else {}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+
+    return atomic_write(path, _write)
+
+
+def read_video(path: str | os.PathLike) -> torch.Tensor:
+    """All frames of a video file as float [T, 3, H, W] in [-1, 1]."""
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"video '{path}' has no frames")
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1
+
+
+def write_frame_strip(path: str | os.PathLike, video: torch.Tensor, num_frames: int = 8) -> Path:
+    """A PNG of ``num_frames`` evenly spaced frames side by side (first and last included)."""
+    frames = to_uint8(video)
+    idx = np.linspace(0, len(frames) - 1, num=min(max(num_frames, 1), len(frames))).round().astype(int)
+    strip = np.concatenate([frames[i] for i in idx], axis=1)
+    return atomic_write(path, lambda tmp: Image.fromarray(strip).save(tmp, format="PNG"))
+
+
+class UnpairedVideosError(ValueError):
+    """The FP and quantized folders do not hold the same file names."""
+
+
+def list_videos(folder: str | os.PathLike) -> dict[str, Path]:
+    """File name -> path of every video in ``folder`` (temporary files of unfinished writes are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"video folder '{folder}' does not exist")
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix == VIDEO_SUFFIX and not p.name.startswith(".")}
+
+
+def pair_videos(fp_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """(name, fp path, quant path) for every file name present in both folders, sorted by name.
+
+    Raises :class:`UnpairedVideosError` listing the names found on one side only: FVD-FP and LPIPS-FP are only
+    meaningful when every quantized video has the FP video of the same prompt and seed.
+    """
+    fp, q = list_videos(fp_dir), list_videos(quant_dir)
+    only_fp, only_q = sorted(set(fp) - set(q)), sorted(set(q) - set(fp))
+    if only_fp or only_q:
+        raise UnpairedVideosError(
+            f"FP folder '{fp_dir}' and quantized folder '{quant_dir}' do not pair up by file name: "
+            f"{_names('only in FP', only_fp)}; {_names('only in quantized', only_q)}"
+        )
+    if not fp:
+        raise UnpairedVideosError(f"no {VIDEO_SUFFIX} files in '{fp_dir}' and '{quant_dir}'")
+    return [(name, fp[name], q[name]) for name in sorted(fp)]
+
+
+def _names(label: str, names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    return f"{label} ({len(names)}): {shown or '-'}"
