@@ -1,0 +1,80 @@
+"""Hydra callbacks that place sweep jobs on GPUs (used by ``conf/hydra/launcher/*.yaml``).
+
+- :class:`OneGPUPerJob` (joblib launcher): every job leases one GPU of the machine for its whole run through an
+  exclusive file lock in the sweep folder and makes it the current CUDA device. A lease, not ``job.num % n``,
+  because joblib hands jobs to whichever worker is free: two jobs with the same residue can run at the same time.
+- :class:`SubmititTorchDistributed` (submitit launchers): inside a submitit task, exports RANK / WORLD_SIZE /
+  LOCAL_RANK / MASTER_ADDR / MASTER_PORT, so the same RANK/WORLD_SIZE sharding that serves ``torchrun`` splits a
+  job's prompts over ``tasks_per_node x nodes`` SLURM tasks.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def lease_gpu(lock_dir: str | os.PathLike, num_gpus: int, poll_s: float = 1.0, timeout_s: Optional[float] = None):
+    """Index of a GPU no other process holds, and the open lock file that holds it (close it to release).
+
+    Waits (polling) while all ``num_gpus`` are leased; raises TimeoutError after ``timeout_s``.
+    """
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    while True:
+        for i in range(num_gpus):
+            f = open(lock_dir / f"gpu{i}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            return i, f
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"all {num_gpus} GPUs stayed leased for {timeout_s} s (locks in {lock_dir})")
+        time.sleep(poll_s)
+
+
+class OneGPUPerJob(Callback):
+    """Lease one GPU per job for its duration and make it the current device (``device=cuda`` then means it)."""
+
+    def __init__(self, lock_dir: Optional[str] = None) -> None:
+        self.lock_dir = lock_dir
+        self._lock = None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            return  # CPU-only machine: nothing to place
+        lock_dir = self.lock_dir or os.path.join(config.hydra.sweep.dir, ".gpu_leases")
+        index, self._lock = lease_gpu(lock_dir, n)
+        torch.cuda.set_device(index)
+        os.environ["QARVD_GPU_INDEX"] = str(index)  # visible in the job's logs / subprocesses
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+class SubmititTorchDistributed(Callback):
+    """Inside a submitit job, export the torch.distributed env variables of this task (no-op elsewhere)."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):
+            return
+        from submitit.helpers import TorchDistributedEnvironment
+
+        import torch
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=torch.cuda.is_available())
