@@ -55,7 +55,7 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
             data = json.loads(f.read_text(encoding="utf-8"))
             for r in data if isinstance(data, list) else [data]:
                 _check(r, f)
-                records.append(r)
+                records.append({**r, "_source": str(f)})
     return records
 
 

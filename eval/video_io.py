@@ -1,4 +1,4 @@
-"""Video files: mp4 through PyAV (FFmpeg), PNG frame strips, and FP/quantized folder pairing.
+"""Video files: mp4 through PyAV (FFmpeg), and FP/quantized folder pairing by file name.
 
 Reference-based metrics are computed from the files on disk, so the encoding must not hide the quantization error:
 the default is x264 at crf 0 without chroma subsampling (yuv444p), which reads back within one or two 8-bit levels.
@@ -16,8 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from PIL import Image
 
+from qarvd.data.strip import to_uint8
 from qarvd.utils.io import atomic_write
 
 VIDEO_SUFFIX = ".mp4"
@@ -44,16 +44,10 @@ class VideoEncoding:
             raise ValueError(f"eval.video.threads must be >= 0 (0 = auto), got {self.threads}")
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """[T, 3, H, W] float in [-1, 1] -> [T, H, W, 3] uint8 (rounded, clamped)."""
-    if video.ndim != 4 or video.shape[1] != 3:
-        raise ValueError(f"expected a video [T, 3, H, W], got shape {tuple(video.shape)}")
-    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
 def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding = VideoEncoding()) -> Path:
     """Encode ``video`` [T, 3, H, W] in [-1, 1] to an mp4 at ``path`` atomically."""
+    if video.ndim != 4 or video.shape[1] != 3:
+        raise ValueError(f"expected a video [T, 3, H, W], got shape {tuple(video.shape)}")
     frames = to_uint8(video)
     _, h, w, _ = frames.shape
     if enc.pix_fmt.endswith("420p") and (h % 2 or w % 2):
@@ -80,14 +74,6 @@ def read_video(path: str | os.PathLike) -> torch.Tensor:
         raise ValueError(f"video '{path}' has no frames")
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1
-
-
-def write_frame_strip(path: str | os.PathLike, video: torch.Tensor, num_frames: int = 8) -> Path:
-    """A PNG of ``num_frames`` evenly spaced frames side by side (first and last included)."""
-    frames = to_uint8(video)
-    idx = np.linspace(0, len(frames) - 1, num=min(max(num_frames, 1), len(frames))).round().astype(int)
-    strip = np.concatenate([frames[i] for i in idx], axis=1)
-    return atomic_write(path, lambda tmp: Image.fromarray(strip).save(tmp, format="PNG"))
 
 
 class UnpairedVideosError(ValueError):

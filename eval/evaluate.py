@@ -1,0 +1,148 @@
+"""One evaluation job: paired videos -> reference metrics (+ VBench) -> ``results.json`` -> logger.
+
+Metrics that cannot be computed because an optional weight file is missing (LPIPS without the AlexNet backbone
+under ``eval.lpips.required=false``) are recorded under ``unavailable`` with the error message, so a table shows
+"n/a" and why instead of silently dropping the column; a required one stops the run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from eval.generate import StripSpec, generate_pair, video_jobs
+from eval.lpips_fp import LPIPSMetric, build_lpips, psnr_frames, ssim_frames
+from eval.reference import evaluate_pairs
+from eval.results import RESULTS_FILE
+from eval.vbench import run_vbench
+from eval.video_io import VideoEncoding, read_video, write_video
+from qarvd.utils.errors import MissingWeightsError
+from qarvd.utils.io import atomic_write_json
+
+
+def encoding(cfg: DictConfig) -> VideoEncoding:
+    return VideoEncoding(**OmegaConf.to_container(cfg.eval.video, resolve=True))
+
+
+def jobs(cfg: DictConfig):
+    """The video jobs of ``cfg.eval`` (prompts, optional names, range, samples) with base seed ``cfg.seed``."""
+    e = cfg.eval
+    prompts = instantiate(e.prompts, _convert_="all")
+    names = instantiate(e.names, _convert_="all") if e.names is not None else None
+    return video_jobs(prompts, names, int(e.start), int(e.count), int(e.samples_per_prompt), int(cfg.seed))
+
+
+def generate(cfg: DictConfig, quantize: Optional[Callable[[object], None]] = None) -> dict:
+    """Build the model pipeline and write this process's share of the FP (and quantized) videos."""
+    from qarvd.models.pipeline import build_pipeline
+
+    e = cfg.eval
+    pipe = build_pipeline(cfg.model, device=cfg.device)
+    return generate_pair(pipe, jobs(cfg), e.video_dir, encoding(cfg), quantize, int(e.batch_size),
+                         StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), e.fp_dir)
+
+
+def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> tuple[dict, dict, dict]:
+    """(metrics, per-video values, unavailable reasons) for the enabled reference-based metrics."""
+    e = cfg.eval
+    frame_metrics, unavailable = {}, {}
+    if e.lpips.enabled:
+        try:
+            model = build_lpips(e.lpips.alexnet_path, bool(e.lpips.pnet_rand), e.lpips.device)
+            frame_metrics["lpips_fp"] = LPIPSMetric(model, int(e.lpips.frames_per_batch))
+        except MissingWeightsError as err:
+            if e.lpips.required:
+                raise
+            unavailable["lpips_fp"] = str(err)
+    if e.psnr:
+        frame_metrics["psnr_fp"] = psnr_frames
+    if e.ssim:
+        frame_metrics["ssim_fp"] = ssim_frames
+    backbone = instantiate(e.fvd.backbones[e.fvd.backbone]) if e.fvd.enabled else None
+    out = evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone)
+    return out["metrics"], out["per_video"], unavailable
+
+
+def vbench_metrics(cfg: DictConfig, videos_dir: str | os.PathLike, name: str) -> dict:
+    """VBench percentages plus ``vbench_avg``; results are cached next to the videos (``<dir>.vbench/``)."""
+    v = cfg.eval.vbench
+    scores = run_vbench(videos_dir, f"{Path(videos_dir)}.vbench", v.python, v.cache_dir, list(v.dimensions), name,
+                        v.device, v.timeout_s)
+    scores["vbench_avg"] = scores.pop("avg")
+    return scores
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """Model, method and bits names of this run: ``<group>.name`` if the config has it, else Hydra's choice."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return {key: OmegaConf.select(cfg, f"{key}.name") or choices.get(key) for key in ("model", "method", "bits")}
+
+
+def evaluate_run(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                 extra: Optional[dict] = None) -> dict:
+    """All enabled metrics for one FP/quantized pair of folders; writes ``<output_dir>/results.json``."""
+    e = cfg.eval
+    metrics, per_video, unavailable = reference_metrics(cfg, fp_dir, quant_dir)
+    record = {**run_identity(cfg), "tags": OmegaConf.to_container(e.tags, resolve=True), "metrics": metrics,
+              "fp_metrics": {}, "unavailable": unavailable, "num_videos": len(per_video),
+              "fvd_backbone": e.fvd.backbone if e.fvd.enabled else None, "per_video": per_video,
+              "dirs": {"fp": str(fp_dir), "quant": str(quant_dir)}, **(extra or {})}
+    if e.vbench.enabled:
+        metrics.update(vbench_metrics(cfg, quant_dir, "quant"))
+        if e.vbench.score_fp:
+            record["fp_metrics"] = vbench_metrics(cfg, fp_dir, "fp")
+    atomic_write_json(Path(output_dir) / RESULTS_FILE, record)
+    return record
+
+
+def log_record(logger, record: dict, fps: float, sample_videos: int, output_dir: str | os.PathLike) -> None:
+    """Mirror a result into the logger: metrics, the per-video table and a few FP|quantized side-by-side videos."""
+    logger.log_metrics(record["metrics"])
+    cols = sorted({k for v in record["per_video"].values() for k in v})
+    logger.log_table("per_video", ["video"] + cols, [[n] + [v.get(c) for c in cols] for n, v in record["per_video"].items()])
+    names = sorted(record["per_video"])[: max(sample_videos, 0)]
+    videos = {}
+    for i, name in enumerate(names):
+        fp, q = read_video(Path(record["dirs"]["fp"]) / name), read_video(Path(record["dirs"]["quant"]) / name)
+        path = Path(output_dir) / "samples" / f"{i:02d}.mp4"
+        write_video(path, torch.cat([fp, q], dim=-1), VideoEncoding(fps=fps))
+        videos[f"samples/{i:02d} FP | quantized"] = path
+    if videos:
+        logger.log_videos(videos, fps)
+
+
+def artifact_quantizer(path: str | os.PathLike) -> Callable[[object], None]:
+    """``quantize(pipe)`` that loads a saved quantized artifact (scripts/train_quant.py output) into the DiT.
+
+    The single place where evaluation reaches into the quantization core's artifact loader.
+    """
+    def apply(pipe) -> None:
+        from qarvd.quant.artifact import load_quantized  # the quant core's loader (issue 4)
+
+        load_quantized(pipe.model, path)
+
+    return apply
+
+
+def calibration_quantizer(cfg: DictConfig) -> Callable[[object], None]:
+    """``quantize(pipe)`` that calibrates the configured method x bits on the pipeline's own model, in place.
+
+    The single place where evaluation reaches into the calibration entry (scripts/train_quant.py's library call).
+    """
+    def apply(pipe) -> None:
+        from qarvd.methods import calibrate  # the method recipes' entry (issue 4)
+
+        calibrate(pipe, cfg)
+
+    return apply
+
+
+def quantizer(cfg: DictConfig) -> Callable[[object], None]:
+    """From ``eval.artifact`` when given, else by calibrating in-process (so a sweep job is self-contained)."""
+    return artifact_quantizer(cfg.eval.artifact) if cfg.eval.artifact else calibration_quantizer(cfg)

@@ -1,0 +1,187 @@
+"""Paired generation: FP and quantized videos of the same prompts and seeds, under identical file names.
+
+Every video is a :class:`VideoJob` with its own seed (``seed + prompt_index * samples + k``), so a video never
+depends on which process made it or what else ran before it. Jobs are cut into fixed batches of the global list
+and the batches are dealt round-robin to ``RANK`` of ``WORLD_SIZE`` (torchrun sets both): a batch holds the same
+prompts whatever the number of processes, so the files are byte-identical to a single-process run. A batch whose
+files all exist is skipped (resume); files are written atomically, the mp4 last, so its presence means "done".
+
+File names follow VBench's ``custom_input`` convention ``<prompt>-<k>.mp4`` (VBench reads the prompt back from the
+name); ``names`` (e.g. VBench's short prompts for the extended ones used for generation) can name the files, and a
+repeated name gets the next ``k``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from eval.video_io import VIDEO_SUFFIX, VideoEncoding, write_video
+from qarvd.data.prompts import select
+from qarvd.data.strip import save_png, strip_image
+
+MAX_NAME_BYTES = 230  # file names are limited to 255 bytes; room is left for "-<k>.mp4"
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    index: int  # position of the prompt in the full prompt list
+    sample: int  # k-th video of this prompt
+    prompt: str  # text given to the model
+    name: str  # file stem, unique within a set
+    seed: int  # rollout noise seed
+
+
+def file_stem(text: str) -> str:
+    """A file-system-safe stem: no path separators, at most MAX_NAME_BYTES bytes of UTF-8."""
+    stem = text.replace("/", "_").replace("\0", "_").strip() or "video"
+    return stem.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
+
+
+def video_jobs(
+    prompts: Sequence[str],
+    names: Optional[Sequence[str]] = None,
+    start: int = 0,
+    count: int = 0,
+    samples_per_prompt: int = 1,
+    seed: int = 0,
+) -> list[VideoJob]:
+    """The jobs for prompts ``[start, start + count)`` (count 0: to the end), ``samples_per_prompt`` each.
+
+    Names are numbered over the whole list, so a video's name does not depend on ``start`` or ``count``.
+    """
+    if names is not None and len(names) != len(prompts):
+        raise ValueError(f"eval.names has {len(names)} entries for {len(prompts)} prompts; they must align line by line")
+    if samples_per_prompt < 1:
+        raise ValueError(f"eval.samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    end = start + len(select(prompts, start, count))
+    seen: Counter = Counter()
+    jobs = []
+    for i in range(end):
+        stem = file_stem((names or prompts)[i])
+        for k in range(samples_per_prompt):
+            n = seen[stem]
+            seen[stem] += 1
+            if i >= start:
+                jobs.append(VideoJob(i, k, prompts[i], f"{stem}-{n}", seed + i * samples_per_prompt + k))
+    return jobs
+
+
+def dist_env() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) from the environment torchrun sets; (0, 1) for a plain run."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world
+
+
+def shard(jobs: Sequence[VideoJob], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[VideoJob]]:
+    """This rank's batches: fixed batches of the global job list, dealt round-robin."""
+    if batch_size < 1:
+        raise ValueError(f"eval.batch_size must be >= 1, got {batch_size}")
+    batches = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
+    return batches[rank::world_size]
+
+
+@dataclass(frozen=True)
+class StripSpec:
+    """PNG strip per video: ``frames`` evenly spaced frames (0 = all), upscaled ``scale`` times."""
+
+    frames: int = 8
+    scale: int = 1
+
+
+def generate_set(
+    pipe,
+    batches: Sequence[Sequence[VideoJob]],
+    video_dir: str | os.PathLike,
+    strip_dir: Optional[str | os.PathLike],
+    enc: VideoEncoding,
+    strip: StripSpec = StripSpec(),
+    skip_existing: bool = True,
+    desc: str = "videos",
+) -> dict:
+    """Roll out and write every batch (mp4 + PNG strip); returns counts of written and skipped videos."""
+    video_dir = Path(video_dir)
+    written = skipped = 0
+    for batch in tqdm(batches, desc=desc, unit="batch"):
+        paths = [video_dir / f"{j.name}{VIDEO_SUFFIX}" for j in batch]
+        if skip_existing and all(p.exists() for p in paths):
+            skipped += len(batch)
+            continue
+        latents = pipe.generate_latents([j.prompt for j in batch], [j.seed for j in batch])
+        videos = pipe.decode(latents)
+        for job, video, path in zip(batch, videos, paths):
+            if strip_dir is not None:
+                save_png(_strip(video, pipe.rollout_cfg.num_chunks, strip), Path(strip_dir) / f"{job.name}.png")
+            write_video(path, video, enc)
+            written += 1
+    return {"written": written, "skipped": skipped}
+
+
+def _strip(video: torch.Tensor, num_chunks: int, spec: StripSpec):
+    t = video.shape[0]
+    frames = None if spec.frames <= 0 or spec.frames >= t else torch.linspace(0, t - 1, spec.frames).round().long().tolist()
+    return strip_image(video, max(1, round(t / num_chunks)), spec.scale, frames=frames)
+
+
+def generate_pair(
+    pipe,
+    jobs: Sequence[VideoJob],
+    video_dir: str | os.PathLike,
+    enc: VideoEncoding,
+    quantize: Optional[Callable[[object], None]] = None,
+    batch_size: int = 1,
+    strip: StripSpec = StripSpec(),
+    skip_existing: bool = True,
+    fp_dir: Optional[str | os.PathLike] = None,
+) -> dict:
+    """FP videos into ``<video_dir>/fp`` (or ``fp_dir``), then ``quantize(pipe)`` in place and the quantized videos
+    into ``<video_dir>/quant``; strips under ``<video_dir>/strips/{fp,quant}`` (kept out of the video folders,
+    which VBench scans for .mp4/.png). This process's share only (RANK / WORLD_SIZE)."""
+    video_dir = Path(video_dir)
+    rank, world = dist_env()
+    batches = shard(jobs, batch_size, rank, world)
+    dirs = {"fp": Path(fp_dir) if fp_dir else video_dir / "fp"}
+    counts = {"fp": generate_set(pipe, batches, dirs["fp"], video_dir / "strips" / "fp", enc, strip, skip_existing, f"FP videos (rank {rank})")}
+    if quantize is not None:
+        dirs["quant"] = video_dir / "quant"
+        quant_paths = [dirs["quant"] / f"{j.name}{VIDEO_SUFFIX}" for b in batches for j in b]
+        if not (skip_existing and all(p.exists() for p in quant_paths)):
+            quantize(pipe)
+        counts["quant"] = generate_set(pipe, batches, dirs["quant"], video_dir / "strips" / "quant", enc, strip, skip_existing, f"quantized videos (rank {rank})")
+    return {"dirs": {k: str(v) for k, v in dirs.items()}, "counts": counts, "rank": rank, "world_size": world}
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """A gloo process group while torchrun runs several processes (broadcast and barrier only; CPU or GPU)."""
+    _, world = dist_env()
+    if world == 1 or torch.distributed.is_initialized():
+        yield
+        return
+    torch.distributed.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def from_rank0(obj):
+    """Rank 0's value of ``obj`` on every rank (e.g. the output folder: each process has its own Hydra run dir)."""
+    if not torch.distributed.is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

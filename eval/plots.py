@@ -1,0 +1,135 @@
+"""The paper's figures from plain data (lists, dicts, result records); matplotlib with the file-only Agg backend.
+
+Fig. 2: chunk sensitivity alpha. Fig. 3: sorted input-column L2 norms of a layer with its outliers in red.
+Fig. 4: share of layers with outliers by layer type and block depth. Fig. 6: FVD/LPIPS over the tau sweep.
+Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
+Every function returns the Figure and, given ``path``, also saves it (PNG, atomically).
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from eval.results import higher_is_better  # noqa: E402
+from eval.tables import COLUMNS, METHODS  # noqa: E402
+from qarvd.utils.io import atomic_write_bytes  # noqa: E402
+
+
+def save(fig, path: Optional[str | os.PathLike]):
+    """Write ``fig`` as PNG to ``path`` (temp file + rename) when a path is given; return the figure."""
+    if path is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+        atomic_write_bytes(path, buf.getvalue())
+    return fig
+
+
+def plot_sensitivity(alphas: Mapping[str, Sequence[float]], path=None):
+    """Fig. 2: one bar group per chunk, one bar per series (e.g. model x bitwidth), scores normalised to sum 1."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    n = max(len(v) for v in alphas.values())
+    width = 0.8 / len(alphas)
+    for i, (label, v) in enumerate(alphas.items()):
+        a = np.asarray(v, dtype=float)
+        ax.bar(np.arange(len(a)) + i * width, a / a.sum(), width, label=label)
+    ax.set_xticks(np.arange(n) + 0.4 - width / 2, [str(k + 1) for k in range(n)])
+    ax.set_xlabel("chunk")
+    ax.set_ylabel("sensitivity (normalised)")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_outlier_norms(norms: Mapping[str, Sequence[float]], num_outliers: Mapping[str, int], path=None):
+    """Fig. 3: per layer, input-column L2 norms sorted descending; the detected outlier columns in red."""
+    layers = list(norms)
+    cols = min(len(layers), 5)
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
+    for ax, layer in zip(axes.flat, layers):
+        v = np.sort(np.asarray(norms[layer], dtype=float))[::-1]
+        k = int(num_outliers.get(layer, 0))
+        ax.plot(np.arange(len(v)), v, color="tab:blue", lw=1)
+        ax.scatter(np.arange(k), v[:k], color="red", s=6, zorder=3, label=f"{k} outliers")
+        ax.set_title(layer, fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.supxlabel("input channel (sorted by L2 norm)")
+    fig.supylabel("L2 norm")
+    return save(fig, path)
+
+
+def plot_outlier_ratio(by_type: Mapping[str, float], by_depth: Mapping[int, float], path=None):
+    """Fig. 4: fraction of layers with at least one outlier column, by layer type and by block index."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    a.bar(list(by_type), list(by_type.values()), color="tab:orange")
+    a.set_ylabel("layers with outliers")
+    a.tick_params(axis="x", rotation=45, labelsize=8)
+    depths = sorted(by_depth)
+    b.bar(depths, [by_depth[d] for d in depths], color="tab:green")
+    b.set_xlabel("block")
+    for ax in (a, b):
+        ax.set_ylim(0, 1)
+    return save(fig, path)
+
+
+def plot_sweep(records: list[dict], tag: str, path=None, bits: str = "w4a8"):
+    """Fig. 6 (tag='tau') and Table 5 as a figure (tag='alpha'): FVD-FP and LPIPS-FP over the swept value."""
+    runs = sorted((float(r["tags"][tag]), r["metrics"]) for r in records
+                  if r["method"] == "qarvd" and r["bits"] == bits and r.get("tags", {}).get(tag) is not None)
+    if not runs:
+        raise ValueError(f"no Q-ARVD {bits} results with a '{tag}' tag to plot")
+    x = [v for v, _ in runs]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(x, [m.get("fvd_fp", np.nan) for _, m in runs], "o-", color="tab:blue")
+    ax.set_xlabel(tag)
+    ax.set_ylabel("FVD-FP", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(x, [m.get("lpips_fp", np.nan) for _, m in runs], "s--", color="tab:red")
+    ax2.set_ylabel("LPIPS-FP", color="tab:red")
+    return save(fig, path)
+
+
+def plot_ds(ds: Mapping[str, Mapping[str, float]], path=None):
+    """Fig. 7: CV, BOA and DS of each metric (``eval.ds.ds_from_records`` output); log scale shows both ends."""
+    metrics = list(ds)
+    x = np.arange(len(metrics))
+    fig, ax = plt.subplots(figsize=(1.1 * len(metrics) + 2, 3.2))
+    for i, key in enumerate(("cv", "boa", "ds")):
+        ax.bar(x + (i - 1) * 0.27, [max(ds[m][key], 1e-4) for m in metrics], 0.27, label=key.upper())
+    ax.set_xticks(x, [COLUMNS.get(m, (m,))[0] for m in metrics], rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_frontier(records: list[dict], metric: str = "fvd_fp", path=None):
+    """Quality against weight memory: one point per (method, bits) with ``weight_bytes``; the Pareto front drawn."""
+    pts = [(r["weight_bytes"] / 2**20, r["metrics"][metric], r["method"], r["bits"]) for r in records
+           if r.get("weight_bytes") and metric in r.get("metrics", {})]
+    if not pts:
+        raise ValueError(f"no results with both 'weight_bytes' and '{metric}' to plot")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method in dict.fromkeys(p[2] for p in pts):
+        mine = [p for p in pts if p[2] == method]
+        ax.scatter([p[0] for p in mine], [p[1] for p in mine], label=METHODS.get(method, method))
+        for p in mine:
+            ax.annotate(p[3].upper(), (p[0], p[1]), fontsize=6)
+    sign = 1 if higher_is_better(metric) else -1
+    front, best = [], -np.inf
+    for p in sorted(pts, key=lambda p: p[0]):  # the smallest model reaching each new best quality
+        if sign * p[1] > best:
+            best = sign * p[1]
+            front.append(p)
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=1, label="Pareto front")
+    ax.set_xlabel("weight memory (MiB)")
+    ax.set_ylabel(COLUMNS.get(metric, (metric,))[0])
+    ax.legend(fontsize=7)
+    return save(fig, path)

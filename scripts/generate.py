@@ -1,0 +1,30 @@
+"""Generate FP (and, with eval.artifact, quantized) videos for a prompt list: mp4 + PNG strip per video.
+
+    python scripts/generate.py                                     # FP videos of the embedded model's eval prompts
+    python scripts/generate.py eval.artifact=<train_quant run dir>  # + the quantized model's videos, same names/seeds
+    torchrun --nproc_per_node=4 scripts/generate.py model=self_forcing eval.artifact=...   # prompts sharded by RANK
+
+Resumable: rerun the same command with eval.video_dir=<the folder> and finished videos are skipped.
+"""
+import hydra
+from omegaconf import DictConfig, open_dict
+
+import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
+from eval.evaluate import artifact_quantizer, generate
+from eval.generate import barrier, from_rank0, process_group
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    with process_group():
+        with open_dict(cfg):
+            cfg.eval.video_dir = from_rank0(str(cfg.eval.video_dir))  # one folder for all ranks
+        out = generate(cfg, artifact_quantizer(cfg.eval.artifact) if cfg.eval.artifact else None)
+        barrier()
+    if out["rank"] == 0:
+        for kind, folder in out["dirs"].items():
+            print(f"{kind} videos: {folder} ({out['counts'][kind]})")
+
+
+if __name__ == "__main__":
+    main()
