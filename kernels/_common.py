@@ -1,0 +1,52 @@
+"""Pieces every Triton kernel of the package shares: rounding, GELU, and where a kernel may run.
+
+Rounding and tanh are written in plain arithmetic (no libdevice) so that the same source runs on the GPU and
+under ``TRITON_INTERPRET=1`` on the CPU, where the CPU tests check it against float64 references.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# 1.5 * 2**23: adding and subtracting it rounds a float32 of magnitude < 2**22 to the nearest integer, ties to
+# even, which is exactly torch.round. Larger magnitudes are clamped away by every caller before they matter.
+_RINT_MAGIC = 12582912.0
+
+
+@triton.jit
+def rint(x):
+    """Round half to even (torch.round) for |x| < 2**22."""
+    return (x + _RINT_MAGIC) - _RINT_MAGIC
+
+
+@triton.jit
+def gelu_tanh(x):
+    """GELU, tanh approximation (nn.GELU(approximate='tanh')) in float32; tanh through exp, clamped against overflow."""
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    a = tl.minimum(tl.abs(u), 15.0)
+    t = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
+    t = tl.where(u < 0, -t, t)
+    return 0.5 * x * (1.0 + t)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_ok(*tensors: torch.Tensor) -> bool:
+    """Triton kernels can run on these tensors: CUDA tensors, or any tensors under the interpreter."""
+    return interpreting() or all(t.is_cuda for t in tensors)
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a handful of persistent programs keeps the CPU tests fast but still loops tiles
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(int(n))

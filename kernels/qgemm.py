@@ -1,0 +1,283 @@
+"""INT8 GEMM (W8A8 and W4A8) with the dequantization and the layer's consumers fused into its epilogue.
+
+``y[m, n] = sum_g s_a[g] * s_w[g, n] * (acc_g[m, n] - zw[g, n] * rowsum_g[m] + corr[g, n]) + bias[n]`` with
+``acc_g = sum_{k in group g} a[m, k] * w[n, k]`` in int32 on the tensor cores (wgmma on sm_90). Weights are
+[N, K] (K-major, as the 8-bit MMA needs), read through TMA descriptors. Column groups (dual-scale) are two K
+ranges of one loop nest: ``exact`` keeps two accumulators, ``int_ratio`` multiplies the outlier accumulator by an
+integer per-channel ratio and continues in the same registers (one accumulator). int4 weights are unpacked
+in-kernel (two nibbles per byte, zero point subtracted) and fed to the same int8 MMA.
+
+Epilogues: store bf16/fp32 (``store``); residual update ``out = res + round(y) * gate[row // S]`` of the adaLN
+blocks (``residual``); GELU(tanh) then static quantization into the next layer's padded int8 layout, with atomic
+per-group row sums (``gelu_quant``, ffn.0 feeding ffn.2). Several linears reading different activations but
+sharing K and N (self_attn q/k/v) run as one grouped launch, side by side along N.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import gelu_tanh, interpreting, num_sms, rint
+from kernels.configs_sm90 import GemmConfig, lookup
+from kernels.layout import PAD, PackedGroup, StackedAct
+
+try:  # host-side TMA descriptors (Triton >= 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton
+    TensorDescriptor = None
+
+EPILOGUES = {"store": 0, "residual": 1, "gelu_quant": 2}
+DUAL_MODES = {"none": 0, "exact": 1, "int_ratio": 2}
+
+
+@triton.jit
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    per_group = GROUP_M * num_pid_n
+    first_m = (tile // per_group) * GROUP_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % per_group) % size_m
+    pid_n = (tile % per_group) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _mma(acc, a_desc, w_desc, arow, wrow, k_lo, k_hi, z4, BK: tl.constexpr, W4: tl.constexpr):
+    for k in range(k_lo, k_hi, BK):
+        if W4:
+            p = w_desc.load([wrow, k // 2])  # [BN, BK/2] bytes: low nibbles = first half of the block, high = second
+            w_lo = (p & 15).to(tl.int8) - z4[:, None]
+            w_hi = (p >> 4).to(tl.int8) - z4[:, None]
+            acc = tl.dot(a_desc.load([arow, k]), w_lo.T, acc)
+            acc = tl.dot(a_desc.load([arow, k + BK // 2]), w_hi.T, acc)
+        else:
+            acc = tl.dot(a_desc.load([arow, k]), w_desc.load([wrow, k]).T, acc)
+    return acc
+
+
+@triton.jit
+def _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, GRP: tl.constexpr,
+                 WZP: tl.constexpr, CORR: tl.constexpr):
+    """acc - zw[n] * rowsum[m] + corr[n] for column group GRP (exact int32)."""
+    if WZP:
+        zw = tl.load(zw_ptr + GRP * CN + offs_n)
+        rs = tl.load(rs_ptr + (g * M + offs_m) * 2 + GRP, mask=offs_m < M, other=0)
+        acc = acc - zw[None, :] * rs[:, None]
+    if CORR:
+        acc = acc + tl.load(corr_ptr + GRP * CN + offs_n)[None, :]
+    return acc
+
+
+@triton.jit
+def _qgemm_kernel(
+    a_desc, w_desc, M, N, Kp, C,
+    kop_ptr, sa_ptr, sw_ptr, zw_ptr, corr_ptr, ratio_ptr, bias_ptr, rs_ptr,
+    out_ptr, stride_om, res_ptr, stride_rm, gate_ptr, stride_gr, S,
+    qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
+    DUAL: tl.constexpr, W4: tl.constexpr, WZP: tl.constexpr, CORR: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EPI: tl.constexpr, HAS_GATE: tl.constexpr, Q_PERCOL: tl.constexpr, Q_ROWSUM: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FLATTEN: tl.constexpr,
+):
+    act_ty = res_ptr.dtype.element_ty
+    CN = C * N
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(CN, BN)
+    num_tiles = num_pid_m * num_pid_n
+    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        g = (pid_n * BN) // N  # which stacked linear (C > 1 needs N % BN == 0)
+        arow = g * M + pid_m * BM
+        wrow = pid_n * BN
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        z4n = tl.zeros((BN,), tl.int8)
+        if W4:
+            z4n = tl.load(zw_ptr + CN + offs_n).to(tl.int8)
+        acc = tl.zeros((BM, BN), tl.int32)
+        if DUAL == 0:
+            acc = _mma(acc, a_desc, w_desc, arow, wrow, 0, Kp, z4n, BK, W4)
+            t = _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 1, WZP, CORR)
+            y = t.to(tl.float32) * (tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n))[None, :]
+        else:
+            kop = tl.load(kop_ptr + g)
+            z4o = tl.zeros((BN,), tl.int8)
+            if W4:
+                z4o = tl.load(zw_ptr + offs_n).to(tl.int8)
+            acc_o = _mma(acc, a_desc, w_desc, arow, wrow, 0, kop, z4o, BK, W4)
+            if DUAL == 1:  # exact: two accumulators, two scales
+                acc_n = _mma(tl.zeros((BM, BN), tl.int32), a_desc, w_desc, arow, wrow, kop, Kp, z4n, BK, W4)
+                t0 = _group_terms(acc_o, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
+                t1 = _group_terms(acc_n, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 1, WZP, CORR)
+                s0 = tl.load(sa_ptr + g * 2) * tl.load(sw_ptr + offs_n)
+                s1 = tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n)
+                y = t0.to(tl.float32) * s0[None, :] + t1.to(tl.float32) * s1[None, :]
+            else:  # integer ratio: outlier partial x ratio[n], then the normal group in the same accumulator
+                ratio = tl.load(ratio_ptr + offs_n)
+                acc = _mma(acc_o * ratio[None, :], a_desc, w_desc, arow, wrow, kop, Kp, z4n, BK, W4)
+                zero = tl.zeros((BM, BN), tl.int32)
+                t0 = _group_terms(zero, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
+                t = _group_terms(acc + t0 * ratio[None, :], g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr,
+                                 1, WZP, CORR)
+                y = t.to(tl.float32) * (tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n))[None, :]
+        if HAS_BIAS:
+            y = y + tl.load(bias_ptr + offs_n)[None, :]
+        mmask = offs_m < M
+        mask = mmask[:, None] & (offs_n < CN)[None, :]
+        y = y.to(act_ty).to(tl.float32)  # the linear's output, rounded as the model rounds it
+        if EPI == 0:
+            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=mask)
+        elif EPI == 1:
+            if HAS_GATE:
+                gate = tl.load(gate_ptr + (offs_m // S)[:, None] * stride_gr + offs_n[None, :], mask=mask, other=0.0)
+                y = (y * gate).to(act_ty).to(tl.float32)
+            res = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0)
+            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], (res.to(tl.float32) + y).to(act_ty),
+                     mask=mask)
+        else:
+            h = gelu_tanh(y).to(act_ty).to(tl.float32)
+            if Q_PERCOL:
+                cs = tl.load(qcs_ptr + offs_n)[None, :]
+                cz = tl.load(qcz_ptr + offs_n)[None, :]
+                dst = tl.load(qdest_ptr + offs_n)
+            else:
+                cs = tl.load(qcs_ptr)
+                cz = tl.load(qcz_ptr)
+                dst = offs_n
+            v = tl.minimum(tl.maximum(rint(tl.math.div_rn(h, cs)) + cz, qlo), qhi)
+            tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
+            if Q_ROWSUM:
+                vi = tl.where(mask, v, 0.0).to(tl.int32)
+                r0 = tl.sum(tl.where((dst < qkop)[None, :], vi, 0), axis=1)
+                tl.atomic_add(qrs_ptr + offs_m * 2, r0, mask=mmask)
+                tl.atomic_add(qrs_ptr + offs_m * 2 + 1, tl.sum(vi, axis=1) - r0, mask=mmask)
+
+
+def _descriptors(a: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, int4: bool):
+    a2 = a.reshape(-1, a.shape[-1])
+    bk_a = cfg.bk // 2 if int4 else cfg.bk
+    bk_w = cfg.bk // 2
+    if TensorDescriptor is None:
+        raise RuntimeError("this Triton has no host TensorDescriptor (needs Triton >= 3.4)")
+    return (TensorDescriptor.from_tensor(a2, [cfg.bm, bk_a]),
+            TensorDescriptor.from_tensor(w, [cfg.bn, bk_w if int4 else cfg.bk]))
+
+
+def qgemm(
+    a: torch.Tensor,
+    rowsums: Optional[torch.Tensor],
+    lin: PackedGroup,
+    m: int,
+    *,
+    out_dtype: torch.dtype = torch.bfloat16,
+    epilogue: str = "store",
+    out: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    gate: Optional[torch.Tensor] = None,
+    tokens_per_frame: int = 1,
+    next_act: Optional[StackedAct] = None,
+    next_rowsum: bool = False,
+    config: Optional[GemmConfig] = None,
+):
+    """Grouped quantized GEMM: codes ``a`` [C, M, Kp] int8 (+ row sums [C, M, 2]) times ``lin`` -> [M, C*N].
+
+    ``residual``: res [M, N] updated out of place into ``out`` (may alias res) as res + round(y) * gate[m // S],
+    ``gate`` a [R, N] view (row stride free). ``gelu_quant``: returns (codes [M, Kp'] int8, row sums [M, 2] or None)
+    for the next layer's single consumer ``next_act``.
+    """
+    if a.dtype != torch.int8 or a.shape[-1] != lin.kp or a.shape[0] != lin.count:
+        raise ValueError(f"codes {tuple(a.shape)} {a.dtype} do not match the packed layer (C={lin.count}, Kp={lin.kp})")
+    c, n, kp = lin.count, lin.n, lin.kp
+    dev = a.device
+    cfg = config or lookup(lin, m, epilogue)
+    if c > 1 and n % cfg.bn:
+        raise ValueError(f"grouped GEMM needs N % BN == 0 (N={n}, BN={cfg.bn})")
+    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
+    dummy_i = torch.empty(1, dtype=torch.int32, device=dev)
+    res, gate_t, stride_gr = (dummy_f.to(out_dtype), dummy_f, 0)
+    q = dict(qcs=dummy_f, qcz=dummy_f, qdest=dummy_i, qkop=0, qlo=0, qhi=0, qrs=dummy_i, percol=False)
+    result = None
+    if epilogue == "store":
+        out = out if out is not None else torch.empty((m, c * n), dtype=out_dtype, device=dev)
+        result = out
+    elif epilogue == "residual":
+        if residual is None:
+            raise ValueError("epilogue 'residual' needs the residual tensor")
+        res = residual
+        out = out if out is not None else torch.empty_like(residual)
+        if gate is not None:
+            gate_t, stride_gr = gate, gate.stride(0)
+        result = out
+    elif epilogue == "gelu_quant":
+        if next_act is None or next_act.count != 1 or next_act.col_scale.shape[1] != c * n:
+            raise ValueError("epilogue 'gelu_quant' needs the single consumer's StackedAct over this layer's outputs")
+        out = torch.empty((m, next_act.kp), dtype=torch.int8, device=dev)
+        qrs = torch.zeros((m, 2), dtype=torch.int32, device=dev) if next_rowsum else None
+        q = dict(qcs=next_act.col_scale, qcz=next_act.col_zero, qdest=next_act.dest, qkop=int(next_act.kop[0]),
+                 qlo=next_act.lo, qhi=next_act.hi, qrs=qrs if qrs is not None else dummy_i,
+                 percol=not next_act.uniform)
+        res = torch.empty(1, dtype=out_dtype, device=dev)
+        result = (out, qrs)
+    else:
+        raise ValueError(f"unknown epilogue {epilogue!r}; choose from {sorted(EPILOGUES)}")
+    a_desc, w_desc = _descriptors(a, lin.weight, cfg, lin.int4)
+    tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(c * n, cfg.bn)
+    grid = (min(tiles, num_sms(dev) * cfg.occupancy) if cfg.persistent else tiles,)
+    _qgemm_kernel[grid](
+        a_desc, w_desc, m, n, kp, c,
+        lin.kop, lin.a_scale, lin.w_scale, lin.w_zero, lin.corr, lin.ratio,
+        lin.bias if lin.bias is not None else dummy_f, rowsums if rowsums is not None else dummy_i,
+        out, out.stride(0), res, res.stride(0) if res.dim() == 2 else 0, gate_t, stride_gr, tokens_per_frame,
+        q["qcs"], q["qcz"], q["qdest"], q["qkop"], q["qlo"], q["qhi"], q["qrs"],
+        DUAL=DUAL_MODES[lin.dual], W4=lin.int4, WZP=lin.has_wzp, CORR=lin.has_corr, HAS_BIAS=lin.bias is not None,
+        EPI=EPILOGUES[epilogue], HAS_GATE=gate is not None, Q_PERCOL=q["percol"], Q_ROWSUM=q["qrs"] is not dummy_i,
+        BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP_M=cfg.group_m, FLATTEN=cfg.flatten and not interpreting(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if lin.has_wzp and rowsums is None:
+        raise ValueError("this layer has weight zero points: pass the activation row sums")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- reference
+def _unpacked_weight(lin: PackedGroup, g: int) -> torch.Tensor:
+    """Integer weights minus the in-kernel zero points of stacked linear g, float64 [N, Kp]."""
+    from kernels.layout import unpack_int4
+
+    sl = slice(g * lin.n, (g + 1) * lin.n)
+    if not lin.int4:
+        return lin.weight[sl].double()
+    u = unpack_int4(lin.weight[sl]).double()
+    kop = int(lin.kop[g]) if lin.dual != "none" else 0
+    outlier = torch.arange(lin.kp, device=u.device)[None, :] < kop
+    return u - torch.where(outlier, lin.w_zero[0, sl][:, None].double(), lin.w_zero[1, sl][:, None].double())
+
+
+def qgemm_ref(a: torch.Tensor, rowsums: Optional[torch.Tensor], lin: PackedGroup, m: int) -> torch.Tensor:
+    """float64 reference of the grouped GEMM's ``y`` (before rounding to the activation dtype): [M, C*N]."""
+    n, c = lin.n, lin.count
+    out = torch.empty((m, c * n), dtype=torch.float64, device=a.device)
+    for g in range(c):
+        sl = slice(g * n, (g + 1) * n)
+        w = _unpacked_weight(lin, g)
+        kop = int(lin.kop[g]) if lin.dual != "none" else 0
+        y = torch.zeros((m, n), dtype=torch.float64, device=a.device)
+        parts = []
+        for grp, (k0, k1) in enumerate([(0, kop), (kop, lin.kp)]):
+            acc = a[g, :, k0:k1].double() @ w[:, k0:k1].T
+            if lin.has_wzp:
+                acc = acc - lin.w_zero[grp, sl].double()[None, :] * rowsums[g, :, grp].double()[:, None]
+            if lin.has_corr:
+                acc = acc + lin.corr[grp, sl].double()[None, :]
+            parts.append(acc)
+        if lin.dual == "int_ratio":
+            y = (parts[0] * lin.ratio[sl].double() + parts[1]) * (lin.a_scale[g, 1] * lin.w_scale[1, sl]).double()
+        else:
+            for grp in (0, 1):
+                y = y + parts[grp] * (lin.a_scale[g, grp] * lin.w_scale[grp, sl]).double()
+        if lin.bias is not None:
+            y = y + lin.bias[sl].double()
+        out[:, sl] = y
+    return out

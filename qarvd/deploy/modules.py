@@ -1,0 +1,150 @@
+"""Real low-bit linear modules: int8 / packed-int4 (W8A8, W4A8) and float8 E4M3 (FP8 W8A8) storage.
+
+They replace ``nn.Linear`` (or a fake-quant QuantLinear) under the same module name, hold only integer/fp8
+weights and their scales as buffers (so ``state_dict`` is the deployment artifact), and compute through the
+kernel backend they are bound to (:mod:`kernels.backends`). Called on their own they quantize their input and run
+the GEMM; the fused block forward (:mod:`qarvd.deploy.fast`) instead lets the producer kernels quantize for them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from kernels.layout import ActQuant, PackedGroup, StackedAct, stack_acts
+
+_OPTIONAL = ("bias", "smooth", "lr_down", "lr_up")
+
+
+class RealQuantLinear(nn.Module):
+    """W8A8 / W4A8 linear: int8 [N, Kp] or packed int4 [N, Kp/2] weights in the kernels' padded layout."""
+
+    def __init__(self, meta: dict, tensors: Optional[dict] = None, backend=None) -> None:
+        super().__init__()
+        self.meta = dict(meta)
+        self.in_features, self.out_features = meta["in_features"], meta["out_features"]
+        self.backend = backend
+        tensors = tensors if tensors is not None else self._empty(meta)
+        for name, t in tensors.items():
+            self.register_buffer(name, t)
+        self.meta.update(has_bias="bias" in tensors, has_smooth="smooth" in tensors,
+                         rank=int(tensors["lr_down"].shape[0]) if "lr_down" in tensors else 0)
+        self._group_cache: Optional[tuple] = None
+
+    @staticmethod
+    def _empty(meta: dict) -> dict:
+        n, k, kp = meta["out_features"], meta["in_features"], meta["kp"]
+        t = dict(
+            weight=torch.empty((n, kp // 2), dtype=torch.uint8) if meta["int4"] else torch.empty((n, kp), dtype=torch.int8),
+            w_scale=torch.empty(2, n), w_zero=torch.empty(2, n, dtype=torch.int32),
+            corr=torch.empty(2, n, dtype=torch.int32), ratio=torch.empty(n, dtype=torch.int32),
+            a_scale=torch.empty(2), a_zero=torch.empty(2), a_col_scale=torch.empty(k), a_col_zero=torch.empty(k),
+            a_dest=torch.empty(k, dtype=torch.int32))
+        if meta.get("has_bias"):
+            t["bias"] = torch.empty(n)
+        if meta.get("has_smooth"):
+            t["smooth"] = torch.empty(k)
+        if meta.get("rank"):
+            t["lr_down"], t["lr_up"] = torch.empty(meta["rank"], k), torch.empty(n, meta["rank"])
+        return t
+
+    # -- views the kernels take -----------------------------------------------------------------------
+    def act(self) -> ActQuant:
+        m = self.meta
+        return ActQuant(self.a_col_scale, self.a_col_zero, self.a_dest, self.a_scale, self.a_zero, m["kp"], m["kop"],
+                        m["lo"], m["hi"], m["uniform"])
+
+    def stacked_act(self) -> StackedAct:
+        return stack_acts([self.act()])
+
+    def group(self) -> PackedGroup:
+        """This layer as a one-member grouped GEMM (views of the buffers, cached per device)."""
+        key = (self.weight.device, self.weight.data_ptr())
+        if self._group_cache is None or self._group_cache[0] != key:
+            self._group_cache = (key, stack_group([self]))
+        return self._group_cache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is None:
+            raise RuntimeError("RealQuantLinear has no kernel backend: call qarvd.deploy.set_backend_(model, backend)")
+        return self.backend.module_forward(self, x)
+
+    def extra_repr(self) -> str:
+        m = self.meta
+        return (f"in={m['in_features']}, out={m['out_features']}, w={'int4' if m['int4'] else 'int8'}, "
+                f"dual={m['dual']}, Kp={m['kp']}, kop={m['kop']}")
+
+
+def stack_group(mods: list) -> PackedGroup:
+    """Stack linears of equal K, N and layout along N (copies when more than one)."""
+    ref = mods[0].meta
+    for m in mods[1:]:
+        for key in ("in_features", "out_features", "kp", "int4", "lo", "hi"):
+            if m.meta[key] != ref[key]:
+                raise ValueError(f"cannot group layers differing in {key}: {m.meta[key]} vs {ref[key]}")
+    duals = {m.meta["dual"] for m in mods} - {"none"}
+    if len(duals) > 1:
+        raise ValueError(f"one group needs one dual-scale mode, got {duals}")
+    cat = (lambda ts, dim=0: ts[0]) if len(mods) == 1 else (lambda ts, dim=0: torch.cat(ts, dim))
+    biases = [m.bias if m.meta["has_bias"] else torch.zeros_like(m.w_scale[0]) for m in mods]
+    has_bias = any(m.meta["has_bias"] for m in mods)
+    return PackedGroup(
+        weight=cat([m.weight for m in mods]), w_scale=cat([m.w_scale for m in mods], 1),
+        w_zero=cat([m.w_zero for m in mods], 1), corr=cat([m.corr for m in mods], 1),
+        ratio=cat([m.ratio for m in mods]), bias=cat(biases) if has_bias else None,
+        a_scale=torch.stack([m.a_scale for m in mods]),
+        kop=torch.tensor([m.meta["kop"] for m in mods], dtype=torch.int32, device=mods[0].weight.device),
+        n=ref["out_features"], kp=ref["kp"], count=len(mods), int4=ref["int4"],
+        dual=duals.pop() if duals else "none", has_wzp=any(m.meta["has_wzp"] for m in mods),
+        has_corr=any(m.meta["has_corr"] for m in mods))
+
+
+class Fp8Linear(nn.Module):
+    """FP8 E4M3 W8A8: per-output-channel weight scales, one static per-tensor activation scale (torch._scaled_mm)."""
+
+    def __init__(self, meta: dict, tensors: Optional[dict] = None, backend=None) -> None:
+        super().__init__()
+        self.meta = dict(meta)
+        self.in_features, self.out_features = meta["in_features"], meta["out_features"]
+        self.backend = backend
+        if tensors is None:
+            n, k = meta["out_features"], meta["in_features"]
+            tensors = dict(weight=torch.empty((n, k), dtype=torch.float8_e4m3fn), w_scale=torch.empty(n),
+                           a_scale=torch.empty(1))
+            if meta.get("has_bias"):
+                tensors["bias"] = torch.empty(n)
+            if meta.get("has_smooth"):
+                tensors["smooth"] = torch.empty(k)
+            if meta.get("rank"):
+                tensors["lr_down"], tensors["lr_up"] = torch.empty(meta["rank"], k), torch.empty(n, meta["rank"])
+        for name, t in tensors.items():
+            self.register_buffer(name, t)
+        self.meta.update(has_bias="bias" in tensors, has_smooth="smooth" in tensors,
+                         rank=int(tensors["lr_down"].shape[0]) if "lr_down" in tensors else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is None:
+            raise RuntimeError("Fp8Linear has no kernel backend: call qarvd.deploy.set_backend_(model, backend)")
+        return self.backend.module_forward(self, x)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, w=fp8_e4m3"
+
+
+def fp8_from_spec(spec, fp8_max: float = 448.0) -> tuple[dict, dict]:
+    """FP8 tensors of a spec: dequantized weights re-encoded per output channel, the activation range of the spec's
+    (largest) group as the per-tensor scale. Dual-scale groups collapse: FP8's exponent covers the outliers."""
+    w = spec.dequant_weight()
+    ws = (w.abs().amax(1) / fp8_max).clamp_min(1e-12)
+    amax = max(max(abs(spec.a_qmin - z), abs(spec.a_qmax - z)) * float(s)
+               for s, z in zip(spec.act_scale, spec.act_zero))
+    t = dict(weight=(w / ws[:, None]).clamp(-fp8_max, fp8_max).to(torch.float8_e4m3fn), w_scale=ws.float(),
+             a_scale=torch.tensor([amax / fp8_max], dtype=torch.float32))
+    if spec.bias is not None:
+        t["bias"] = spec.bias.float().cpu()
+    if spec.smooth is not None:
+        t["smooth"] = spec.smooth.float().cpu()
+    if spec.lowrank is not None:
+        t["lr_down"], t["lr_up"] = (x.float().cpu() for x in spec.lowrank)
+    return t, dict(in_features=spec.in_features, out_features=spec.out_features, fmt="fp8")
