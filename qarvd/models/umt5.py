@@ -141,7 +141,7 @@ class UMT5TextEncoder:
     @staticmethod
     def _check_weights(weights: Optional[str], published_at: str) -> Path:
         key = "model.text_encoder.weights"
-        where = f"{published_at} (Wan layout: models_t5_umt5-xxl-enc-bf16.pth; Diffusers layout: text_encoder/)"
+        where = f"{published_at} (file models_t5_umt5-xxl-enc-bf16.pth of the Wan repo, or folder text_encoder/ of the Diffusers repo)"
         path = require_file(weights, key, where)
         if path.is_dir():
             require_file(path / "config.json", key, where)
@@ -150,7 +150,7 @@ class UMT5TextEncoder:
     @staticmethod
     def _check_tokenizer(tokenizer: str, published_at: str) -> Path:
         key = "model.text_encoder.tokenizer"
-        where = f"{published_at} (folder google/umt5-xxl/; Diffusers layout: tokenizer/)"
+        where = f"{published_at} (folder google/umt5-xxl/ of the Wan repo, or tokenizer/ of the Diffusers repo)"
         path = require_file(tokenizer, key, where)
         if not any((path / f).exists() for f in ("spiece.model", "tokenizer.json")):
             raise MissingWeightsError(key, path / "spiece.model", where + "; the folder needs spiece.model or tokenizer.json")
@@ -175,11 +175,15 @@ class UMT5TextEncoder:
         if self.random_init:
             from transformers import UMT5EncoderModel
 
-            dev = self.device
+            dev, default = self.device, torch.get_default_dtype()
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
                 torch.manual_seed(self.init_seed)
-                with dev:  # built on the target device in the target dtype: no 23 GB fp32 host copy at XXL size
-                    return UMT5EncoderModel._from_config(umt5_config(self.arch), dtype=self.dtype)
+                torch.set_default_dtype(self.dtype)  # built in the target dtype on the target device: no 23 GB
+                try:  # fp32 host copy at XXL size
+                    with dev:
+                        return UMT5EncoderModel(umt5_config(self.arch))
+                finally:
+                    torch.set_default_dtype(default)
         if self.weights.is_dir():
             return load_diffusers_t5(self.weights, self.arch, self.dtype)
         return load_wan_t5(self.weights, self.arch, self.dtype)

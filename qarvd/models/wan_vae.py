@@ -109,7 +109,7 @@ class WanVAE:
     @staticmethod
     def _check_weights(weights: Optional[str], published_at: str) -> Path:
         key = "model.vae.weights"
-        where = f"{published_at} (Wan layout: Wan2.1_VAE.pth; Diffusers layout: vae/)"
+        where = f"{published_at} (file Wan2.1_VAE.pth of the Wan repo, or folder vae/ of the Diffusers repo)"
         path = require_file(weights, key, where)
         if path.is_dir():
             require_file(path / "config.json", key, where)

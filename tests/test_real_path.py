@@ -1,0 +1,283 @@
+"""The real-model path (self-forcing / causal-forcing on Wan2.1) with tiny random models of the REAL classes.
+
+``transformers.UMT5EncoderModel``, ``diffusers.AutoencoderKLWan`` and ``CausalWanModel`` are written in the public
+file layouts (Wan ``.pth`` files / Diffusers folders, ``self_forcing_dmd.pt`` with ``generator_ema`` and ``model.``,
+a real sentencepiece tokenizer folder) and loaded by the normal code; the entry points run through ``model=self_forcing``
+with only paths and dims overridden.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qarvd.models.checkpoint import CheckpointError
+from qarvd.models.public_layout import WAN_T5_FILE, WAN_TOKENIZER_DIR, WAN_VAE_FILE, write_generator, write_wan_release
+from qarvd.models.umt5 import UMT5TextEncoder
+from qarvd.models.wan_vae import WanVAE
+from qarvd.utils.errors import MissingWeightsError
+
+from conftest import compose
+
+REPO = Path(__file__).resolve().parents[1]
+T5_ARCH = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2)
+VAE_ARCH = dict(base_dim=8)  # Wan2.1 structure (4 levels, 2 res blocks, z 16), 8 base channels
+DIT_ARCH = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=16, text_dim=32, text_len=16)
+PROMPTS = ["a red fox jumps over a lazy dog in the snow", "clouds   drifting over green mountains",
+           "a drone flies over a neon city street at night", "waves crash against a rocky beach"]
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A tiny Wan2.1 release (Wan layout), a self-forcing checkpoint and the two prompt files, like a user's disk."""
+    from qarvd.models.wan import CausalWanModel, WanConfig
+
+    root = tmp_path_factory.mktemp("weights")
+    wan = root / "Wan2.1-T2V-1.3B"
+    write_wan_release(wan, T5_ARCH, VAE_ARCH, layout="wan", seed=0)
+    torch.manual_seed(1)
+    dit = CausalWanModel(WanConfig(**DIT_ARCH))
+    write_generator(dit, root / "self_forcing" / "self_forcing_dmd.pt", "generator_ema", "model.")
+    prompts = root / "prompts"
+    (prompts / "vbench").mkdir(parents=True)
+    (prompts / "MovieGenVideoBench_extended.txt").write_text("\n".join(PROMPTS[:3]) + "\n")
+    (prompts / "vbench" / "all_dimension_extended.txt").write_text("\n".join(PROMPTS[1:]) + "\n")
+    return root
+
+
+def real_overrides(root: Path, log_dir: Path) -> list[str]:
+    """``model=self_forcing`` with only paths and (tiny) dims overridden."""
+    ov = ["model=self_forcing", f"paths.weights_dir={root}", f"paths.prompts_dir={root / 'prompts'}",
+          f"paths.log_dir={log_dir}", "device=cpu", "model.latent.height=4", "model.latent.width=6",
+          "model.rollout.num_frames=6"]
+    ov += [f"model.arch.{k}={v}" for k, v in DIT_ARCH.items()]
+    ov += [f"model.text_encoder.arch.{k}={v}" for k, v in T5_ARCH.items() if k != "d_model"]  # d_model = text_dim
+    ov += [f"model.vae.arch.{k}={v}" for k, v in VAE_ARCH.items()]
+    return ov
+
+
+def _encoder(paths, tmp_path, **kw):
+    return UMT5TextEncoder(str(paths["text_weights"]), str(paths["tokenizer"]), text_len=16, arch=T5_ARCH,
+                           dtype="float32", cache_dir=str(tmp_path / "cache"), **kw)
+
+
+# ------------------------------------------------------------------------------------------------- umT5
+def _wan_t5_reference(sd: dict, ids: torch.Tensor, mask: torch.Tensor, heads: int, buckets: int = 32,
+                      max_dist: int = 128, eps: float = 1e-6) -> torch.Tensor:
+    """Wan's T5Encoder forward written from its definition (wan/modules/t5.py), in float64, on Wan's key names."""
+    sd = {k: v.double() for k, v in sd.items()}
+    x = F.embedding(ids, sd["token_embedding.weight"])
+    b, n, d = x.shape
+    rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]  # key - query
+    half = buckets // 2  # bidirectional: half the buckets per direction
+    exact = half // 2
+    far = exact + (torch.log(rel.abs().clamp(min=1).double() / exact) / math.log(max_dist / exact) * (half - exact)).long()
+    bucket = (rel > 0).long() * half + torch.where(rel.abs() < exact, rel.abs(), far.clamp(max=half - 1))
+
+    def rms(h, w):
+        return w * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+    for i in range(sum(1 for k in sd if k.endswith(".norm1.weight"))):
+        p = f"blocks.{i}."
+        h = rms(x, sd[p + "norm1.weight"])
+        q, k, v = ((h @ sd[p + f"attn.{c}.weight"].T).view(b, n, heads, -1) for c in "qkv")
+        bias = sd[p + "pos_embedding.embedding.weight"][bucket].permute(2, 0, 1)[None]  # [1, H, Lq, Lk]
+        bias = bias.masked_fill(mask[:, None, None, :] == 0, torch.finfo(torch.float64).min)
+        attn = torch.softmax(torch.einsum("binc,bjnc->bnij", q, k) + bias, dim=-1)  # T5: no 1/sqrt(d) scaling
+        x = x + torch.einsum("bnij,bjnc->binc", attn, v).reshape(b, n, -1) @ sd[p + "attn.o.weight"].T
+        h = rms(x, sd[p + "norm2.weight"])
+        gate = F.gelu(h @ sd[p + "ffn.gate.0.weight"].T, approximate="tanh")
+        x = x + ((h @ sd[p + "ffn.fc1.weight"].T) * gate) @ sd[p + "ffn.fc2.weight"].T
+    return rms(x, sd["norm.weight"])
+
+
+def test_umt5_from_wan_pth_matches_wans_t5_forward_and_zeros_past_the_prompt(release, tmp_path):
+    wan = release / "Wan2.1-T2V-1.3B"
+    enc = _encoder({"text_weights": wan / WAN_T5_FILE, "tokenizer": wan / WAN_TOKENIZER_DIR}, tmp_path)
+    prompts = ["a red  fox", " a cat\tat sunset "]  # short enough to leave padding; odd whitespace is normalised
+    ctx = enc.encode(prompts)
+    assert ctx.shape == (2, 16, 32) and ctx.dtype == torch.float32
+    tok = enc.tokenizer(["a red fox", "a cat at sunset"], padding="max_length", max_length=16,
+                        truncation=True, return_tensors="pt")
+    ref = _wan_t5_reference(torch.load(wan / WAN_T5_FILE, weights_only=True), tok["input_ids"], tok["attention_mask"],
+                            heads=T5_ARCH["num_heads"])
+    lengths = tok["attention_mask"].sum(1).tolist()
+    assert lengths[0] < 16 and lengths[1] < 16  # both prompts are padded: the zero tail is exercised
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(ctx[i, :n].double(), ref[i, :n], atol=1e-4, rtol=1e-4)
+        assert ctx[i, n:].abs().max() == 0 and ctx[i, :n].abs().sum(-1).min() > 0
+
+
+def test_umt5_diffusers_folder_and_wan_pth_give_the_same_embeddings(tmp_path):
+    wan = write_wan_release(tmp_path / "wan", T5_ARCH, VAE_ARCH, layout="wan", seed=3)
+    dif = write_wan_release(tmp_path / "dif", T5_ARCH, VAE_ARCH, layout="diffusers", seed=3)
+    a = _encoder(wan, tmp_path / "a").encode(PROMPTS)
+    b = _encoder(dif, tmp_path / "b").encode(PROMPTS)
+    assert torch.equal(a, b) and a.abs().sum() > 0
+
+
+def test_prompt_cache_is_reused_without_loading_the_encoder(release, tmp_path):
+    wan = release / "Wan2.1-T2V-1.3B"
+    paths = {"text_weights": wan / WAN_T5_FILE, "tokenizer": wan / WAN_TOKENIZER_DIR}
+    first = _encoder(paths, tmp_path)
+    first.precompute(PROMPTS + PROMPTS[:1])
+    assert first._model is None  # precompute frees the encoder
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == len(PROMPTS)
+    again = _encoder(paths, tmp_path)
+    ctx = again.encode(PROMPTS[::-1])
+    assert again._model is None  # every prompt came from the cache
+    fresh = _encoder(paths, tmp_path, batch_size=3).__class__(
+        str(paths["text_weights"]), str(paths["tokenizer"]), text_len=16, arch=T5_ARCH, dtype="float32", cache_dir=None)
+    assert torch.equal(ctx, fresh.encode(PROMPTS[::-1]))
+
+
+def test_prompt_cache_key_changes_with_the_weights(release, tmp_path):
+    wan = write_wan_release(tmp_path / "w", T5_ARCH, VAE_ARCH, layout="wan", seed=5)
+    enc = _encoder(wan, tmp_path)
+    before = enc.encode(PROMPTS[:1])
+    write_wan_release(tmp_path / "w", T5_ARCH, VAE_ARCH, layout="wan", seed=6)  # user replaces the file
+    after = _encoder(wan, tmp_path).encode(PROMPTS[:1])
+    assert not torch.equal(before, after)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+
+# ------------------------------------------------------------------------------------------------- VAE
+def test_wan_vae_key_map_agrees_with_diffusers_own_converter():
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    from qarvd.models.remap import to_foreign_names
+    from qarvd.models.wan_vae import build_vae, wan_vae_name
+
+    sd = build_vae(VAE_ARCH).state_dict()
+    wan = to_foreign_names(sd, wan_vae_name)
+    assert any(k.startswith("decoder.upsamples.7.") for k in wan) and "encoder.head.0.gamma" in wan
+    back = convert_wan_vae_to_diffusers(wan)
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_wan_vae_decode_unnormalises_and_matches_autoencoder(release):
+    vae = WanVAE(str(release / "Wan2.1-T2V-1.3B" / WAN_VAE_FILE), dtype="float32", arch=VAE_ARCH, decode_batch=1)
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(2, 3, 16, 4, 6, generator=g)
+    video = vae.decode(lat)
+    assert video.shape == (2, 9, 3, 32, 48) and video.dtype == torch.float32  # 1 + 4 (F - 1) frames, x8
+    assert video.min() >= -1 and video.max() <= 1 and video.std() > 0
+    m = vae.model
+    mean = torch.tensor(m.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(m.config.latents_std).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        ref = m.decode(lat.transpose(1, 2) * std + mean).sample.clamp(-1, 1).transpose(1, 2)
+    torch.testing.assert_close(video, ref)
+    both = WanVAE(str(release / "Wan2.1-T2V-1.3B" / WAN_VAE_FILE), dtype="float32", arch=VAE_ARCH, decode_batch=2)
+    torch.testing.assert_close(both.decode(lat), video)  # per-video chunking changes nothing
+    z = vae.encode(video)
+    assert z.shape == lat.shape
+    with torch.no_grad():
+        mu = m.encode(video.transpose(1, 2)).latent_dist.mean
+    torch.testing.assert_close(z, ((mu - mean) / std).transpose(1, 2))
+
+
+def test_wan_vae_defaults_are_wans_latent_statistics():
+    from omegaconf import OmegaConf
+
+    cfg = compose(["model=self_forcing"]).model.vae.arch
+    mean = OmegaConf.to_container(cfg.latents_mean)
+    assert len(mean) == 16 and mean[0] == -0.7571 and OmegaConf.to_container(cfg.latents_std)[-1] == 1.9160
+    assert cfg.z_dim == 16 and cfg.base_dim == 96
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("missing,key,needle", [
+    ("tokenizer", "model.text_encoder.tokenizer", "google/umt5-xxl"),
+    ("t5", "model.text_encoder.weights", WAN_T5_FILE),
+    ("vae", "model.vae.weights", WAN_VAE_FILE),
+])
+def test_missing_release_files_name_key_file_and_source(release, tmp_path, missing, key, needle):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    empty = tmp_path / "nowhere"
+    cfg = compose(real_overrides(release, tmp_path) + [f"model.wan_dir={empty}"] +
+                  ([f"model.text_encoder.weights={release}/Wan2.1-T2V-1.3B/{WAN_T5_FILE}"] if missing == "tokenizer" else []))
+    node = cfg.model.vae if missing == "vae" else cfg.model.text_encoder
+    with pytest.raises(InstantiationException) as err:  # what an entry point shows (Hydra wraps the cause)
+        instantiate(node, _convert_="all")
+    assert isinstance(err.value.__cause__, MissingWeightsError)
+    msg = str(err.value)
+    assert key in msg and needle in msg and str(empty) in msg and "huggingface.co/Wan-AI/Wan2.1-T2V-1.3B" in msg
+
+
+def test_tokenizer_folder_without_tokenizer_files_names_spiece_model(release, tmp_path):
+    (tmp_path / "tok").mkdir()
+    with pytest.raises(MissingWeightsError, match=r"model\.text_encoder\.tokenizer.*spiece\.model"):
+        UMT5TextEncoder(str(release / "Wan2.1-T2V-1.3B" / WAN_T5_FILE), str(tmp_path / "tok"), arch=T5_ARCH)
+
+
+def test_dit_checkpoint_of_another_model_names_the_first_mismatched_key_and_shapes(release, tmp_path):
+    from qarvd.models.pipeline import build_pipeline
+    from qarvd.models.wan import CausalWanModel, WanConfig
+
+    wrong = CausalWanModel(WanConfig(**{**DIT_ARCH, "ffn_dim": 48}))
+    write_generator(wrong, tmp_path / "other.pt", "generator_ema", "model.")
+    cfg = compose(real_overrides(release, tmp_path) + [f"model.checkpoint.path={tmp_path / 'other.pt'}"])
+    with pytest.raises(CheckpointError, match=r"key 'blocks\.0\.ffn\.0\.weight' has shape \(48, 32\) in the checkpoint "
+                                              r"but \(64, 32\) in the model"):
+        build_pipeline(cfg.model)
+
+
+def test_umt5_pth_of_another_model_names_the_key_and_both_shapes(release, tmp_path):
+    wan = release / "Wan2.1-T2V-1.3B"
+    enc = UMT5TextEncoder(str(wan / WAN_T5_FILE), str(wan / WAN_TOKENIZER_DIR), text_len=16,
+                          arch={**T5_ARCH, "d_ff": 40}, dtype="float32")
+    with pytest.raises(CheckpointError, match=r"key 'blocks\.0\.ffn\.gate\.0\.weight' has shape \(48, 32\) in the "
+                                              r"checkpoint but \(40, 32\) in the model"):
+        enc.encode(PROMPTS[:1])
+
+
+def test_vae_pth_of_another_model_names_the_key_and_both_shapes(release):
+    vae = WanVAE(str(release / "Wan2.1-T2V-1.3B" / WAN_VAE_FILE), dtype="float32", arch={"base_dim": 16})
+    with pytest.raises(CheckpointError, match=r"key 'encoder\.conv1\.weight' has shape \(8, 3, 3, 3, 3\) in the "
+                                              r"checkpoint but \(16, 3, 3, 3, 3\) in the model"):
+        vae.decode(torch.zeros(1, 1, 16, 4, 6))
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+def test_self_forcing_pipeline_from_the_public_layout(release, tmp_path):
+    from qarvd.models.pipeline import build_pipeline
+
+    pipe = build_pipeline(compose(real_overrides(release, tmp_path)).model)
+    lat = pipe.generate_latents(PROMPTS[:2], [0, 1])
+    assert lat.shape == (2, 6, 16, 4, 6) and torch.isfinite(lat).all()
+    again = pipe.generate_latents(PROMPTS[:2], [0, 1])
+    assert torch.equal(lat, again)  # same prompts and seeds -> same latents (second time from the prompt cache)
+    video = pipe.decode(lat)
+    assert video.shape == (2, 21, 3, 32, 48)
+
+
+@pytest.mark.parametrize("model,first,later,chunks", [
+    ("causal_forcing_framewise_1step", 4, 1, 21),
+    ("causal_forcing_framewise_2step", 4, 2, 21),
+    ("causal_forcing_framewise", 4, 4, 21),
+    ("self_forcing", 4, 4, 7),
+])
+def test_causal_forcing_step_variants(model, first, later, chunks):
+    from omegaconf import OmegaConf
+
+    from qarvd.models.rollout import RolloutConfig
+
+    cfg = compose([f"model={model}"]).model
+    rc = RolloutConfig(**OmegaConf.to_container(cfg.rollout, resolve=True))
+    infos = rc.forward_infos()
+    assert rc.num_chunks == chunks
+    assert sum(1 for i in infos if i.chunk == 0) == first + 1  # + the K/V refresh
+    assert sum(1 for i in infos if i.chunk == 1) == later + 1
+    assert rc.timesteps(1)[0] == 1000.0
+    if later == 2:
+        assert rc.timesteps(1)[1] == pytest.approx(5 * 0.5 / (1 + 4 * 0.5) * 1000)  # 500 warped by shift 5
