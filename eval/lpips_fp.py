@@ -12,6 +12,7 @@ Every metric here is a callable ``(fp [T, 3, H, W], quant [T, 3, H, W]) -> [T]``
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -37,7 +38,9 @@ def build_lpips(alexnet_path: Optional[str | os.PathLike] = None, pnet_rand: boo
 
     if not pnet_rand:
         file = require_file(alexnet_path or default_alexnet_path(), "eval.lpips.alexnet_path", ALEXNET_PUBLISHED_AT)
-    model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
+    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=` argument
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
     if not pnet_rand:
         state = torch.load(file, map_location="cpu", weights_only=True)
         mapped = {

@@ -98,12 +98,12 @@ def plot_sweep(records: list[dict], tag: str, path=None, bits: str = "w4a8"):
 
 
 def plot_ds(ds: Mapping[str, Mapping[str, float]], path=None):
-    """Fig. 7: CV, BOA and DS of each metric (``eval.ds.ds_from_records`` output); log scale shows both ends."""
+    """Fig. 7: CV, BOA and DS of each metric (``eval.ds.ds_from_records`` output); log scale, zeros left blank."""
     metrics = list(ds)
     x = np.arange(len(metrics))
     fig, ax = plt.subplots(figsize=(1.1 * len(metrics) + 2, 3.2))
     for i, key in enumerate(("cv", "boa", "ds")):
-        ax.bar(x + (i - 1) * 0.27, [max(ds[m][key], 1e-4) for m in metrics], 0.27, label=key.upper())
+        ax.bar(x + (i - 1) * 0.27, [ds[m][key] if ds[m][key] > 0 else np.nan for m in metrics], 0.27, label=key.upper())
     ax.set_xticks(x, [COLUMNS.get(m, (m,))[0] for m in metrics], rotation=30, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.legend(fontsize=8)

@@ -193,3 +193,11 @@ def to_latex(table: Table) -> str:
     lines += [f"\\\\[2pt]{{\\footnotesize [{i}] {_tex(n)}}}" for i, n in enumerate(table.notes, 1)]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+def ds_table(ds: dict, caption: str) -> Table:
+    """Fig. 7 as a table: CV, BOA and DS of every metric (``eval.ds.ds_from_records`` output)."""
+    table = Table(caption, ["Metric", "CV", "BOA", "DS"])
+    for metric, v in ds.items():
+        table.rows.append([COLUMNS.get(metric, (metric,))[0], f"{v['cv']:.4f}", f"{v['boa']:.3f}", f"{v['ds']:.4f}"])
+    return table

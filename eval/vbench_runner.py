@@ -20,6 +20,8 @@ def main(argv=None):
     parser.add_argument("--dimensions", nargs="+", required=True, help="VBench dimensions to score")
     args = parser.parse_args(argv)
 
+    here = os.path.dirname(os.path.abspath(__file__))  # holds our eval/vbench.py, which must not shadow the package
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     import torch
     import vbench
     from vbench import VBench
