@@ -192,3 +192,14 @@ def quantize_ref(h: torch.Tensor, acts: StackedAct, rowsum: bool = False):
 
 def fp8_ref(h: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (h.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def norm_quant_torch(x: torch.Tensor, acts: Optional[StackedAct] = None, *, ln=None, mod=None, pre_gelu: bool = False,
+                     fp8_scale: Optional[torch.Tensor] = None, rowsum: bool = False):
+    """:func:`norm_quant` in torch (same signature and results; pad columns are zero here)."""
+    h = norm_act_ref(x, ln=ln, mod=mod, pre_gelu=pre_gelu)
+    if acts is not None:
+        return quantize_ref(h, acts, rowsum)
+    if fp8_scale is not None:
+        return fp8_ref(h, fp8_scale)
+    return h.to(x.dtype)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import next_pow2, triton_ok
+from kernels._common import next_pow2
 
 
 @triton.jit
@@ -78,8 +78,6 @@ def qk_norm_rope(
     m = src.shape[0]
     q = torch.empty((m, dim), dtype=src.dtype, device=src.device)
     has_kv = cache_k is not None
-    if not triton_ok(src):
-        return _qk_ref(src, offsets, dim, tokens, wq, wk, eps, cos, sin, cache_k, cache_v, start, q)
     dummy = torch.empty(1, dtype=torch.float32, device=src.device)
     block_p = next_pow2(dim // 2)
     block_r = max(1, min(8, 4096 // block_p))
@@ -110,7 +108,11 @@ def _rope_ref(x: torch.Tensor, cos, sin, tokens: int) -> torch.Tensor:
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).view(m, d).type_as(x)
 
 
-def _qk_ref(src, offsets, dim, tokens, wq, wk, eps, cos, sin, cache_k, cache_v, start, q_out):
+def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, cos=None, sin=None, cache_k=None,
+                     cache_v=None, start=0):
+    """:func:`qk_norm_rope` in eager torch (the model's own formulas)."""
+    q_out = torch.empty((src.shape[0], dim), dtype=src.dtype, device=src.device)
+
     def one(off, w):
         x = src[:, off:off + dim]
         if w is not None:
@@ -143,15 +145,20 @@ def _residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, M, N, stride_x, stride_y, str
 def residual_update(x: torch.Tensor, y: torch.Tensor, gate: Optional[torch.Tensor] = None, tokens_per_frame: int = 1,
                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x + round(y * gate[m // S]) (adaLN gated residual; plain x + y without a gate), [M, N] rows = tokens."""
+    if x.stride(-1) != 1 or y.stride(-1) != 1:
+        raise ValueError("residual_update needs row-major x and y (unit column stride)")
     out = out if out is not None else torch.empty_like(x)
-    if not triton_ok(x, y):
-        if gate is not None:
-            r = torch.arange(x.shape[0], device=x.device) // tokens_per_frame
-            y = (y * gate[r]).type_as(x)
-        return torch.add(x, y, out=out)
     m, n = x.shape
     grid = (triton.cdiv(m, 8), triton.cdiv(n, 512))
     _residual_kernel[grid](x, y, gate if gate is not None else x, out, m, n, x.stride(0), y.stride(0),
                            gate.stride(0) if gate is not None else 0, out.stride(0), tokens_per_frame,
                            HAS_GATE=gate is not None, BLOCK_R=8, BLOCK_N=512, num_warps=4)
     return out
+
+
+def residual_update_ref(x, y, gate=None, tokens_per_frame: int = 1, out=None):
+    """:func:`residual_update` in eager torch."""
+    if gate is not None:
+        r = torch.arange(x.shape[0], device=x.device) // tokens_per_frame
+        y = (y * gate[r]).type_as(x)
+    return torch.add(x, y, out=out) if out is not None else x + y

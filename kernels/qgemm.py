@@ -205,6 +205,8 @@ def qgemm(
     elif epilogue == "residual":
         if residual is None:
             raise ValueError("epilogue 'residual' needs the residual tensor")
+        if residual.stride(-1) != 1:
+            raise ValueError("the residual must be row-major (unit column stride)")
         res = residual
         out = out if out is not None else torch.empty_like(residual)
         if gate is not None:
@@ -281,3 +283,25 @@ def qgemm_ref(a: torch.Tensor, rowsums: Optional[torch.Tensor], lin: PackedGroup
             y = y + lin.bias[sl].double()
         out[:, sl] = y
     return out
+
+
+def qgemm_torch(a, rowsums, lin: PackedGroup, m: int, *, out_dtype=torch.bfloat16, epilogue: str = "store", out=None,
+                residual=None, gate=None, tokens_per_frame: int = 1, next_act: Optional[StackedAct] = None,
+                next_rowsum: bool = False, config=None):
+    """:func:`qgemm` in torch: float64 GEMM of the codes, then the same epilogues with the same rounding points."""
+    from kernels.act_quant import quantize_ref
+
+    y = qgemm_ref(a, rowsums, lin, m).float().to(out_dtype).float()
+    if epilogue == "store":
+        return out.copy_(y) if out is not None else y.to(out_dtype)
+    if epilogue == "residual":
+        if gate is not None:
+            r = torch.arange(m, device=y.device) // tokens_per_frame
+            y = (y * gate[r].float()).to(residual.dtype).float()
+        res = (residual.float() + y).to(residual.dtype)
+        return out.copy_(res) if out is not None else res
+    if epilogue == "gelu_quant":
+        h = torch.nn.functional.gelu(y, approximate="tanh").to(out_dtype).float()
+        codes, rs = quantize_ref(h, next_act, rowsum=True)
+        return codes[0], (rs[0] if next_rowsum else None)
+    raise ValueError(f"unknown epilogue {epilogue!r}; choose from {sorted(EPILOGUES)}")

@@ -14,11 +14,13 @@ from torch import nn
 
 from kernels.layout import ActQuant, PackedGroup, StackedAct, stack_acts
 
-_OPTIONAL = ("bias", "smooth", "lr_down", "lr_up")
-
 
 class RealQuantLinear(nn.Module):
-    """W8A8 / W4A8 linear: int8 [N, Kp] or packed int4 [N, Kp/2] weights in the kernels' padded layout."""
+    """W8A8 / W4A8 linear: int8 [N, Kp] or packed int4 [N, Kp/2] weights in the kernels' padded layout.
+
+    Persistent buffers are the storage of :func:`qarvd.deploy.packing.pack_spec` (what the artifact saves); the
+    kernel tensors derived from them (``k_*``) are non-persistent and rebuilt after loading or moving.
+    """
 
     def __init__(self, meta: dict, tensors: Optional[dict] = None, backend=None) -> None:
         super().__init__()
@@ -28,42 +30,68 @@ class RealQuantLinear(nn.Module):
         tensors = tensors if tensors is not None else self._empty(meta)
         for name, t in tensors.items():
             self.register_buffer(name, t)
-        self.meta.update(has_bias="bias" in tensors, has_smooth="smooth" in tensors,
-                         rank=int(tensors["lr_down"].shape[0]) if "lr_down" in tensors else 0)
-        self._group_cache: Optional[tuple] = None
+        self.meta.update(has_bias="bias" in tensors, has_smooth="smooth" in tensors, has_ratio="ratio" in tensors,
+                         rank=int(tensors["lr_down"].shape[0]) if "lr_down" in tensors else 0,
+                         bias_dtype=str(tensors["bias"].dtype).removeprefix("torch.") if "bias" in tensors else None)
+        self._derived_key = None
+        self._group_cache = None
 
     @staticmethod
     def _empty(meta: dict) -> dict:
-        n, k, kp = meta["out_features"], meta["in_features"], meta["kp"]
+        n, k, kp, g = meta["out_features"], meta["in_features"], meta["kp"], meta["groups"]
         t = dict(
             weight=torch.empty((n, kp // 2), dtype=torch.uint8) if meta["int4"] else torch.empty((n, kp), dtype=torch.int8),
-            w_scale=torch.empty(2, n), w_zero=torch.empty(2, n, dtype=torch.int32),
-            corr=torch.empty(2, n, dtype=torch.int32), ratio=torch.empty(n, dtype=torch.int32),
-            a_scale=torch.empty(2), a_zero=torch.empty(2), a_col_scale=torch.empty(k), a_col_zero=torch.empty(k),
-            a_dest=torch.empty(k, dtype=torch.int32))
+            w_scale=torch.empty(g, n), w_zero=torch.empty(g, n, dtype=torch.int8), a_scale=torch.empty(g),
+            a_zero=torch.empty(g))
+        if g == 2:
+            t["outlier_cols"] = torch.empty(meta["kop_cols"], dtype=torch.int16 if k < 2**15 else torch.int32)
+        if meta.get("has_ratio"):
+            t["ratio"] = torch.empty(n, dtype=torch.int16)
         if meta.get("has_bias"):
-            t["bias"] = torch.empty(n)
+            t["bias"] = torch.empty(n, dtype=getattr(torch, meta.get("bias_dtype") or "float32"))
         if meta.get("has_smooth"):
             t["smooth"] = torch.empty(k)
         if meta.get("rank"):
             t["lr_down"], t["lr_up"] = torch.empty(meta["rank"], k), torch.empty(n, meta["rank"])
         return t
 
-    # -- views the kernels take -----------------------------------------------------------------------
+    def storage_meta(self) -> dict:
+        """Scalar facts saved next to the tensors (enough to rebuild an empty module for loading)."""
+        out = dict(self.meta)
+        if out["groups"] == 2:
+            out["kop_cols"] = int(self.outlier_cols.numel())
+        return out
+
+    # -- kernel tensors ---------------------------------------------------------------------------------
+    def _derived(self) -> None:
+        key = (self.weight.device, self.weight.data_ptr(), self.w_scale.data_ptr())
+        if self._derived_key == key:
+            return
+        from qarvd.deploy.packing import derive
+
+        d = derive({name: b for name, b in self.named_buffers(recurse=False) if not name.startswith("k_")}, self.meta)
+        for name in ("has_wzp", "has_corr", "uniform"):
+            self.meta[name] = d.pop(name)
+        for name, t in d.items():
+            self.register_buffer(name, t, persistent=False)
+        self._derived_key = key
+        self._group_cache = None
+
     def act(self) -> ActQuant:
+        self._derived()
         m = self.meta
-        return ActQuant(self.a_col_scale, self.a_col_zero, self.a_dest, self.a_scale, self.a_zero, m["kp"], m["kop"],
-                        m["lo"], m["hi"], m["uniform"])
+        return ActQuant(self.k_col_scale, self.k_col_zero, self.k_dest, self.k_a_scale, self.k_a_zero, m["kp"],
+                        m["kop"], m["lo"], m["hi"], m["uniform"])
 
     def stacked_act(self) -> StackedAct:
         return stack_acts([self.act()])
 
     def group(self) -> PackedGroup:
         """This layer as a one-member grouped GEMM (views of the buffers, cached per device)."""
-        key = (self.weight.device, self.weight.data_ptr())
-        if self._group_cache is None or self._group_cache[0] != key:
-            self._group_cache = (key, stack_group([self]))
-        return self._group_cache[1]
+        self._derived()
+        if self._group_cache is None:
+            self._group_cache = stack_group([self])
+        return self._group_cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend is None:
@@ -86,14 +114,16 @@ def stack_group(mods: list) -> PackedGroup:
     duals = {m.meta["dual"] for m in mods} - {"none"}
     if len(duals) > 1:
         raise ValueError(f"one group needs one dual-scale mode, got {duals}")
+    for m in mods:
+        m._derived()
     cat = (lambda ts, dim=0: ts[0]) if len(mods) == 1 else (lambda ts, dim=0: torch.cat(ts, dim))
-    biases = [m.bias if m.meta["has_bias"] else torch.zeros_like(m.w_scale[0]) for m in mods]
     has_bias = any(m.meta["has_bias"] for m in mods)
+    biases = [m.k_bias if m.meta["has_bias"] else torch.zeros_like(m.k_w_scale[0]) for m in mods]
     return PackedGroup(
-        weight=cat([m.weight for m in mods]), w_scale=cat([m.w_scale for m in mods], 1),
-        w_zero=cat([m.w_zero for m in mods], 1), corr=cat([m.corr for m in mods], 1),
-        ratio=cat([m.ratio for m in mods]), bias=cat(biases) if has_bias else None,
-        a_scale=torch.stack([m.a_scale for m in mods]),
+        weight=cat([m.weight for m in mods]), w_scale=cat([m.k_w_scale for m in mods], 1),
+        w_zero=cat([m.k_w_zero for m in mods], 1), corr=cat([m.k_corr for m in mods], 1),
+        ratio=cat([m.k_ratio for m in mods]), bias=cat(biases) if has_bias else None,
+        a_scale=torch.stack([m.k_a_scale for m in mods]),
         kop=torch.tensor([m.meta["kop"] for m in mods], dtype=torch.int32, device=mods[0].weight.device),
         n=ref["out_features"], kp=ref["kp"], count=len(mods), int4=ref["int4"],
         dual=duals.pop() if duals else "none", has_wzp=any(m.meta["has_wzp"] for m in mods),

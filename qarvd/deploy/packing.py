@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.layout import ActQuant, pack_int4, padded
+from kernels.layout import pack_int4, padded
 from qarvd.deploy.spec import RealLayerSpec
 
 DUAL_MODES = ("exact", "int_ratio")
@@ -24,13 +24,18 @@ def _offset(qmin: int, qmax: int) -> int:
 
 @dataclass
 class Packed:
-    """Kernel-ready tensors of one layer (CPU) plus the scalar layout facts stored next to them."""
+    """Storage tensors of one layer (CPU; what the artifact saves) plus the scalar layout facts stored next to them."""
 
     tensors: dict
     meta: dict
 
 
 def pack_spec(spec: RealLayerSpec, dual_mode: str = "exact") -> Packed:
+    """Storage form: weights in the padded layout, per-group scales and stored zero points, the outlier columns.
+
+    Everything the kernels need beyond this (per-column activation vectors, exact integer corrections) is derived
+    at load time by :func:`derive`, so the file holds no redundant bytes.
+    """
     if dual_mode not in DUAL_MODES:
         raise ValueError(f"dual_mode={dual_mode!r}; choose from {DUAL_MODES}")
     n, k = spec.out_features, spec.in_features
@@ -40,67 +45,45 @@ def pack_spec(spec: RealLayerSpec, dual_mode: str = "exact") -> Packed:
     kgs = [int(c.numel()) for c in spec.groups]
     kop = padded(kgs[0]) if two else 0
     kp = kop + padded(kgs[-1])
-    # activation side: per source column scale / stored zero / destination
     a_off = _offset(spec.a_qmin, spec.a_qmax)
     lo, hi = spec.a_qmin - a_off, spec.a_qmax - a_off
     if lo < -128 or hi > 127:
         raise ValueError(f"activation range [{spec.a_qmin}, {spec.a_qmax}] does not fit int8 storage")
-    col_scale = torch.empty(k, dtype=torch.float32)
-    col_zero = torch.empty(k, dtype=torch.float32)
-    dest = torch.empty(k, dtype=torch.int32)
-    a_scale = torch.zeros(2, dtype=torch.float32)
-    a_zero = torch.zeros(2, dtype=torch.float32)
-    starts = [0, kop] if two else [0]
-    grp_ids = [0, 1] if two else [1]
-    for cols, s, z, start, gid in zip(spec.groups, spec.act_scale, spec.act_zero, starts, grp_ids):
-        cols = cols.long().cpu()
-        col_scale[cols] = float(s)
-        col_zero[cols] = float(z) - a_off
-        dest[cols] = start + torch.arange(cols.numel(), dtype=torch.int32)
-        a_scale[gid], a_zero[gid] = float(s), float(z) - a_off
-    if spec.smooth is not None:
-        col_scale = (col_scale.double() * spec.smooth.double().cpu()).float()
-    uniform = not two and spec.smooth is None and torch.equal(dest, torch.arange(k, dtype=torch.int32))
-
-    # weight side, groups laid out at their padded column ranges
-    w_scale = torch.zeros(2, n, dtype=torch.float32)
-    w_zero = torch.zeros(2, n, dtype=torch.int32)
-    corr = torch.zeros(2, n, dtype=torch.int64)
-    ratio = torch.ones(n, dtype=torch.int32)
-    w_off = _offset(spec.w_qmin, spec.w_qmax)
+    w_off = 0 if int4 else _offset(spec.w_qmin, spec.w_qmax)
     full = torch.zeros(n, kp, dtype=torch.int32)
-    weffs = [wi.double().cpu() - wz.double().cpu()[:, None] for wi, wz in zip(spec.weight_int, spec.weight_zero)]
-    for gi, (cols, wi, ws, wz, start, gid) in enumerate(
-            zip(spec.groups, spec.weight_int, spec.weight_scale, spec.weight_zero, starts, grp_ids)):
-        wi, ws, wz = wi.cpu().round().long(), ws.float().cpu(), wz.cpu().round().long()
+    w_scale, w_zero = [], []
+    ratio = None
+    starts = [0, kop] if two else [0]
+    for gi, (cols, wi, ws, wz, start) in enumerate(zip(spec.groups, spec.weight_int, spec.weight_scale,
+                                                       spec.weight_zero, starts)):
+        wi, ws, wz = wi.cpu().double().round().long(), ws.float().cpu(), wz.cpu().double().round().long()
         kg = cols.numel()
-        zx = int(a_zero[gid].item())
-        if dual == "int_ratio" and gid == 0:
-            # outlier weights, re-quantized so that their combined scale is R[n] x the normal group's
-            rho = (spec.act_scale[0] * ws.double()) / (spec.act_scale[1] * spec.weight_scale[1].double().cpu())
+        if gi == len(spec.groups) - 1:  # the normal group is stored in ascending column order
+            wi = wi[:, cols.long().cpu().argsort()]
+        if dual == "int_ratio" and gi == 0:
+            # outliers re-quantized so that their combined scale is ratio[n] x the normal group's
+            ws_n = spec.weight_scale[1].double().cpu()
+            rho = (float(spec.act_scale[0]) * ws.double()) / (float(spec.act_scale[1]) * ws_n)
             qmax = 7 if int4 else 127
-            amax = weffs[0].abs().amax(1).clamp_min(1)
-            r = torch.clamp(torch.ceil(rho * amax / qmax - 1e-9), min=1).long()
-            weff = torch.clamp(torch.round(weffs[0] * rho[:, None] / r[:, None]), -qmax, qmax).long()
-            ratio = r.to(torch.int32)
-            ws = (r.double() * spec.act_scale[1] * spec.weight_scale[1].double().cpu() / spec.act_scale[0]).float()
-            stored, zw = (weff + 8, torch.full((n,), 8)) if int4 else (weff, torch.zeros(n, dtype=torch.long))
+            weff = (wi - wz[:, None]).double()
+            r = torch.clamp(torch.ceil(rho * weff.abs().amax(1).clamp_min(1) / qmax - 1e-9), min=1)
+            wi = torch.clamp(torch.round(weff * (rho / r)[:, None]), -qmax, qmax).long()
+            if int4:
+                wi, wz = wi + 8, torch.full((n,), 8, dtype=torch.long)
+            else:
+                wz = torch.zeros(n, dtype=torch.long)
+            ws = (r * float(spec.act_scale[1]) * ws_n / float(spec.act_scale[0])).float()
+            ratio = r.to(torch.int16)
+            stored, zw = wi, wz
         elif int4:
             stored, zw = wi - spec.w_qmin, wz - spec.w_qmin
-            weff = wi - wz[:, None]
         else:
             stored, zw = wi - w_off, wz - w_off
-            weff = wi - wz[:, None]
         full[:, start:start + kg] = stored.to(torch.int32)
         if int4:  # pads hold the zero point so that they dequantize to exactly 0
-            pad_to = start + (padded(kg))
-            full[:, start + kg:pad_to] = zw[:, None].to(torch.int32)
-            corr[gid] = -zx * weff.sum(1)
-        else:
-            corr[gid] = -zx * stored.sum(1) + kg * zx * zw
-        w_scale[gid], w_zero[gid] = ws, zw.to(torch.int32)
-    if int(corr.abs().max()) >= 2**31:
-        raise ValueError("zero-point correction overflows int32")
+            full[:, start + kg:start + padded(kg)] = zw[:, None].to(torch.int32)
+        w_scale.append(ws)
+        w_zero.append(zw)
     if int4:
         if int(full.min()) < 0 or int(full.max()) > 15:
             raise ValueError("int4 weights (minus qmin) must lie in 0..15")
@@ -109,23 +92,80 @@ def pack_spec(spec: RealLayerSpec, dual_mode: str = "exact") -> Packed:
         if int(full.min()) < -128 or int(full.max()) > 127:
             raise ValueError("int8 weights do not fit after centring; check w_qmin/w_qmax")
         weight = full.to(torch.int8)
-    has_wzp = (not int4) and bool((w_zero != 0).any())
-    tensors = dict(weight=weight, w_scale=w_scale, w_zero=w_zero, corr=corr.to(torch.int32), ratio=ratio,
-                   a_scale=a_scale, a_zero=a_zero, a_col_scale=col_scale, a_col_zero=col_zero, a_dest=dest)
+    zeros = torch.stack(w_zero)
+    if int(zeros.min()) < -128 or int(zeros.max()) > 127:
+        raise ValueError("weight zero points do not fit int8 storage")
+    tensors = dict(weight=weight, w_scale=torch.stack(w_scale), w_zero=zeros.to(torch.int8),
+                   a_scale=torch.tensor([float(s) for s in spec.act_scale], dtype=torch.float32),
+                   a_zero=torch.tensor([float(z) - a_off for z in spec.act_zero], dtype=torch.float32))
+    if two:
+        tensors["outlier_cols"] = spec.groups[0].long().cpu().to(torch.int16 if k < 2**15 else torch.int32)
+    if ratio is not None:
+        tensors["ratio"] = ratio
     if spec.bias is not None:
-        tensors["bias"] = spec.bias.float().cpu()
+        tensors["bias"] = spec.bias.detach().cpu()
     if spec.smooth is not None:
         tensors["smooth"] = spec.smooth.float().cpu()
     if spec.lowrank is not None:
-        tensors["lr_down"], tensors["lr_up"] = (t.float().cpu() for t in spec.lowrank)
+        tensors["lr_down"], tensors["lr_up"] = (t.detach().cpu() for t in spec.lowrank)
     meta = dict(in_features=k, out_features=n, kp=kp, kop=kop, lo=lo, hi=hi, int4=int4, dual=dual,
-                has_wzp=has_wzp, has_corr=bool((corr != 0).any()), uniform=uniform)
+                groups=len(spec.groups))
     return Packed(tensors, meta)
 
 
-def act_quant(t: dict, meta: dict) -> ActQuant:
-    return ActQuant(t["a_col_scale"], t["a_col_zero"], t["a_dest"], t["a_scale"], t["a_zero"], meta["kp"],
-                    meta["kop"], meta["lo"], meta["hi"], meta["uniform"])
+def derive(t: dict, meta: dict) -> dict:
+    """Kernel tensors from storage: two-row (outlier, normal) scales and zero points, exact int32 corrections for
+    the activation zero points, and the per-column activation vectors (scale x smoothing, stored zero, destination)."""
+    n, k, kp, kop = meta["out_features"], meta["in_features"], meta["kp"], meta["kop"]
+    dev = t["weight"].device
+    two = meta["groups"] == 2
+    rows = [0, 1] if two else [1]
+    w_scale = torch.zeros(2, n, dtype=torch.float32, device=dev)
+    w_zero = torch.zeros(2, n, dtype=torch.int32, device=dev)
+    a_scale = torch.zeros(2, dtype=torch.float32, device=dev)
+    a_zero = torch.zeros(2, dtype=torch.float32, device=dev)
+    for i, r in enumerate(rows):
+        w_scale[r], w_zero[r] = t["w_scale"][i].float(), t["w_zero"][i].int()
+        a_scale[r], a_zero[r] = t["a_scale"][i], t["a_zero"][i]
+    if meta["int4"]:
+        from kernels.layout import unpack_int4
+
+        wint = unpack_int4(t["weight"]).long()
+    else:
+        wint = t["weight"].long()
+    corr = torch.zeros(2, n, dtype=torch.int64, device=dev)
+    bounds = [(0, kop), (kop, kp)] if two else [(0, kp)]
+    outlier = t["outlier_cols"].long() if two else torch.zeros(0, dtype=torch.long, device=dev)
+    normal_mask = torch.ones(k, dtype=torch.bool, device=dev)
+    normal_mask[outlier] = False
+    counts = [outlier.numel(), int(normal_mask.sum())] if two else [k]
+    for r, (k0, k1), kg in zip(rows, bounds, counts):
+        zx = int(a_zero[r])
+        w = wint[:, k0:k1]
+        if meta["int4"]:  # in-kernel zero point; pads equal it and vanish
+            corr[r] = -zx * (w - w_zero[r][:, None].long()).sum(1)
+        else:
+            corr[r] = -zx * w.sum(1) + kg * zx * w_zero[r].long()
+    if int(corr.abs().max()) >= 2**31:
+        raise ValueError("zero-point correction overflows int32")
+    # activation columns: outliers first (in their stored order), then the normal columns in ascending order
+    dest = torch.empty(k, dtype=torch.int32, device=dev)
+    order = torch.arange(k, device=dev)[normal_mask]
+    dest[order] = kop + torch.arange(order.numel(), dtype=torch.int32, device=dev)
+    col_scale = torch.full((k,), float(a_scale[1]), dtype=torch.float32, device=dev)
+    col_zero = torch.full((k,), float(a_zero[1]), dtype=torch.float32, device=dev)
+    if two:
+        dest[outlier] = torch.arange(outlier.numel(), dtype=torch.int32, device=dev)
+        col_scale[outlier], col_zero[outlier] = a_scale[0], a_zero[0]
+    if "smooth" in t:
+        col_scale = (col_scale.double() * t["smooth"].double()).float()
+    ratio = t["ratio"].int() if "ratio" in t else torch.ones(n, dtype=torch.int32, device=dev)
+    out = dict(k_w_scale=w_scale, k_w_zero=w_zero, k_corr=corr.to(torch.int32), k_ratio=ratio, k_a_scale=a_scale,
+               k_a_zero=a_zero, k_col_scale=col_scale, k_col_zero=col_zero, k_dest=dest)
+    if "bias" in t:
+        out["k_bias"] = t["bias"].float()
+    return out | dict(has_wzp=(not meta["int4"]) and bool((w_zero != 0).any()), has_corr=bool((corr != 0).any()),
+                      uniform=not two and "smooth" not in t)
 
 
 # ----------------------------------------------------------------------------------------------- minmax specs

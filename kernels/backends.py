@@ -1,0 +1,143 @@
+"""Kernel backends: which implementation runs the quantized (or bf16) linears and the block glue.
+
+Chosen by config (``kernel=triton_int8|torch_ref|fp8|bf16``, each a ``_target_`` in ``conf/kernel/``). A backend
+names the weight format the converter produces (``int``: W8A8/W4A8 from the artifact's bits, ``fp8``, or ``bf16``:
+no conversion), the dual-scale GEMM variant, the attention kernel, and provides the ops the fused block forward
+(:mod:`qarvd.deploy.fast`) and the stand-alone real modules call. ``torch_ref`` computes the same functions with
+torch ops (float64 GEMM of the integer codes), on any device: it is the reference the Triton backend is tested
+against and the CPU path for the embedded model.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from kernels import act_quant, fp8, glue, qgemm
+from kernels._common import triton_ok
+
+ATTENTION = ("auto", "cudnn", "flash", "efficient", "math")
+DUAL = ("exact", "int_ratio")
+
+
+def sdpa_context(name: str):
+    """Context restricting F.scaled_dot_product_attention to one backend ('auto' leaves PyTorch's choice)."""
+    if name not in ATTENTION:
+        raise ValueError(f"attention={name!r}; choose from {ATTENTION}")
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([{"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]])
+
+
+class KernelBackend:
+    """Base: the ops table (Triton kernels) and the settings every backend shares."""
+
+    name = "base"
+    format = "bf16"
+    norm_quant = staticmethod(act_quant.norm_quant)
+    gemm = staticmethod(qgemm.qgemm)
+    qk_norm_rope = staticmethod(glue.qk_norm_rope)
+    residual = staticmethod(glue.residual_update)
+    fp8_linear = staticmethod(fp8.fp8_linear)
+
+    def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact") -> None:
+        if attention not in ATTENTION:
+            raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
+        if dual_mode not in DUAL:
+            raise ValueError(f"dual_mode={dual_mode!r}; choose from {DUAL}")
+        self.attention, self.fused, self.dual_mode = attention, bool(fused), dual_mode
+
+    def sdpa(self):
+        return sdpa_context(self.attention)
+
+    def check(self, *tensors: torch.Tensor) -> None:
+        """Refuse to run Triton kernels where they cannot (never a silent fallback to another implementation)."""
+        if not triton_ok(*tensors):
+            raise RuntimeError(f"kernel backend {self.name!r} runs Triton kernels: it needs CUDA tensors "
+                               f"(or TRITON_INTERPRET=1); use kernel=torch_ref on the CPU")
+
+    def module_forward(self, mod, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"backend {self.name!r} has no real modules")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r})"
+
+
+def _lowrank(mod, x2: torch.Tensor):
+    if not mod.meta.get("rank"):
+        return None
+    xs = x2.float() if not mod.meta["has_smooth"] else x2.float() / mod.smooth
+    return (xs @ mod.lr_down.float().T) @ mod.lr_up.float().T
+
+
+class TritonInt8Backend(KernelBackend):
+    """W8A8 / W4A8 through the Triton kernels of this package."""
+
+    name = "triton_int8"
+    format = "int"
+
+    def module_forward(self, mod, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        x2 = x.reshape(-1, mod.in_features)
+        m = x2.shape[0]
+        a, rs = self.norm_quant(x2, mod.stacked_act(), rowsum=mod.group().has_wzp)
+        y = self.gemm(a, rs, mod.group(), m, out_dtype=x.dtype)
+        lr = _lowrank(mod, x2)
+        if lr is not None:
+            y = (y.float() + lr).to(x.dtype)
+        return y.view(*x.shape[:-1], mod.out_features)
+
+
+class TorchRefBackend(TritonInt8Backend):
+    """The same real integer arithmetic in torch (float64 GEMM of the codes): reference and CPU path."""
+
+    name = "torch_ref"
+    norm_quant = staticmethod(act_quant.norm_quant_torch)
+    gemm = staticmethod(qgemm.qgemm_torch)
+    qk_norm_rope = staticmethod(glue.qk_norm_rope_ref)
+    residual = staticmethod(glue.residual_update_ref)
+
+    def check(self, *tensors: torch.Tensor) -> None:
+        return None
+
+
+class Fp8Backend(KernelBackend):
+    """FP8 E4M3 W8A8 through torch._scaled_mm, activations quantized by the Triton producer kernels."""
+
+    name = "fp8"
+    format = "fp8"
+
+    def module_forward(self, mod, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        x2 = x.reshape(-1, mod.in_features)
+        h = x2 if not mod.meta["has_smooth"] else (x2.float() / mod.smooth).to(x.dtype)
+        h8 = self.norm_quant(h, fp8_scale=mod.a_scale)
+        y = self.fp8_linear(h8, mod.weight, mod.a_scale, mod.w_scale, mod.bias if mod.meta["has_bias"] else None,
+                            x.dtype)
+        lr = _lowrank(mod, x2)
+        if lr is not None:
+            y = (y.float() + lr).to(x.dtype)
+        return y.view(*x.shape[:-1], mod.out_features)
+
+
+class Fp8RefBackend(Fp8Backend):
+    """FP8 arithmetic emulated in torch (CPU tests of the FP8 conversion)."""
+
+    name = "fp8_ref"
+    norm_quant = staticmethod(act_quant.norm_quant_torch)
+    fp8_linear = staticmethod(fp8.fp8_linear_ref)
+    qk_norm_rope = staticmethod(glue.qk_norm_rope_ref)
+    residual = staticmethod(glue.residual_update_ref)
+
+    def check(self, *tensors: torch.Tensor) -> None:
+        return None
+
+
+class Bf16Backend(KernelBackend):
+    """No quantization: cuBLAS linears with the fused Triton glue (``fused: true``) or the eager model."""
+
+    name = "bf16"
+    format = "bf16"
