@@ -1,0 +1,1 @@
+"""Quantization methods as recipes over qarvd.quant: minmax, adaround, smoothquant, ptq4dit, svdquant, qarvd."""

@@ -1,0 +1,88 @@
+"""One calibration run from a composed config: FP reference, method recipe, artifact, metrics (train_quant.py).
+
+Outputs in ``out_dir`` (written atomically, metrics.json last, so a failed run never looks finished):
+``artifact/quantized.safetensors`` + ``artifact/quant_config.json``, ``config.yaml`` (resolved), ``metrics.json``
+with the latent MSE of the quantized rollout to the FP rollout (same per-prompt seeds) on held-out prompts.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from qarvd.data.prompts import select
+from qarvd.methods.base import Calibration
+from qarvd.models.pipeline import build_pipeline
+from qarvd.quant.artifact import save_artifact
+from qarvd.quant.quantizer import check_bits
+from qarvd.quant.sensitivity import generate, latent_mse_by_chunk
+from qarvd.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """What a result row needs to say where it came from."""
+    return {"model": cfg.model.name, "method": cfg.method.name, "bits": cfg.bits.name, "calib": cfg.calib.name,
+            "seed": int(cfg.seed), "random_init": bool(cfg.model.checkpoint.get("random_init", False)),
+            "checkpoint": None if cfg.model.checkpoint.get("random_init", False) else str(cfg.model.checkpoint.path)}
+
+
+def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str]]:
+    """(calibration, sensitivity, held-out evaluation) prompts."""
+    calib_pool = instantiate(cfg.model.prompts.calib)
+    eval_pool = instantiate(cfg.model.prompts.eval)
+    c = cfg.calib
+    calib = select(calib_pool, int(c.prompt_start), int(c.num_prompts))
+    sens = select(calib_pool, int(c.prompt_start), min(int(c.sensitivity_prompts), len(calib_pool) - int(c.prompt_start)))
+    return calib, sens, select(eval_pool, 0, int(c.eval_prompts))
+
+
+def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and metrics; return metrics."""
+    out_dir = Path(out_dir)
+    bits = cfg.bits
+    check_bits(bits.w_bits, "bits.w_bits")
+    check_bits(bits.a_bits, "bits.a_bits")
+    recipe = instantiate(cfg.method, _convert_="all")
+    t0 = time.perf_counter()
+    torch.manual_seed(int(cfg.seed))
+    pipeline = build_pipeline(cfg.model, cfg.device)
+    calib_prompts, sens_prompts, eval_prompts = calibration_prompts(cfg)
+    seed = int(cfg.seed)
+    batch = int(cfg.calib.prompt_batch)
+    eval_seeds = [seed + i for i in range(len(eval_prompts))]
+    fp_latents = generate(pipeline, eval_prompts, eval_seeds, batch)  # FP reference, before any layer is swapped
+    calib = OmegaConf.to_container(cfg.calib, resolve=True)
+    cal = Calibration(
+        pipeline=pipeline, w_bits=int(bits.w_bits), a_bits=int(bits.a_bits), symmetric=bool(bits.symmetric),
+        calib=calib, prompts=calib_prompts, seeds=[seed + i for i in range(len(calib_prompts))], work_dir=out_dir,
+        sensitivity_prompts=sens_prompts, sensitivity_seeds=[seed + i for i in range(len(sens_prompts))],
+        fingerprint={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
+        | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "eval_prompts", "sensitivity_prompts")},
+           "seed": seed},
+        seed=seed,
+    )
+    t1 = time.perf_counter()
+    info = recipe.run(cal)
+    t2 = time.perf_counter()
+    q_latents = generate(pipeline, eval_prompts, eval_seeds, batch)
+    mse = latent_mse_by_chunk(q_latents, fp_latents, pipeline.rollout_cfg.chunk_frames())
+    identity = run_identity(cfg)
+    artifact = save_artifact(pipeline.model, out_dir / "artifact", {**identity, "bits_cfg": OmegaConf.to_container(bits)})
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = {
+        **identity,
+        "latent_mse": mse,
+        "eval_prompts": len(eval_prompts),
+        "calib_prompts": len(calib_prompts),
+        "artifact": str(artifact),
+        "calibration": info,
+        "seconds": {"build_and_fp_reference": t1 - t0, "calibration": t2 - t1, "evaluation": time.perf_counter() - t2},
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,54 @@
+"""SVDQuant's 16-bit low-rank branch: W' = L2 L1 + R, only the residual R is quantized.
+
+``L2 = U_r sqrt(S_r)`` [out, r] and ``L1 = sqrt(S_r) V_r^T`` [r, in] from the SVD of the smoothed weight, stored in
+16 bits; the residual is computed against the 16-bit factors so ``R + L2 L1`` is exactly the smoothed weight the
+forward reproduces. Optional refinement (as in SVDQuant/nunchaku): re-take the SVD of ``W' - Q(R)`` so the
+branch absorbs the residual's quantization error; keep the best output error, stop when it rises.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+
+def lowrank_factors(w: torch.Tensor, rank: int, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 [r, in], L2 [out, r]) in ``dtype`` with ``L2 L1`` the best rank-``r`` approximation of ``w``."""
+    if rank < 1 or rank > min(w.shape):
+        raise ValueError(f"low-rank rank must be in [1, {min(w.shape)}] for a {tuple(w.shape)} weight, got {rank}")
+    u, s, vh = torch.linalg.svd(w.detach().double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (root[:, None] * vh[:rank]).to(dtype), (u[:, :rank] * root[None, :]).to(dtype)
+
+
+def branch(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The fp32 weight ``L2 L1`` of the 16-bit branch."""
+    return up.float() @ down.float()
+
+
+def refine_lowrank(w: torch.Tensor, rank: int, quantize: Callable[[torch.Tensor], torch.Tensor],
+                   x: Optional[torch.Tensor], iters: int, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Iterate ``L <- SVD_r(W - Q(W - L))`` up to ``iters`` times; returns the best (L1, L2) and the error history.
+
+    The error is the output error ``mean((x (Q(R) + L)^T - x W^T)^2)`` on the sample ``x`` (the weight error if
+    ``x`` is None). ``quantize`` maps a residual to its quantize-dequantized version.
+    """
+    w = w.float()
+    ref = w if x is None else x.float() @ w.T
+
+    def error(down, up):
+        approx = quantize(w - branch(down, up)) + branch(down, up)
+        return float(((approx if x is None else x.float() @ approx.T) - ref).pow(2).mean())
+
+    down, up = lowrank_factors(w, rank, dtype)
+    best, history = (down, up), [error(down, up)]
+    for _ in range(int(iters)):
+        q = quantize(w - branch(down, up))
+        down, up = lowrank_factors(w - q, rank, dtype)
+        err = error(down, up)
+        rose = err >= history[-1]
+        history.append(err)
+        if rose:  # no longer improving: stop, keep the best so far
+            break
+        best = (down, up)
+    return best[0], best[1], history

@@ -1,0 +1,292 @@
+"""Reconstruction: learn AdaRound rounding and activation steps so quantized layers reproduce FP outputs.
+
+Layer-wise, as released: each Linear alone, input = its captured FP input, target = its FP output (computed from
+the FP weight on the fly, which is exactly the captured output and halves capture memory). Per iteration a batch
+of ``batch_size`` random captured calls; loss per sample = squared error summed over tokens (and channels) times
+the sample's chunk weight, averaged over batch and output channels; plus ``lambda * sum(1 - |2h-1|^beta)`` after
+the warm-up. Adam (lr 2e-3) on the rounding variables, Adam (lr 4e-5, cosine to 0) on the activation steps.
+
+Block-wise (option): the same objective on a whole transformer block's output, re-running the block on its
+captured inputs and the cached FP K/V of the earlier chunks.
+
+Finished layers (blocks) are written to a resume folder, so an interrupted calibration restarts where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qarvd.quant.adaround import AdaRoundWeight, BetaSchedule
+from qarvd.quant.capture import BlockRecorder, CaptureBudget, LinearRecorder, SampleStore, capture, plan_passes
+from qarvd.quant.linear import QuantLinear, quant_layers, quant_state
+from qarvd.quant.quantizer import MIN_SCALE
+from qarvd.quant.roles import block_index, role_of
+from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
+
+
+@dataclass
+class ReconConfig:
+    iters: int = 2000
+    batch_size: int = 8
+    lr_round: float = 2e-3
+    lr_act: float = 4e-5
+    reg_weight: float = 0.01
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    granularity: str = "layer"  # layer | block
+    skip_roles: tuple = ("cross_kv", "embed")  # not reconstructed (nearest rounding, percentile-init steps)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.granularity not in ("layer", "block"):
+            raise ValueError(f"reconstruction granularity must be 'layer' or 'block', got '{self.granularity}'")
+        if self.iters < 1 or self.batch_size < 1:
+            raise ValueError("reconstruction needs iters >= 1 and batch_size >= 1")
+        self.skip_roles = tuple(self.skip_roles)
+
+
+# ----------------------------------------------------------------------------------------------- learnable state
+def begin_learning(layer: QuantLinear) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Attach AdaRound to every group and free the activation steps; returns (rounding vars, act steps)."""
+    target = layer.target_weight()
+    rounds, steps = [], []
+    for g in layer.groups:
+        g.rounding = AdaRoundWeight(g.columns(target), g.wq.scale, g.wq.zero_point, g.wq.qmin, g.wq.qmax)
+        g.w_int = None
+        rounds.append(g.rounding.v)
+        g.aq.scale.requires_grad_(True)
+        steps.append(g.aq.scale)
+    return rounds, steps
+
+
+def _optimizers(rounds, steps, cfg: ReconConfig):
+    opt_v = torch.optim.Adam(rounds, lr=cfg.lr_round)
+    opt_a = torch.optim.Adam(steps, lr=cfg.lr_act)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, T_max=cfg.iters, eta_min=0.0)
+    return opt_v, opt_a, sched
+
+
+def _regularizer(layers: Sequence[QuantLinear], beta: float) -> torch.Tensor:
+    return sum(g.rounding.regularizer(beta) for l in layers for g in l.groups if g.rounding is not None)
+
+
+def _run_loop(layers: Sequence[QuantLinear], loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int,
+              cfg: ReconConfig, seed: int, desc: str) -> dict:
+    """The shared optimisation loop; ``loss_fn(sample indices)`` returns the weighted reconstruction loss."""
+    rounds, steps = [], []
+    for l in layers:
+        r, s = begin_learning(l)
+        rounds += r
+        steps += s
+    opt_v, opt_a, sched = _optimizers(rounds, steps, cfg)
+    beta_of = BetaSchedule(cfg.iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
+    gen = torch.Generator().manual_seed(int(seed))
+    first = last = None
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.iters), desc=desc, leave=False, mininterval=2.0)
+    with torch.enable_grad():
+        for it in bar:
+            idx = torch.randperm(n, generator=gen)[: cfg.batch_size]
+            rec = loss_fn(idx)
+            beta, active = beta_of(it)
+            loss = rec + cfg.reg_weight * _regularizer(layers, beta) if active else rec
+            opt_v.zero_grad(set_to_none=True)
+            opt_a.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_v.step()
+            opt_a.step()
+            sched.step()
+            with torch.no_grad():
+                for s in steps:
+                    s.clamp_(min=MIN_SCALE)
+            last = float(rec)
+            first = last if first is None else first
+            if it % 50 == 0:
+                bar.set_postfix(rec=f"{last:.3e}")
+    for l in layers:
+        l.harden()
+    return {"rec_loss_first": first, "rec_loss_last": last, "seconds": time.perf_counter() - t0, "samples": n}
+
+
+def reconstruct_layer(layer: QuantLinear, store: SampleStore, cfg: ReconConfig, seed: int = 0, desc: str = "") -> dict:
+    """Layer-wise reconstruction of one QuantLinear on its captured FP inputs."""
+    if len(store) == 0:
+        raise RuntimeError(f"no captured calibration samples for layer '{layer.name}'")
+    device = layer.weight.device
+    weights = torch.tensor([layer.sample_weight(s.info) for s in store.samples], dtype=torch.float32)
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        xs = [store.tensors(int(i))["x"] for i in idx]
+        x = torch.cat(xs).to(device)
+        tok_w = torch.cat([torch.full((t.shape[0],), float(weights[int(i)])) for t, i in zip(xs, idx)]).to(device)
+        with torch.no_grad():
+            y = layer.fp_forward(x).float()
+        err = (layer(x).float() - y).pow(2).sum(-1)
+        return (err * tok_w).sum() / (len(idx) * layer.out_features)
+
+    with quant_state(layer, weights=True, acts=True):
+        return _run_loop([layer], loss_fn, len(store), cfg, seed, desc or layer.name)
+
+
+class _PrefixCache:
+    """The piece of a RolloutCache one block forward reads: its layer's earlier K/V and no cross-attn cache."""
+
+    def __init__(self, layer: int, k: torch.Tensor, v: torch.Tensor, new_tokens: int) -> None:
+        pad = k.new_zeros((k.shape[0], new_tokens) + tuple(k.shape[2:]))
+        self.k = {layer: torch.cat([k, pad], dim=1)}
+        self.v = {layer: torch.cat([v, pad], dim=1)}
+        self.cross = {layer: None}
+        self.max_tokens = k.shape[1] + new_tokens
+
+
+def reconstruct_block(block: nn.Module, store: SampleStore, cfg: ReconConfig, seed: int = 0, desc: str = "") -> dict:
+    """Block-wise reconstruction: every non-skipped QuantLinear of ``block`` learned jointly on the block output."""
+    layers = [m for m in block.modules() if isinstance(m, QuantLinear)]
+    learn = [l for l in layers if role_of(l.name) not in cfg.skip_roles]
+    device = next(block.parameters()).device
+    weights = [learn[0].sample_weight(s.info) if learn else 1.0 for s in store.samples]
+    dim = store.tensors(0)["y"].shape[-1]
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for i in idx:
+            t = {k: v.to(device) for k, v in store.tensors(int(i)).items()}
+            ex = store.samples[int(i)].extra
+            cache = _PrefixCache(ex["layer"], t["k"][None], t["v"][None], t["x"].shape[0])
+            out = block(t["x"][None], t["e"][None], t["ctx"][None], t["cos"], t["sin"], ex["layer"], cache,
+                        ex["token_start"], ex["frames"], None)
+            total = total + weights[int(i)] * (out[0].float() - t["y"].float()).pow(2).sum()
+        return total / (len(idx) * dim)
+
+    with quant_state(block, weights=True, acts=True):
+        for l in layers:
+            if l not in learn:
+                l.harden()
+        return _run_loop(learn, loss_fn, len(store), cfg, seed, desc)
+
+
+# ----------------------------------------------------------------------------------------------- resume
+class ResumeStore:
+    """Finished reconstruction units saved as safetensors, guarded by a fingerprint of the run's config."""
+
+    def __init__(self, folder: Optional[str | Path], fingerprint: dict) -> None:
+        self.folder = Path(folder) if folder else None
+        self.key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if self.folder is None:
+            return
+        fp = self.folder / "fingerprint.json"
+        if fp.exists():
+            have = json.loads(fp.read_text()).get("key")
+            if have != self.key:
+                raise ValueError(f"resume folder '{self.folder}' was written by a different configuration "
+                                 f"(fingerprint {have} != {self.key}); use a fresh calib.resume_dir")
+        else:
+            atomic_write_json(fp, {"key": self.key, "config": fingerprint})
+
+    def path(self, unit: str) -> Optional[Path]:
+        return None if self.folder is None else self.folder / f"{unit}.safetensors"
+
+    def load(self, unit: str, layers: dict[str, QuantLinear]) -> Optional[dict]:
+        from qarvd.quant.artifact import load_layer_state, read_tensors_with_meta
+
+        p = self.path(unit)
+        if p is None or not p.exists():
+            return None
+        tensors, meta = read_tensors_with_meta(p)
+        for name, layer in layers.items():
+            load_layer_state(layer, {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+        return meta.get("stats", {})
+
+    def save(self, unit: str, layers: dict[str, QuantLinear], stats: dict) -> None:
+        from qarvd.quant.artifact import layer_state
+
+        p = self.path(unit)
+        if p is None:
+            return
+        tensors = {f"{name}.{k}": v for name, l in layers.items() for k, v in layer_state(l).items()}
+        save_safetensors_atomic(p, tensors, {"stats": stats})
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def _capture_bytes(module: nn.Module, pipeline, budget: CaptureBudget, n_prompts: int, granularity: str) -> int:
+    """Rough size of one target's capture, for grouping targets into passes under the RAM budget."""
+    cfg = pipeline.rollout_cfg
+    c, h, w = pipeline.latent_shape
+    tokens = cfg.frames_per_chunk * pipeline.model.tokens_per_frame(h, w)
+    calls = n_prompts * len(cfg.forward_infos())
+    if budget.max_calls is not None:
+        calls = min(calls, budget.max_calls)
+    elem = pipeline.model.patch_embedding.weight.element_size()
+    if granularity == "layer":
+        if budget.tokens_per_call is not None:
+            tokens = min(tokens, budget.tokens_per_call)
+        return calls * tokens * module.in_features * elem
+    dim = pipeline.model.cfg.dim
+    prefix = tokens * (cfg.num_chunks - 1) // 2 * dim * 2  # average earlier-chunk K/V
+    return calls * (2 * tokens * dim + prefix) * elem
+
+
+def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cfg: ReconConfig, budget: CaptureBudget,
+                      resume: Optional[ResumeStore] = None, prompt_batch: int = 8,
+                      context_cache: Optional[dict] = None) -> dict:
+    """Capture and reconstruct every eligible unit of ``pipeline.model`` in RAM-bounded passes; returns stats."""
+    model = pipeline.model
+    layers = quant_layers(model)
+    eligible = {n: l for n, l in layers.items() if role_of(n) not in cfg.skip_roles}
+    if cfg.granularity == "layer":
+        units = {n: (l, {n: l}) for n, l in eligible.items()}
+    else:
+        blocks = sorted({block_index(n) for n in eligible if block_index(n) is not None})
+        units = {}
+        for b in blocks:
+            blk = model.blocks[b]
+            units[f"blocks.{b}"] = (blk, {n: l for n, l in layers.items() if block_index(n) == b})
+    for n, l in layers.items():  # layers outside every unit keep nearest rounding
+        if not any(n in members for _, members in units.values()):
+            l.harden()
+    stats: dict[str, dict] = {}
+    todo = []
+    for u, (_, members) in units.items():
+        got = resume.load(u, members) if resume is not None else None
+        if got is not None:
+            stats[u] = {**got, "resumed": True}
+        else:
+            todo.append(u)
+    nbytes = {u: _capture_bytes(units[u][0], pipeline, budget, len(prompts), cfg.granularity) for u in todo}
+    recorder = LinearRecorder() if cfg.granularity == "layer" else BlockRecorder()
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"reconstruct ({cfg.granularity})")
+    peak_ram = 0
+    for group in plan_passes(todo, nbytes, budget.ram_bytes):
+        session = capture(pipeline, prompts, seeds, {u: units[u][0] for u in group}, budget, recorder,
+                          batch_size=prompt_batch, context_cache=context_cache)
+        peak_ram = max(peak_ram, session.ledger.peak)
+        try:
+            for u in group:
+                unit_seed = cfg.seed * 1_000_003 + sum(u.encode())
+                store = session.stores[u]
+                if cfg.granularity == "layer":
+                    st = reconstruct_layer(units[u][0], store, cfg, unit_seed, u)
+                else:
+                    st = reconstruct_block(units[u][0], store, cfg, unit_seed, u)
+                st["spilled_bytes"] = store.spilled_bytes
+                store.clear()
+                stats[u] = st
+                if resume is not None:
+                    resume.save(u, units[u][1], st)
+                bar.update(1)
+        finally:
+            session.close()
+    bar.close()
+    ok = [s for s in stats.values() if s.get("rec_loss_first")]
+    return {"units": stats, "captured_ram_peak_bytes": peak_ram,
+            "mean_rec_loss_ratio": (sum(s["rec_loss_last"] / s["rec_loss_first"] for s in ok) / len(ok)) if ok else math.nan}

@@ -1,0 +1,92 @@
+"""Final-quality guided frame weighting (paper Eq. 3-5): how much quantizing one chunk hurts the whole video.
+
+For chunk k, only the forwards of chunk k (its denoising steps and its K/V refresh) run quantized; every other
+forward is FP but conditioned on the cache the quantized chunk left behind. ``alpha_k`` is the latent MSE of that
+rollout to the FP rollout over all frames (same per-prompt noise), averaged over prompts and normalised to sum 1.
+The quantized model is percentile-initialised only (no reconstruction). In reconstruction each sample of chunk c
+is weighted by ``alpha_c / mean(alpha)``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from qarvd.quant.linear import chunk_gate, quant_state
+
+STRATEGIES = ("final_quality", "uniform", "exp2", "reverse", "none")
+
+
+def latent_mse_by_chunk(q: torch.Tensor, ref: torch.Tensor, chunk_frames: Sequence[tuple[int, int]]) -> dict:
+    """MSE of latents [B, F, C, H, W] overall and per chunk ((start, frames) per chunk)."""
+    d = (q.double() - ref.double()).pow(2)
+    per_chunk = [float(d[:, s : s + n].mean()) for s, n in chunk_frames]
+    return {"overall": float(d.mean()), "per_chunk": per_chunk}
+
+
+def generate(pipeline, prompts: Sequence[str], seeds: Sequence[int], batch_size: int,
+             contexts: Optional[list] = None) -> torch.Tensor:
+    """Latents of all prompts, in batches (``contexts``: pre-encoded prompt batches to reuse)."""
+    out = []
+    for i, start in enumerate(range(0, len(prompts), batch_size)):
+        batch = list(prompts[start : start + batch_size])
+        ctx = contexts[i] if contexts is not None else None
+        out.append(pipeline.generate_latents(batch, list(seeds[start : start + batch_size]), context=ctx))
+    return torch.cat(out)
+
+
+def frame_sensitivity(pipeline, prompts: Sequence[str], seeds: Sequence[int], batch_size: int = 8,
+                      progress: bool = True) -> dict:
+    """alpha per chunk for a quantized (percentile-initialised) ``pipeline.model``."""
+    model = pipeline.model
+    cfg = pipeline.rollout_cfg
+    contexts = [pipeline.encode_prompts(list(prompts[s : s + batch_size])) for s in range(0, len(prompts), batch_size)]
+    with quant_state(model, weights=False, acts=False):
+        fp = generate(pipeline, prompts, seeds, batch_size, contexts)
+    mse = []
+    for k in tqdm(range(cfg.num_chunks), desc="chunk sensitivity", disable=not progress):
+        with quant_state(model, weights=True, acts=True), chunk_gate(model, [k]):
+            q = generate(pipeline, prompts, seeds, batch_size, contexts)
+        mse.append(latent_mse_by_chunk(q, fp, cfg.chunk_frames())["overall"])
+    total = sum(mse)
+    if not total > 0:
+        raise RuntimeError("quantizing any single chunk left the latents unchanged: cannot normalise the sensitivity")
+    return {"alpha": [m / total for m in mse], "mse": mse, "num_prompts": len(prompts), "num_chunks": cfg.num_chunks}
+
+
+def load_sensitivity(path: str | Path) -> list[float]:
+    """The ``alpha`` vector of a sensitivity JSON (written by scripts/sensitivity.py)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"method.sensitivity_file = '{p}' does not exist; compute it with "
+                                "`python scripts/sensitivity.py` (same model and bits) or set it to null")
+    data = json.loads(p.read_text())
+    alpha = data["alpha"] if isinstance(data, dict) else data
+    return [float(a) for a in alpha]
+
+
+def chunk_weights(strategy: str, num_chunks: int, alpha: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Loss weight per chunk, normalised to mean 1: ``alpha_c / mean(alpha)`` for the strategy's alpha.
+
+    final_quality: measured alpha; reverse: measured alpha reversed; exp2: alpha_i = 2^-i; uniform/none: ones.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown frame weighting '{strategy}'; choose one of {list(STRATEGIES)}")
+    if strategy in ("uniform", "none"):
+        return torch.ones(num_chunks)
+    if strategy == "exp2":
+        a = torch.tensor([2.0**-i for i in range(num_chunks)])
+    else:
+        if alpha is None:
+            raise ValueError(f"frame weighting '{strategy}' needs a sensitivity vector (alpha)")
+        if len(alpha) != num_chunks:
+            raise ValueError(f"the sensitivity vector has {len(alpha)} entries but the rollout has {num_chunks} chunks")
+        a = torch.tensor([float(x) for x in alpha])
+        if strategy == "reverse":
+            a = a.flip(0)
+    if not bool((a >= 0).all()) or float(a.sum()) <= 0:
+        raise ValueError(f"sensitivity vector must be non-negative with a positive sum, got {a.tolist()}")
+    return a / a.mean()
