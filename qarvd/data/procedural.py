@@ -106,9 +106,9 @@ def _shape_sdf(shape_id: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, radiu
     """Signed distance (pixels, < 0 inside) to a square, circle or upward triangle of similar area."""
     circle = torch.sqrt(dx**2 + dy**2 + 1e-12) - radius
     square = torch.maximum(dx.abs(), dy.abs()) - 0.88 * radius
-    # equilateral triangle with its apex up: the maximum over its three edges' half-planes (inradius 0.65 r)
+    # equilateral triangle with its apex up: the maximum over its three edges' half-planes (inradius 0.75 r)
     c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
-    tri = torch.maximum(torch.maximum(dy, c * dx - s * dy), -c * dx - s * dy) - 0.65 * radius
+    tri = torch.maximum(torch.maximum(dy, c * dx - s * dy), -c * dx - s * dy) - 0.75 * radius
     return torch.where(shape_id == 0, square, torch.where(shape_id == 1, circle, tri))
 
 

@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -35,36 +36,11 @@ from qarvd.models.vae import IdentityVAE
 from qarvd.models.wan import CausalWanModel, WanConfig
 from qarvd.train.common import (autocast, device_name, ema_update, find_resume, git_commit, load_state, lr_at,
                                 peak_memory_gb, resolve_device, save_state, step_generator)
+from qarvd.train.layout import context_frames, teacher_forcing_mask
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
 
 
-# ----------------------------------------------------------------------------------------------- sequence layout
-def context_frames(rc: RolloutConfig) -> int:
-    """Clean frames a training sequence needs: every chunk but the last (no chunk attends to the last one)."""
-    return rc.chunk_frames()[-1][0]
-
-
-def frame_chunks(rc: RolloutConfig) -> torch.Tensor:
-    """Chunk index of every latent frame."""
-    return torch.cat([torch.full((n,), c) for c, (_, n) in enumerate(rc.chunk_frames())])
-
-
-def teacher_forcing_mask(rc: RolloutConfig, tokens_per_frame: int, device=None) -> torch.Tensor:
-    """Bool [L, L] mask (True = attend) over ``[clean frames < last chunk | noisy frames]`` tokens.
-
-    clean chunk a -> clean chunks <= a (the refresh pass); noisy chunk c -> clean chunks < c and noisy chunk c.
-    """
-    chunk = frame_chunks(rc)
-    n_ctx = context_frames(rc)
-    q_chunk = torch.cat([chunk[:n_ctx], chunk]).repeat_interleave(tokens_per_frame)
-    noisy = torch.cat([torch.zeros(n_ctx, dtype=torch.bool), torch.ones(len(chunk), dtype=torch.bool)])
-    noisy = noisy.repeat_interleave(tokens_per_frame)
-    qc, kc = q_chunk[:, None], q_chunk[None, :]
-    qn, kn = noisy[:, None], noisy[None, :]
-    mask = (~qn & ~kn & (kc <= qc)) | (qn & ~kn & (kc < qc)) | (qn & kn & (kc == qc))
-    return mask.to(device)
-
-
+# ----------------------------------------------------------------------------------------------- noise levels
 def sample_sigmas(rc: RolloutConfig, batch: int, p_exact: float, gen: torch.Generator, device) -> torch.Tensor:
     """Per-frame noise levels [B, F], constant within a chunk: with probability ``p_exact`` one of the chunk's
     rollout timesteps (warped), otherwise shifted-uniform as in Wan's flow-matching training."""
@@ -185,8 +161,8 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, tc.steps)
         video, captions, _ = data.batch(range(step * tc.batch_size, (step + 1) * tc.batch_size), device)
-        gen = step_generator(cfg.seed, step, device)
-        loss = _loss_step(nets, video, captions, rc, mask, gen, tc, step >= own_from, device)
+        loss = _loss_step(nets, video, captions, rc, mask, step_generator(cfg.seed, step, device), tc,
+                          step >= own_from, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), tc.grad_clip)
