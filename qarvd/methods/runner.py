@@ -1,7 +1,7 @@
 """One calibration run from a composed config: FP reference, method recipe, artifact, metrics (train_quant.py).
 
 Outputs in ``out_dir`` (written atomically, metrics.json last, so a failed run never looks finished):
-``artifact/quantized.safetensors`` + ``artifact/quant_config.json``, ``config.yaml`` (resolved), ``metrics.json``
+``quant_artifact.safetensors`` + ``quant_config.json``, ``resolved_config.yaml``, ``metrics.json``
 with the latent MSE of the quantized rollout to the FP rollout (same per-prompt seeds) on held-out prompts.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from qarvd.data.prompts import select
 from qarvd.methods.base import Calibration
 from qarvd.models.pipeline import build_pipeline
-from qarvd.quant.artifact import save_artifact
+from qarvd.quant.artifact import TENSORS_FILE, save_artifact
 from qarvd.quant.quantizer import check_bits
 from qarvd.quant.sensitivity import generate, latent_mse_by_chunk
 from qarvd.utils.io import atomic_write_json, atomic_write_text
@@ -73,14 +73,14 @@ def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
     q_latents = generate(pipeline, eval_prompts, eval_seeds, batch)
     mse = latent_mse_by_chunk(q_latents, fp_latents, pipeline.rollout_cfg.chunk_frames())
     identity = run_identity(cfg)
-    artifact = save_artifact(pipeline.model, out_dir / "artifact", {**identity, "bits_cfg": OmegaConf.to_container(bits)})
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    artifact = save_artifact(pipeline.model, out_dir, {**identity, "bits_cfg": OmegaConf.to_container(bits)})
+    atomic_write_text(out_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = {
         **identity,
         "latent_mse": mse,
         "eval_prompts": len(eval_prompts),
         "calib_prompts": len(calib_prompts),
-        "artifact": str(artifact),
+        "artifact": str(artifact / TENSORS_FILE),
         "calibration": info,
         "seconds": {"build_and_fp_reference": t1 - t0, "calibration": t2 - t1, "evaluation": time.perf_counter() - t2},
     }

@@ -22,7 +22,7 @@ from qarvd.quant.select import set_module
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
 
 ARTIFACT_VERSION = 1
-TENSORS_FILE = "quantized.safetensors"
+TENSORS_FILE = "quant_artifact.safetensors"
 CONFIG_FILE = "quant_config.json"
 
 
@@ -82,7 +82,7 @@ def layer_spec(layer: QuantLinear) -> dict:
 
 
 def save_artifact(model: nn.Module, folder: str | Path, run_info: Optional[dict] = None) -> Path:
-    """Write ``quantized.safetensors`` and ``quant_config.json`` into ``folder`` (atomically); returns the folder."""
+    """Write ``quant_artifact.safetensors`` and ``quant_config.json`` into ``folder`` (atomically); returns the folder."""
     folder = Path(folder)
     layers = quant_layers(model)
     if not layers:

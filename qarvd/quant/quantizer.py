@@ -74,7 +74,7 @@ class UniformQuantizer(nn.Module):
 
     def __init__(self, bits: int, symmetric: bool, per_channel: bool, channels: int = 1) -> None:
         super().__init__()
-        self.bits, self.symmetric, self.per_channel = check_bits(int(bits)), bool(symmetric), bool(per_channel)
+        self.bits, self.symmetric, self.per_channel = check_bits(bits), bool(symmetric), bool(per_channel)
         self.qmin, self.qmax = qrange(self.bits, self.symmetric)
         shape = (channels, 1) if per_channel else ()
         self.scale = nn.Parameter(torch.ones(shape), requires_grad=False)

@@ -1,0 +1,76 @@
+"""train_quant: outputs, the demo entry point, bit-width ordering, and bad input (choices, bits, NaN)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from conftest import compose
+from qarvd.methods.runner import train_quant
+from quant_helpers import tiny_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_demo_writes_artifact_config_and_metrics(tmp_path):
+    out = subprocess.run([sys.executable, "scripts/train_quant.py", "debug=tiny", f"hydra.run.dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"artifact: {tmp_path}" in out.stdout and f"metrics:  {tmp_path / 'metrics.json'}" in out.stdout
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"quant_artifact.safetensors", "quant_config.json", "resolved_config.yaml", "metrics.json"} <= names
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert (m["method"], m["bits"], m["calib"], m["model"]) == ("minmax", "w4a8", "default", "tiny")
+    assert "${" not in (tmp_path / "resolved_config.yaml").read_text()
+
+
+def test_error_grows_as_bits_shrink_on_the_tiny_model(tmp_path):
+    """W8A8 < W4A8 < W4A6 latent MSE with MinMax on the embedded model (full dims, 2 eval prompts)."""
+    mse = {}
+    for bits in ("w8a8", "w4a8", "w4a6"):
+        cfg = compose(["method=minmax", f"bits={bits}", "calib.eval_prompts=2", "paths.output_dir=/nonexistent"])
+        mse[bits] = train_quant(cfg, tmp_path / bits)["latent_mse"]["overall"]
+    assert mse["w8a8"] < mse["w4a8"] < mse["w4a6"], mse
+
+
+@pytest.mark.parametrize("override,choice", [("method=gptq", "qarvd"), ("bits=w3a8", "w4a6")])
+def test_unknown_method_or_bits_lists_the_choices(override, choice):
+    with pytest.raises((MissingConfigException, ConfigCompositionException)) as err:
+        compose([override])
+    assert choice in str(err.value)
+
+
+@pytest.mark.parametrize("key,value", [("bits.w_bits", 9), ("bits.a_bits", 1)])
+def test_bits_outside_2_to_8_fail_before_anything_is_written(key, value, tmp_path):
+    with pytest.raises(ValueError, match=rf"{key}={value}.*2 to 8"):
+        train_quant(tiny_cfg(f"{key}={value}"), tmp_path)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_nan_activation_stops_the_run_naming_layer_and_chunk_and_saves_nothing(tmp_path, monkeypatch):
+    from qarvd.models.context import current_forward
+    from qarvd.methods import runner
+    from qarvd.quant.linear import NonFiniteActivationError
+
+    real_build = runner.build_pipeline
+
+    def poisoned(*a, **k):
+        pipe = real_build(*a, **k)
+
+        def hook(module, args):
+            info = current_forward()
+            if info is not None and info.chunk == 1:
+                return (args[0] * float("nan"),)
+
+        pipe.model.blocks[1].ffn.register_forward_pre_hook(hook)
+        return pipe
+
+    monkeypatch.setattr(runner, "build_pipeline", poisoned)
+    with pytest.raises(NonFiniteActivationError, match=r"blocks\.1\.ffn\.0.*chunk 1"):
+        train_quant(tiny_cfg("method=adaround"), tmp_path)
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "quant_artifact.safetensors").exists()
