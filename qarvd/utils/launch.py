@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+log = logging.getLogger(__name__)
 
 def lease_gpu(lock_dir: str | os.PathLike, num_gpus: int, poll_s: float = 1.0, timeout_s: Optional[float] = None):
     """Index of a GPU no other process holds, and the open lock file that holds it (close it to release).
@@ -59,7 +61,8 @@ class OneGPUPerJob(Callback):
         lock_dir = self.lock_dir or os.path.join(config.hydra.sweep.dir, ".gpu_leases")
         index, self._lock = lease_gpu(lock_dir, n)
         torch.cuda.set_device(index)
-        os.environ["QARVD_GPU_INDEX"] = str(index)  # visible in the job's logs / subprocesses
+        os.environ["QARVD_GPU_INDEX"] = str(index)  # visible to the job's subprocesses
+        log.info("job %s leased GPU %d of %d", config.hydra.job.num, index, n)
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         if self._lock is not None:
@@ -77,4 +80,6 @@ class SubmititTorchDistributed(Callback):
 
         import torch
 
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=torch.cuda.is_available())
+        env = TorchDistributedEnvironment().export(set_cuda_visible_devices=torch.cuda.is_available())
+        log.info("submitit task: RANK=%d WORLD_SIZE=%d LOCAL_RANK=%d MASTER_ADDR=%s MASTER_PORT=%d",
+                 env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port)
