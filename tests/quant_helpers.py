@@ -12,7 +12,7 @@ from qarvd.models.pipeline import build_pipeline
 
 def tiny_cfg(*overrides):
     """The composed root config shrunk by debug=tiny; the run folder is given explicitly by the tests."""
-    return compose(["debug=tiny", "paths.output_dir=/nonexistent", *overrides])
+    return compose(["debug=tiny", "paths.output_dir=/nonexistent", "calib.cache_dir=null", *overrides])
 
 
 def tiny_pipeline(*overrides):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cli_demo_writes_artifact_config_and_metrics(tmp_path):
-    out = subprocess.run([sys.executable, "scripts/train_quant.py", "debug=tiny", f"hydra.run.dir={tmp_path}"],
+    out = subprocess.run([sys.executable, "scripts/train_quant.py", "debug=tiny", f"hydra.run.dir={tmp_path}", f"paths.log_dir={tmp_path}/logs"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"artifact: {tmp_path}" in out.stdout and f"metrics:  {tmp_path / 'metrics.json'}" in out.stdout

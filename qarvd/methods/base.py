@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -50,6 +51,7 @@ class Calibration:
     sensitivity_prompts: Sequence[str] = ()
     sensitivity_seeds: Sequence[int] = ()
     fingerprint: dict = field(default_factory=dict)  # identifies the run for resumable reconstruction
+    sensitivity_key: dict = field(default_factory=dict)  # what the sensitivity alpha depends on (cache key)
     seed: int = 0
     _absmax: Optional[dict] = None
     contexts: dict = field(default_factory=dict)  # encoded calibration prompt batches
@@ -184,7 +186,18 @@ def resume_dir(cal: Calibration) -> Path:
 
 
 def measure_sensitivity(cal: Calibration) -> dict:
-    """Eq. 3-4 on a copy of the FP model quantized with the plain percentile init (no reconstruction)."""
+    """Eq. 3-4 on a copy of the FP model quantized with the plain percentile init (no reconstruction).
+
+    Cached under ``calib.cache_dir`` by a hash of everything it depends on (model and checkpoint file, bits, the
+    calibration and sensitivity prompts, seed), so sweeps over methods and ablations measure it once.
+    """
+    cache = None
+    if cal.calib.get("cache_dir") and cal.sensitivity_key:
+        key = hashlib.sha256(json.dumps(cal.sensitivity_key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        cache = Path(cal.calib["cache_dir"]) / "sensitivity" / f"{key}.json"
+        if cache.exists():
+            log.info("frame sensitivity from cache %s", cache)
+            return {**json.loads(cache.read_text()), "cached": str(cache)}
     if quant_layers(cal.model):
         raise RuntimeError("the sensitivity must be measured from the FP model, before quantization")
     pipe = dataclasses.replace(cal.pipeline, model=copy.deepcopy(cal.model))
@@ -192,6 +205,8 @@ def measure_sensitivity(cal: Calibration) -> dict:
     calibrate_activations_(pipe.model, lambda: cal.run_calibration(pipe), cal.calib["percentiles"], int(cal.calib["hist_bins"]))
     result = frame_sensitivity(pipe, cal.sensitivity_prompts, cal.sensitivity_seeds, cal.batch)
     result.update({"w_bits": cal.w_bits, "a_bits": cal.a_bits, "symmetric": cal.symmetric})
+    if cache is not None:
+        atomic_write_json(cache, {**result, "key": cal.sensitivity_key})
     return result
 
 

@@ -32,6 +32,16 @@ def run_identity(cfg: DictConfig) -> dict:
             "checkpoint": None if cfg.model.checkpoint.get("random_init", False) else str(cfg.model.checkpoint.path)}
 
 
+def checkpoint_identity(cfg: DictConfig) -> dict:
+    """The weights a run used: seeded random init, or the checkpoint file (path, size, mtime)."""
+    ck = cfg.model.checkpoint
+    if ck.get("random_init", False):
+        return {"random_init": True, "init_seed": int(cfg.model.init_seed)}
+    p = Path(str(ck.path))
+    st = p.stat() if p.exists() else None
+    return {"path": str(p), "size": st.st_size if st else None, "mtime": st.st_mtime if st else None}
+
+
 def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str]]:
     """(calibration, sensitivity, held-out evaluation) prompts."""
     calib_pool = instantiate(cfg.model.prompts.calib)
@@ -42,44 +52,57 @@ def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str
     return calib, sens, select(eval_pool, 0, int(c.eval_prompts))
 
 
-def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and metrics; return metrics."""
-    out_dir = Path(out_dir)
+def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration, list[str], list[int]]:
+    """The pipeline and calibration inputs of a config: (Calibration, held-out prompts, their seeds)."""
     bits = cfg.bits
     check_bits(bits.w_bits, "bits.w_bits")
     check_bits(bits.a_bits, "bits.a_bits")
-    recipe = instantiate(cfg.method, _convert_="all")
-    t0 = time.perf_counter()
     torch.manual_seed(int(cfg.seed))
     pipeline = build_pipeline(cfg.model, cfg.device)
     calib_prompts, sens_prompts, eval_prompts = calibration_prompts(cfg)
     seed = int(cfg.seed)
-    batch = int(cfg.calib.prompt_batch)
-    eval_seeds = [seed + i for i in range(len(eval_prompts))]
-    fp_latents = generate(pipeline, eval_prompts, eval_seeds, batch)  # FP reference, before any layer is swapped
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
     cal = Calibration(
         pipeline=pipeline, w_bits=int(bits.w_bits), a_bits=int(bits.a_bits), symmetric=bool(bits.symmetric),
-        calib=calib, prompts=calib_prompts, seeds=[seed + i for i in range(len(calib_prompts))], work_dir=out_dir,
+        calib=calib, prompts=calib_prompts, seeds=[seed + i for i in range(len(calib_prompts))], work_dir=Path(out_dir),
         sensitivity_prompts=sens_prompts, sensitivity_seeds=[seed + i for i in range(len(sens_prompts))],
         fingerprint={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
         | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "eval_prompts", "sensitivity_prompts")},
            "seed": seed},
+        sensitivity_key={"model": OmegaConf.to_container(cfg.model.arch, resolve=True), "dtype": cfg.model.dtype,
+                         "checkpoint": checkpoint_identity(cfg), "rollout": OmegaConf.to_container(cfg.model.rollout, resolve=True),
+                         "bits": [int(bits.w_bits), int(bits.a_bits), bool(bits.symmetric)],
+                         "calib": {k: calib[k] for k in ("percentiles", "hist_bins")},
+                         "calib_prompts": list(calib_prompts), "sensitivity_prompts": list(sens_prompts), "seed": seed},
         seed=seed,
     )
+    return cal, eval_prompts, [seed + i for i in range(len(eval_prompts))]
+
+
+def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and metrics; return metrics."""
+    out_dir = Path(out_dir)
+    check_bits(cfg.bits.w_bits, "bits.w_bits")
+    check_bits(cfg.bits.a_bits, "bits.a_bits")
+    recipe = instantiate(cfg.method, _convert_="all")
+    t0 = time.perf_counter()
+    cal, eval_prompts, eval_seeds = build_calibration(cfg, out_dir)
+    pipeline = cal.pipeline
+    fp_latents = generate(pipeline, eval_prompts, eval_seeds, cal.batch)  # FP reference, before any layer is swapped
     t1 = time.perf_counter()
     info = recipe.run(cal)
     t2 = time.perf_counter()
-    q_latents = generate(pipeline, eval_prompts, eval_seeds, batch)
+    q_latents = generate(pipeline, eval_prompts, eval_seeds, cal.batch)
     mse = latent_mse_by_chunk(q_latents, fp_latents, pipeline.rollout_cfg.chunk_frames())
     identity = run_identity(cfg)
-    artifact = save_artifact(pipeline.model, out_dir, {**identity, "bits_cfg": OmegaConf.to_container(bits)})
+    artifact = save_artifact(pipeline.model, out_dir, {**identity, "bits_cfg": OmegaConf.to_container(cfg.bits)})
     atomic_write_text(out_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = {
         **identity,
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
         "latent_mse": mse,
         "eval_prompts": len(eval_prompts),
-        "calib_prompts": len(calib_prompts),
+        "calib_prompts": len(cal.prompts),
         "artifact": str(artifact / TENSORS_FILE),
         "calibration": info,
         "seconds": {"build_and_fp_reference": t1 - t0, "calibration": t2 - t1, "evaluation": time.perf_counter() - t2},

@@ -1,0 +1,96 @@
+"""scripts/sensitivity.py, scripts/outliers.py and scripts/latent_tables.py produce their files; the alpha cache."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script, tmp_path, *overrides):
+    out = subprocess.run([sys.executable, f"scripts/{script}", "debug=tiny", f"hydra.run.dir={tmp_path}",
+                          f"paths.log_dir={tmp_path}/logs", *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_sensitivity_script_writes_alpha_and_figure(tmp_path):
+    stdout = _run("sensitivity.py", tmp_path, "bits=w4a6")
+    res = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert len(res["alpha"]) == 2 and sum(res["alpha"]) == pytest.approx(1.0) and res["a_bits"] == 6
+    assert (tmp_path / "fig2_sensitivity.png").stat().st_size > 1000 and "sensitivity.json" in stdout
+
+
+def test_outlier_statistics_and_figures(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import outliers as script
+    finally:
+        sys.path.pop(0)
+    from qarvd.models.wan import CausalWanModel, WanConfig
+    from qarvd.quant.outliers import OutlierConfig
+
+    torch.manual_seed(0)
+    model = CausalWanModel(WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4,
+                                     in_dim=4, out_dim=4, patch_size=(1, 2, 2)))
+    with torch.no_grad():
+        model.blocks[1].ffn[2].weight[:, 5] *= 20  # one loud input channel
+    stats, norms = script.outlier_stats(model, OutlierConfig(multiple=32))
+    assert len(stats) == 20 and stats["blocks.1.ffn.2"]["raw_count"] == 1 and stats["blocks.1.ffn.2"]["count"] == 32
+    assert 5 in norms["blocks.1.ffn.2"][1].tolist()
+    summary = script.summarise(stats)
+    assert summary["layers_with_outliers"] == 1
+    assert summary["share_by_type"]["ffn.2"] == 0.5 and summary["share_by_block"] == {"0": 0.0, "1": 0.1}
+    script.plot_fig3(norms, ["blocks.1.ffn.2", "blocks.0.self_attn.q"], tmp_path / "f3.png")
+    script.plot_fig4(summary, tmp_path / "f4.png")
+    assert (tmp_path / "f3.png").stat().st_size > 1000 and (tmp_path / "f4.png").stat().st_size > 1000
+
+
+def test_outliers_cli(tmp_path):
+    _run("outliers.py", tmp_path, "method.outlier.tau=1.0", "method.outlier.alpha=1.02")
+    data = json.loads((tmp_path / "outliers.json").read_text())
+    assert data["outlier_config"]["tau"] == 1.0 and data["summary"]["layers"] == 20
+    assert {"fig3_outlier_patterns.png", "fig4_outlier_ratio.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_sensitivity_is_cached_by_what_it_depends_on(tmp_path):
+    from qarvd.methods.base import measure_sensitivity
+    from qarvd.methods.runner import build_calibration
+    from quant_helpers import tiny_cfg
+
+    cfg = tiny_cfg(f"calib.cache_dir={tmp_path}/cache")
+    first = measure_sensitivity(build_calibration(cfg, tmp_path)[0])
+    again = measure_sensitivity(build_calibration(cfg, tmp_path)[0])
+    assert "cached" not in first and again["cached"] and again["alpha"] == first["alpha"]
+    other = measure_sensitivity(build_calibration(tiny_cfg(f"calib.cache_dir={tmp_path}/cache", "bits=w8a8"), tmp_path)[0])
+    assert "cached" not in other and len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 2
+
+
+def test_latent_tables_render_every_table(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import latent_tables
+    finally:
+        sys.path.pop(0)
+
+    def rec(method, bits, ds=False, fw="none", mse=1e-3):
+        return {"model": "tiny", "random_init": False, "method": method, "bits": bits, "calib": "default",
+                "method_config": {"dual_scale": ds, "frame_weighting": fw},
+                "latent_mse": {"overall": mse, "per_chunk": [mse, 2 * mse]}}
+
+    records = [rec(m, b) for m in ("minmax", "adaround") for b in ("w4a8", "w8a8")]
+    records += [rec("qarvd", b, ds, fw, 5e-4) for b in ("w4a8", "w8a8") for ds in (False, True) for fw in ("uniform", "final_quality")]
+    records += [rec("qarvd", "w4a8", True, fw, 4e-4) for fw in ("exp2", "reverse")]
+    for i, r in enumerate(records):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "metrics.json").write_text(json.dumps(r))
+    latent_tables.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "latent_tables.md").read_text()
+    assert md.count("| MinMax |") == 2 and md.count("| Q-ARVD (Ours) |") == 2  # only the both-on Q-ARVD rows
+    assert md.count("| ✓ | ✓ |") == 2 and md.count("| ✗ | ✗ |") == 2
+    assert "| Heuristic Exp 2^-i | 4.000e-04 | 4.000e-04 | 8.000e-04 | default |" in md
