@@ -102,8 +102,9 @@ def evaluate_run(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os
 
 
 def log_record(logger, record: dict, fps: float, sample_videos: int, output_dir: str | os.PathLike) -> None:
-    """Mirror a result into the logger: metrics, the per-video table and a few FP|quantized side-by-side videos."""
+    """Mirror a result into the logger: metrics, results.json, the per-video table, FP|quantized sample videos."""
     logger.log_metrics(record["metrics"])
+    logger.log_file(Path(output_dir) / RESULTS_FILE)
     cols = sorted({k for v in record["per_video"].values() for k in v})
     logger.log_table("per_video", ["video"] + cols, [[n] + [v.get(c) for c in cols] for n, v in record["per_video"].items()])
     names = sorted(record["per_video"])[: max(sample_videos, 0)]
@@ -117,32 +118,41 @@ def log_record(logger, record: dict, fps: float, sample_videos: int, output_dir:
         logger.log_videos(videos, fps)
 
 
-def artifact_quantizer(path: str | os.PathLike) -> Callable[[object], None]:
-    """``quantize(pipe)`` that loads a saved quantized artifact (scripts/train_quant.py output) into the DiT.
+def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None) -> Callable[[object], None]:
+    """``quantize(pipe)`` that loads a saved quantized artifact (scripts/train_quant.py output) into the DiT in place.
 
-    The single place where evaluation reaches into the quantization core's artifact loader.
+    The one place where evaluation reaches into the quantization core. ``info`` receives the model's weight memory.
     """
     def apply(pipe) -> None:
-        from qarvd.quant.artifact import load_quantized  # the quant core's loader (issue 4)
+        from qarvd.quant.artifact import load_artifact
 
-        load_quantized(pipe.model, path)
+        load_artifact(pipe.model, path)
+        if info is not None:
+            info["weight_bytes"] = weight_bytes(pipe.model)
 
     return apply
 
 
-def calibration_quantizer(cfg: DictConfig) -> Callable[[object], None]:
-    """``quantize(pipe)`` that calibrates the configured method x bits on the pipeline's own model, in place.
+def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
+    """Run the configured method x bits calibration (train_quant's library call) into ``output_dir``, unless a
+    finished calibration is already there (``metrics.json`` is written last); returns the artifact path."""
+    import json
 
-    The single place where evaluation reaches into the calibration entry (scripts/train_quant.py's library call).
-    """
-    def apply(pipe) -> None:
-        from qarvd.methods import calibrate  # the method recipes' entry (issue 4)
+    from qarvd.methods.runner import train_quant
 
-        calibrate(pipe, cfg)
-
-    return apply
+    done = Path(output_dir) / "metrics.json"
+    metrics = json.loads(done.read_text()) if done.exists() else train_quant(cfg, output_dir)
+    return Path(metrics["artifact"])
 
 
-def quantizer(cfg: DictConfig) -> Callable[[object], None]:
-    """From ``eval.artifact`` when given, else by calibrating in-process (so a sweep job is self-contained)."""
-    return artifact_quantizer(cfg.eval.artifact) if cfg.eval.artifact else calibration_quantizer(cfg)
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Weight memory of a deployed model: quantized weights at their bit-width, every other parameter (biases, norms,
+    layers kept in float, SVDQuant's low-rank branch) at 16 bits; quantizer scales are left out (they are tiny)."""
+    from qarvd.quant.linear import quant_layers
+
+    layers = quant_layers(model).values()
+    quantized = {id(m.weight) for m in layers}
+    bits = sum(m.weight.numel() * m.w_bits for m in layers)
+    bits += 16 * sum(p.numel() for p in model.parameters() if id(p) not in quantized)
+    bits += 16 * sum(t.numel() for m in layers for t in (getattr(m, "lr_down", None), getattr(m, "lr_up", None)) if t is not None)
+    return int(bits // 8)

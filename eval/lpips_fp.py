@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
 from qarvd.utils.errors import require_file
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -72,11 +70,15 @@ class LPIPSMetric:
 
 def psnr_frames(fp: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
     """Per-frame PSNR (dB) of the quantized frames against the FP frames, data range 1 on [0, 1]."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # heavy import: only when PSNR is computed
+
     return peak_signal_noise_ratio(_unit(quant), _unit(fp), data_range=1.0, reduction="none", dim=(1, 2, 3)).double()
 
 
 def ssim_frames(fp: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
     """Per-frame SSIM (Gaussian window 11, sigma 1.5), data range 1 on [0, 1]."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(_unit(quant), _unit(fp), data_range=1.0, reduction="none").double()
 
 

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
-from eval.evaluate import evaluate_run, generate, log_record, quantizer
+from eval.evaluate import artifact_quantizer, calibrate, evaluate_run, generate, log_record
 from eval.generate import barrier, dist_env, from_rank0, process_group
 from qarvd.utils.wandb_logging import NullLogger, logging_run
 
@@ -27,19 +27,24 @@ def main(cfg: DictConfig) -> Optional[float]:
     rank = dist_env()[0]
     logger = instantiate(cfg.logger) if rank == 0 else NullLogger()
     with process_group(), logging_run(logger, cfg):
-        output_dir = Path(from_rank0(str(cfg.paths.output_dir)))
+        output_dir = Path(from_rank0(str(cfg.paths.output_dir)))  # every rank writes into rank 0's run folder
+        extra: dict = {}
         if e.quant_dir:
             if not e.fp_dir:
                 raise ValueError("eval.quant_dir needs eval.fp_dir: the FP videos to compare against")
             dirs = {"fp": e.fp_dir, "quant": e.quant_dir}
         else:
+            artifact = e.artifact
+            if not artifact:  # calibrate once (rank 0), then every rank loads the artifact
+                artifact = from_rank0(str(calibrate(cfg, output_dir)) if rank == 0 else None)
+            extra["artifact"] = str(artifact)
             with open_dict(cfg):
                 cfg.eval.video_dir = from_rank0(str(e.video_dir))
-            dirs = generate(cfg, quantizer(cfg))["dirs"]
+            dirs = generate(cfg, artifact_quantizer(artifact, extra))["dirs"]
             barrier()
         if rank != 0:
             return None
-        record = evaluate_run(cfg, dirs["fp"], dirs["quant"], output_dir)
+        record = evaluate_run(cfg, dirs["fp"], dirs["quant"], output_dir, extra)
         log_record(logger, record, float(e.video.fps), int(e.sample_videos), output_dir)
     print(f"results: {output_dir / 'results.json'}")
     print("  " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()))

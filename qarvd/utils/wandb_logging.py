@@ -36,6 +36,9 @@ class NullLogger:
     def log_images(self, images: Mapping[str, str | os.PathLike]) -> None:
         pass
 
+    def log_file(self, path: str | os.PathLike) -> None:
+        pass
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
@@ -79,6 +82,10 @@ class WandbLogger(NullLogger):
         import wandb
 
         self.run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
+    def log_file(self, path: str | os.PathLike) -> None:
+        """Attach a result file (e.g. results.json) to the run's files; uploaded with the run on ``wandb sync``."""
+        self.run.save(str(path), base_path=str(Path(path).parent), policy="now")
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:

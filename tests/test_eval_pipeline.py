@@ -1,0 +1,102 @@
+"""Paired generation and evaluation through the entry points, on a shrunken embedded model (random weights).
+
+calibrate (train_quant.py) -> generate.py (FP + quantized, one process) -> the same under torchrun with 2 processes
+(gloo, CPU): byte-identical files; resuming redoes only unfinished batches; evaluate.py on the two folders writes
+results.json and an offline W&B run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["model.checkpoint.random_init=true", "model.arch.dim=32", "model.arch.ffn_dim=64", "model.arch.num_heads=2",
+         "model.arch.num_layers=1", "model.rollout.num_frames=6", "model.latent.height=32", "model.latent.width=32",
+         "model.prompts.eval.count=5"]
+
+
+def wiring(logger: str = "none") -> list[str]:
+    """eval/logger choices: overrides if conf/config.yaml lists the groups in its defaults, appended otherwise."""
+    text = (Path(CONF_DIR) / "config.yaml").read_text()
+    plus = "" if ("- eval:" in text and "- logger:" in text) else "+"
+    return [f"{plus}eval=default", f"{plus}logger={logger}"]
+
+
+def _run(args, cwd, env_extra=None):
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    run = tmp_path_factory.mktemp("calib")
+    _run([sys.executable, str(REPO / "scripts" / "train_quant.py"), *SMALL, "method=minmax", "bits=w4a8", "calib=fast",
+          "calib.eval_prompts=1", "calib.sensitivity_prompts=1", f"hydra.run.dir={run}"], REPO)
+    return json.loads((run / "metrics.json").read_text())["artifact"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory, artifact):
+    """The same generation by one process and by torchrun with two (gloo on CPU)."""
+    root = tmp_path_factory.mktemp("gen")
+    common = [*wiring(), *SMALL, f"eval.artifact={artifact}", "eval.strip.scale=1"]
+    _run([sys.executable, str(REPO / "scripts" / "generate.py"), *common, f"hydra.run.dir={root / 'one'}"], REPO)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          str(REPO / "scripts" / "generate.py"), *common, f"hydra.run.dir={root / 'two'}"], REPO)
+    return root
+
+
+def test_torchrun_writes_the_same_files_as_one_process(videos):
+    one, two = _digests(videos / "one" / "videos"), _digests(videos / "two" / "videos")
+    assert len([k for k in one if k.endswith(".mp4")]) == 10  # 5 prompts x (FP + quantized)
+    assert len([k for k in one if k.endswith(".png")]) == 10
+    assert one == two
+    fp = {k.split("/", 1)[1]: v for k, v in one.items() if k.startswith("fp/")}
+    quant = {k.split("/", 1)[1]: v for k, v in one.items() if k.startswith("quant/")}
+    assert fp.keys() == quant.keys() and fp != quant  # same names, the quantized model made different videos
+
+
+def test_generation_resumes_without_redoing_finished_videos(tmp_path):
+    from conftest import compose
+    from omegaconf import open_dict
+
+    from eval.evaluate import generate, jobs
+
+    cfg = compose([*wiring(), *SMALL, "model.prompts.eval.count=3", "eval.batch_size=2"])
+    with open_dict(cfg):
+        cfg.eval.video_dir = str(tmp_path)
+    first = generate(cfg)
+    assert first["counts"]["fp"] == {"written": 3, "skipped": 0}
+    before = _digests(tmp_path)
+    (tmp_path / "fp" / "a-0.mp4").write_bytes(b"")  # not one of ours: ignored
+    (tmp_path / "fp" / f"{jobs(cfg)[-1].name}.mp4").unlink()  # the second batch holds only the last prompt
+    again = generate(cfg)
+    assert again["counts"]["fp"] == {"written": 1, "skipped": 2}  # only the unfinished batch is redone ...
+    assert {k: v for k, v in _digests(tmp_path).items() if k != "fp/a-0.mp4"} == before  # ... identically
+
+
+def test_evaluate_writes_results_and_an_offline_wandb_run(tmp_path, videos):
+    fp, quant = videos / "one" / "videos" / "fp", videos / "one" / "videos" / "quant"
+    _run([sys.executable, str(REPO / "scripts" / "evaluate.py"), *wiring("wandb"), *SMALL, "eval.fvd.enabled=false",
+          "eval.lpips.pnet_rand=true", f"eval.fp_dir={fp}", f"eval.quant_dir={quant}", "logger.mode=offline",
+          f"hydra.run.dir={tmp_path}"], REPO)
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["num_videos"] == 5 and record["method"] == "minmax" and record["bits"] == "w4a8"
+    assert record["metrics"]["lpips_fp"] > 0 and 10 < record["metrics"]["psnr_fp"] < 100 and 0 < record["metrics"]["ssim_fp"] < 1
+    wb = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(wb) == 1 and json.loads((wb[0] / "files" / "results.json").read_text())["metrics"] == record["metrics"]
+    assert len(list((tmp_path / "samples").glob("*.mp4"))) == 4  # FP | quantized side by side, logged as videos
