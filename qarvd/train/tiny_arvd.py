@@ -17,6 +17,7 @@ caption encoder), with JSON metadata: wan_config, text_encoder, vae, rollout, da
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -123,6 +124,14 @@ def _loss_step(nets: TinyARVD, video: torch.Tensor, captions: list[str], rc: Rol
     return F.mse_loss(v.float(), eps - x0)
 
 
+def _first_chunk_loss(nets: TinyARVD, video: torch.Tensor, captions: list[str], rc: RolloutConfig,
+                      gen: torch.Generator, tc: DictConfig, device: torch.device) -> torch.Tensor:
+    """Flow-matching loss of chunk 0 alone (no context): a short, cheap sequence, so the chunk that every later
+    chunk builds on (and the only one generated from nothing but the caption) gets many more examples."""
+    rc0 = dataclasses.replace(rc, num_frames=rc.chunk_frames()[0][1])
+    return _loss_step(nets, video[:, : rc0.num_frames], captions, rc0, None, gen, tc, False, device)
+
+
 def _last_sigma(rc: RolloutConfig) -> float:
     """Noise level of the last denoising step (the step whose x0 becomes the chunk's output)."""
     t = rc.timesteps(1 if rc.num_chunks > 1 else 0)[-1]
@@ -139,9 +148,15 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None) -> dict:
         raise ValueError("the embedded model works on square RGB pixel frames (model.latent: channels 3, height = width)")
     size = int(lat.height)
     nets = build_networks(cfg).to(device)
+    if cfg.init_from:  # fine-tuning: start from a trained bundle's weights
+        from qarvd.models.checkpoint import load_strict, read_state_dict
+        from qarvd.utils.errors import require_file
+
+        load_strict(nets, read_state_dict(require_file(cfg.init_from, "init_from", "a tiny_arvd bundle")), cfg.init_from)
     ema = copy.deepcopy(nets).requires_grad_(False)
     opt = torch.optim.AdamW(nets.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
-    data = ProceduralVideos("train", tc.steps * tc.batch_size, rc.num_frames, size)
+    per_step = tc.batch_size + tc.first_chunk_batch
+    data = ProceduralVideos("train", tc.steps * per_step, rc.num_frames, size, offset=int(cfg.seed) * 10**9)
     mask = teacher_forcing_mask(rc, nets.model.tokens_per_frame(size, size), device)
     own_from = int(tc.own_context.start_fraction * tc.steps)
 
@@ -161,8 +176,13 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, tc.steps)
         video, captions, _ = data.batch(range(step * tc.batch_size, (step + 1) * tc.batch_size), device)
-        loss = _loss_step(nets, video, captions, rc, mask, step_generator(cfg.seed, step, device), tc,
-                          step >= own_from, device)
+        gen = step_generator(cfg.seed, step, device)
+        loss = _loss_step(nets, video, captions, rc, mask, gen, tc, step >= own_from, device)
+        if tc.first_chunk_batch:
+            first = range(tc.steps * tc.batch_size + step * tc.first_chunk_batch,
+                          tc.steps * tc.batch_size + (step + 1) * tc.first_chunk_batch)
+            video0, captions0, _ = data.batch(first, device)
+            loss = loss + _first_chunk_loss(nets, video0, captions0, rc, gen, tc, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), tc.grad_clip)
