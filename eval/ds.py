@@ -79,3 +79,17 @@ def ds_from_records(records: list[dict], metrics: Iterable[str], include_bf16: b
     return out
 
 
+
+
+def scorable_metrics(records: list[dict], candidates: Iterable[str]) -> list[str]:
+    """The candidates DS can score: present for BF16 and for every method at every bitwidth of BITS_ORDER."""
+    fp = fp_record(records)
+    out = []
+    for metric in candidates:
+        have: dict[str, set] = {}
+        for r in records:
+            if metric in r["metrics"] and r["bits"] in BITS_ORDER:
+                have.setdefault(r["method"], set()).add(r["bits"])
+        if fp and metric in fp["metrics"] and have and all(len(v) == len(BITS_ORDER) for v in have.values()):
+            out.append(metric)
+    return out

@@ -101,7 +101,7 @@ def generate_set(
     pipe,
     batches: Sequence[Sequence[VideoJob]],
     video_dir: str | os.PathLike,
-    strip_dir: Optional[str | os.PathLike],
+    strips: Optional[str | os.PathLike],
     enc: VideoEncoding,
     strip: StripSpec = StripSpec(),
     skip_existing: bool = True,
@@ -118,8 +118,8 @@ def generate_set(
         latents = pipe.generate_latents([j.prompt for j in batch], [j.seed for j in batch])
         videos = pipe.decode(latents)
         for job, video, path in zip(batch, videos, paths):
-            if strip_dir is not None:
-                save_png(_strip(video, pipe.rollout_cfg.num_chunks, strip), Path(strip_dir) / f"{job.name}.png")
+            if strips is not None:
+                save_png(_strip(video, pipe.rollout_cfg.num_chunks, strip), Path(strips) / f"{job.name}.png")
             write_video(path, video, enc)
             written += 1
     return {"written": written, "skipped": skipped}
@@ -129,6 +129,12 @@ def _strip(video: torch.Tensor, num_chunks: int, spec: StripSpec):
     t = video.shape[0]
     frames = None if spec.frames <= 0 or spec.frames >= t else torch.linspace(0, t - 1, spec.frames).round().long().tolist()
     return strip_image(video, max(1, round(t / num_chunks)), spec.scale, frames=frames)
+
+
+def strip_dir(video_folder: str | os.PathLike) -> Path:
+    """Where the PNG strips of a video folder go: ``<parent>/strips/<folder name>`` (outside the folder VBench scans)."""
+    folder = Path(video_folder)
+    return folder.parent / "strips" / folder.name
 
 
 def generate_pair(
@@ -143,19 +149,19 @@ def generate_pair(
     fp_dir: Optional[str | os.PathLike] = None,
 ) -> dict:
     """FP videos into ``<video_dir>/fp`` (or ``fp_dir``), then ``quantize(pipe)`` in place and the quantized videos
-    into ``<video_dir>/quant``; strips under ``<video_dir>/strips/{fp,quant}`` (kept out of the video folders,
-    which VBench scans for .mp4/.png). This process's share only (RANK / WORLD_SIZE)."""
+    into ``<video_dir>/quant``; strips per :func:`strip_dir`. This process's share only (RANK / WORLD_SIZE)."""
     video_dir = Path(video_dir)
     rank, world = dist_env()
     batches = shard(jobs, batch_size, rank, world)
     dirs = {"fp": Path(fp_dir) if fp_dir else video_dir / "fp"}
-    counts = {"fp": generate_set(pipe, batches, dirs["fp"], video_dir / "strips" / "fp", enc, strip, skip_existing, f"FP videos (rank {rank})")}
+    counts = {"fp": generate_set(pipe, batches, dirs["fp"], strip_dir(dirs["fp"]), enc, strip, skip_existing, f"FP videos (rank {rank})")}
     if quantize is not None:
         dirs["quant"] = video_dir / "quant"
         quant_paths = [dirs["quant"] / f"{j.name}{VIDEO_SUFFIX}" for b in batches for j in b]
         if not (skip_existing and all(p.exists() for p in quant_paths)):
             quantize(pipe)
-        counts["quant"] = generate_set(pipe, batches, dirs["quant"], video_dir / "strips" / "quant", enc, strip, skip_existing, f"quantized videos (rank {rank})")
+        counts["quant"] = generate_set(pipe, batches, dirs["quant"], strip_dir(dirs["quant"]), enc, strip, skip_existing,
+                                       f"quantized videos (rank {rank})")
     return {"dirs": {k: str(v) for k, v in dirs.items()}, "counts": counts, "rank": rank, "world_size": world}
 
 

@@ -1,8 +1,8 @@
-"""The paper's figures from plain data (lists, dicts, result records); matplotlib with the file-only Agg backend.
+"""The paper's figures from plain data (lists, dicts, result records), for files and notebooks alike.
 
-Fig. 2: chunk sensitivity alpha. Fig. 3: sorted input-column L2 norms of a layer with its outliers in red.
-Fig. 4: share of layers with outliers by layer type and block depth. Fig. 6: FVD/LPIPS over the tau sweep.
-Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
+Fig. 2: chunk sensitivity alpha of several runs side by side (``sensitivity.json`` of scripts/sensitivity.py; the
+per-run figure and Figs. 3/4 are drawn by scripts/sensitivity.py and scripts/outliers.py). Fig. 6: FVD/LPIPS over the
+tau sweep. Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
 Every function returns the Figure and, given ``path``, also saves it (PNG, atomically).
 """
 from __future__ import annotations
@@ -11,15 +11,12 @@ import io
 import os
 from typing import Mapping, Optional, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from eval.results import higher_is_better  # noqa: E402
-from eval.tables import COLUMNS, METHODS  # noqa: E402
-from qarvd.utils.io import atomic_write_bytes  # noqa: E402
+from eval.results import higher_is_better
+from eval.tables import COLUMNS, METHODS
+from qarvd.utils.io import atomic_write_bytes
 
 
 def save(fig, path: Optional[str | os.PathLike]):
@@ -32,7 +29,7 @@ def save(fig, path: Optional[str | os.PathLike]):
 
 
 def plot_sensitivity(alphas: Mapping[str, Sequence[float]], path=None):
-    """Fig. 2: one bar group per chunk, one bar per series (e.g. model x bitwidth), scores normalised to sum 1."""
+    """Fig. 2: one bar group per chunk, one bar per series (model x bitwidth), each normalised to sum 1."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     n = max(len(v) for v in alphas.values())
     width = 0.8 / len(alphas)
@@ -43,40 +40,6 @@ def plot_sensitivity(alphas: Mapping[str, Sequence[float]], path=None):
     ax.set_xlabel("chunk")
     ax.set_ylabel("sensitivity (normalised)")
     ax.legend(fontsize=8)
-    return save(fig, path)
-
-
-def plot_outlier_norms(norms: Mapping[str, Sequence[float]], num_outliers: Mapping[str, int], path=None):
-    """Fig. 3: per layer, input-column L2 norms sorted descending; the detected outlier columns in red."""
-    layers = list(norms)
-    cols = min(len(layers), 5)
-    rows = -(-len(layers) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
-    for ax, layer in zip(axes.flat, layers):
-        v = np.sort(np.asarray(norms[layer], dtype=float))[::-1]
-        k = int(num_outliers.get(layer, 0))
-        ax.plot(np.arange(len(v)), v, color="tab:blue", lw=1)
-        ax.scatter(np.arange(k), v[:k], color="red", s=6, zorder=3, label=f"{k} outliers")
-        ax.set_title(layer, fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(layers):]:
-        ax.axis("off")
-    fig.supxlabel("input channel (sorted by L2 norm)")
-    fig.supylabel("L2 norm")
-    return save(fig, path)
-
-
-def plot_outlier_ratio(by_type: Mapping[str, float], by_depth: Mapping[int, float], path=None):
-    """Fig. 4: fraction of layers with at least one outlier column, by layer type and by block index."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
-    a.bar(list(by_type), list(by_type.values()), color="tab:orange")
-    a.set_ylabel("layers with outliers")
-    a.tick_params(axis="x", rotation=45, labelsize=8)
-    depths = sorted(by_depth)
-    b.bar(depths, [by_depth[d] for d in depths], color="tab:green")
-    b.set_xlabel("block")
-    for ax in (a, b):
-        ax.set_ylim(0, 1)
     return save(fig, path)
 
 
