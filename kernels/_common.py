@@ -50,3 +50,14 @@ def num_sms(device: torch.device) -> int:
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(int(n))
+
+
+_DUMMIES: dict = {}
+
+
+def dummy(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached 1-element tensor for pointer arguments a kernel variant never reads (no allocation per launch)."""
+    key = (dtype, str(device))
+    if key not in _DUMMIES:
+        _DUMMIES[key] = torch.zeros(1, dtype=dtype, device=device)
+    return _DUMMIES[key]

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import next_pow2, rint, gelu_tanh
+from kernels._common import dummy, gelu_tanh, next_pow2, rint
 from kernels.layout import StackedAct
 
 FP8_MAX = 448.0
@@ -53,7 +53,7 @@ def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, 
         tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "S"])
 def _norm_quant_kernel(
     x_ptr, stride_xm, M, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr, eps,
     out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr, rs_ptr, lo, hi,
@@ -106,19 +106,21 @@ def norm_quant(
     pre_gelu: bool = False,
     fp8_scale: Optional[torch.Tensor] = None,
     rowsum: bool = False,
+    out: Optional[torch.Tensor] = None,
 ):
     """Run the producer on ``x`` [M, D] (rows = tokens, frames outermost within each sample).
 
     ``ln``: (weight or None, bias or None, eps); ``mod``: (mod [R, 6, D] float32, shift index, scale index,
     tokens per frame S), row m uses mod[m // S]. Output by mode: ``acts`` given -> (codes [C, M, Kp] int8, row sums
     [C, M, 2] int32 or None); ``fp8_scale`` given -> float8_e4m3fn [M, D]; neither -> [M, D] in x's dtype.
+    ``out`` optionally supplies the output buffer (pad columns of the codes are left as they are).
     """
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, d = x.shape
     dev = x.device
-    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
-    dummy_i = torch.empty(1, dtype=torch.int32, device=dev)
+    dummy_f = dummy(torch.float32, dev)
+    dummy_i = dummy(torch.int32, dev)
     lnw = lnb = dummy_f
     ln_mode, eps = 0, 0.0
     if ln is not None:
@@ -131,15 +133,17 @@ def norm_quant(
     rs = None
     if acts is not None:
         c = acts.count
-        out = torch.empty((c, m, acts.kp), dtype=torch.int8, device=dev)
+        out = out if out is not None else torch.empty((c, m, acts.kp), dtype=torch.int8, device=dev)
         rs = torch.zeros((c, m, 2), dtype=torch.int32, device=dev) if rowsum else None
         mode, cs, cz, dest, kop, lo, hi = 0, acts.col_scale, acts.col_zero, acts.dest, acts.kop, acts.lo, acts.hi
         stride_oc, per_col = out.stride(0), not acts.uniform
     elif fp8_scale is not None:
-        c, out, mode = 1, torch.empty((m, d), dtype=torch.float8_e4m3fn, device=dev), 2
+        c, mode = 1, 2
+        out = out if out is not None else torch.empty((m, d), dtype=torch.float8_e4m3fn, device=dev)
         cs, cz, dest, kop, lo, hi, stride_oc, per_col = fp8_scale, dummy_f, dummy_i, dummy_i, 0, 0, 0, False
     else:
-        c, out, mode = 1, torch.empty_like(x), 1
+        c, mode = 1, 1
+        out = out if out is not None else torch.empty_like(x)
         cs, cz, dest, kop, lo, hi, stride_oc, per_col = dummy_f, dummy_f, dummy_i, dummy_i, 0, 0, 0, False
     block_r, block_d, warps = _launch_cfg(m, d, ln is not None)
     _norm_quant_kernel[(triton.cdiv(m, block_r),)](

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import next_pow2
+from kernels._common import dummy, next_pow2
 
 
 @triton.jit
@@ -34,7 +34,7 @@ def _rms_rope(src_ptr, rows, even, odd, mask, w_ptr, pmask, eps, D, cos, sin,
     return x0.to(act_ty), x1.to(act_ty)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "L", "start"])
 def _qk_kernel(
     src_ptr, stride_s, q_off, k_off, v_off, M, D, L, start,
     wq_ptr, wk_ptr, eps, cos_ptr, sin_ptr, HALF_HD,
@@ -78,14 +78,14 @@ def qk_norm_rope(
     m = src.shape[0]
     q = torch.empty((m, dim), dtype=src.dtype, device=src.device)
     has_kv = cache_k is not None
-    dummy = torch.empty(1, dtype=torch.float32, device=src.device)
+    dmy = dummy(torch.float32, src.device)
     block_p = next_pow2(dim // 2)
     block_r = max(1, min(8, 4096 // block_p))
     half_hd = cos.shape[1] if cos is not None else 1
     _qk_kernel[(triton.cdiv(m, block_r),)](
         src, src.stride(0), offsets[0], offsets[1] if has_kv else 0, offsets[2] if has_kv else 0, m, dim, tokens, start,
-        wq if wq is not None else dummy, wk if wk is not None else dummy, float(eps),
-        cos if cos is not None else dummy, sin if sin is not None else dummy, half_hd,
+        wq if wq is not None else dmy, wk if wk is not None else dmy, float(eps),
+        cos if cos is not None else dmy, sin if sin is not None else dmy, half_hd,
         q, q.stride(0), cache_k if has_kv else q, cache_v if has_kv else q,
         cache_k.stride(0) if has_kv else 0, cache_k.stride(1) if has_kv else 0,
         NORM=wq is not None, ROPE=cos is not None, HAS_KV=has_kv, BLOCK_R=block_r, BLOCK_P=block_p,
@@ -127,7 +127,7 @@ def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, c
     return q_out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "S"])
 def _residual_kernel(x_ptr, y_ptr, g_ptr, out_ptr, M, N, stride_x, stride_y, stride_g, stride_o, S,
                      HAS_GATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     act_ty = out_ptr.dtype.element_ty

@@ -63,6 +63,7 @@ class StackedAct:
     col_zero: torch.Tensor  # [C, K]
     dest: torch.Tensor  # [C, K] int32
     kop: torch.Tensor  # [C] int32
+    kops: tuple  # the same on the host (no device sync to read it)
     kp: int
     lo: int
     hi: int
@@ -82,7 +83,7 @@ def stack_acts(acts: Sequence[ActQuant]) -> StackedAct:
         torch.stack([a.col_scale for a in acts]), torch.stack([a.col_zero for a in acts]),
         torch.stack([a.dest for a in acts]), torch.tensor([a.kop for a in acts], dtype=torch.int32,
                                                            device=acts[0].col_scale.device),
-        kps.pop(), *ranges.pop(), all(a.uniform for a in acts))
+        tuple(a.kop for a in acts), kps.pop(), *ranges.pop(), all(a.uniform for a in acts))
 
 
 @dataclass

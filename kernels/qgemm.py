@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import gelu_tanh, interpreting, num_sms, rint
+from kernels._common import dummy, gelu_tanh, interpreting, num_sms, rint
 from kernels.configs_sm90 import GemmConfig, lookup
 from kernels.layout import PAD, PackedGroup, StackedAct
 
@@ -70,7 +70,7 @@ def _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, GRP: t
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "S", "qkop"])
 def _qgemm_kernel(
     a_desc, w_desc, M, N, Kp, C,
     kop_ptr, sa_ptr, sw_ptr, zw_ptr, corr_ptr, ratio_ptr, bias_ptr, rs_ptr,
@@ -194,9 +194,9 @@ def qgemm(
     cfg = config or lookup(lin, m, epilogue)
     if c > 1 and n % cfg.bn:
         raise ValueError(f"grouped GEMM needs N % BN == 0 (N={n}, BN={cfg.bn})")
-    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
-    dummy_i = torch.empty(1, dtype=torch.int32, device=dev)
-    res, gate_t, stride_gr = (dummy_f.to(out_dtype), dummy_f, 0)
+    dummy_f = dummy(torch.float32, dev)
+    dummy_i = dummy(torch.int32, dev)
+    res, gate_t, stride_gr = (dummy(out_dtype, dev), dummy_f, 0)
     q = dict(qcs=dummy_f, qcz=dummy_f, qdest=dummy_i, qkop=0, qlo=0, qhi=0, qrs=dummy_i, percol=False)
     result = None
     if epilogue == "store":
@@ -217,10 +217,10 @@ def qgemm(
             raise ValueError("epilogue 'gelu_quant' needs the single consumer's StackedAct over this layer's outputs")
         out = torch.empty((m, next_act.kp), dtype=torch.int8, device=dev)
         qrs = torch.zeros((m, 2), dtype=torch.int32, device=dev) if next_rowsum else None
-        q = dict(qcs=next_act.col_scale, qcz=next_act.col_zero, qdest=next_act.dest, qkop=int(next_act.kop[0]),
+        q = dict(qcs=next_act.col_scale, qcz=next_act.col_zero, qdest=next_act.dest, qkop=next_act.kops[0],
                  qlo=next_act.lo, qhi=next_act.hi, qrs=qrs if qrs is not None else dummy_i,
                  percol=not next_act.uniform)
-        res = torch.empty(1, dtype=out_dtype, device=dev)
+        res = dummy(out_dtype, dev)
         result = (out, qrs)
     else:
         raise ValueError(f"unknown epilogue {epilogue!r}; choose from {sorted(EPILOGUES)}")

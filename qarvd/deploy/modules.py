@@ -34,7 +34,7 @@ class RealQuantLinear(nn.Module):
                          rank=int(tensors["lr_down"].shape[0]) if "lr_down" in tensors else 0,
                          bias_dtype=str(tensors["bias"].dtype).removeprefix("torch.") if "bias" in tensors else None)
         self._derived_key = None
-        self._group_cache = None
+        self._group_cache = self._act_cache = None
 
     @staticmethod
     def _empty(meta: dict) -> dict:
@@ -75,7 +75,7 @@ class RealQuantLinear(nn.Module):
         for name, t in d.items():
             self.register_buffer(name, t, persistent=False)
         self._derived_key = key
-        self._group_cache = None
+        self._group_cache = self._act_cache = None
 
     def act(self) -> ActQuant:
         self._derived()
@@ -84,7 +84,11 @@ class RealQuantLinear(nn.Module):
                         m["kop"], m["lo"], m["hi"], m["uniform"])
 
     def stacked_act(self) -> StackedAct:
-        return stack_acts([self.act()])
+        """This layer's activation quantization as a one-consumer stack (cached with the kernel tensors)."""
+        self._derived()
+        if self._act_cache is None:
+            self._act_cache = stack_acts([self.act()])
+        return self._act_cache
 
     def group(self) -> PackedGroup:
         """This layer as a one-member grouped GEMM (views of the buffers, cached per device)."""
@@ -170,11 +174,11 @@ def fp8_from_spec(spec, fp8_max: float = 448.0) -> tuple[dict, dict]:
     amax = max(max(abs(spec.a_qmin - z), abs(spec.a_qmax - z)) * float(s)
                for s, z in zip(spec.act_scale, spec.act_zero))
     t = dict(weight=(w / ws[:, None]).clamp(-fp8_max, fp8_max).to(torch.float8_e4m3fn), w_scale=ws.float(),
-             a_scale=torch.tensor([amax / fp8_max], dtype=torch.float32))
+             a_scale=torch.tensor([amax / fp8_max], dtype=torch.float32, device=w.device))
     if spec.bias is not None:
-        t["bias"] = spec.bias.float().cpu()
+        t["bias"] = spec.bias.detach().to(w.device)
     if spec.smooth is not None:
-        t["smooth"] = spec.smooth.float().cpu()
+        t["smooth"] = spec.smooth.float().to(w.device)
     if spec.lowrank is not None:
-        t["lr_down"], t["lr_up"] = (x.float().cpu() for x in spec.lowrank)
+        t["lr_down"], t["lr_up"] = (x.detach().to(w.device) for x in spec.lowrank)
     return t, dict(in_features=spec.in_features, out_features=spec.out_features, fmt="fp8")

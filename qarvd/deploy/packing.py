@@ -50,28 +50,29 @@ def pack_spec(spec: RealLayerSpec, dual_mode: str = "exact") -> Packed:
     if lo < -128 or hi > 127:
         raise ValueError(f"activation range [{spec.a_qmin}, {spec.a_qmax}] does not fit int8 storage")
     w_off = 0 if int4 else _offset(spec.w_qmin, spec.w_qmax)
-    full = torch.zeros(n, kp, dtype=torch.int32)
+    dev = spec.weight_int[0].device
+    full = torch.zeros(n, kp, dtype=torch.int32, device=dev)
     w_scale, w_zero = [], []
     ratio = None
     starts = [0, kop] if two else [0]
     for gi, (cols, wi, ws, wz, start) in enumerate(zip(spec.groups, spec.weight_int, spec.weight_scale,
                                                        spec.weight_zero, starts)):
-        wi, ws, wz = wi.cpu().double().round().long(), ws.float().cpu(), wz.cpu().double().round().long()
+        wi, ws, wz = wi.double().round().long(), ws.float().to(dev), wz.to(dev).double().round().long()
         kg = cols.numel()
         if gi == len(spec.groups) - 1:  # the normal group is stored in ascending column order
-            wi = wi[:, cols.long().cpu().argsort()]
+            wi = wi[:, cols.long().to(dev).argsort()]
         if dual == "int_ratio" and gi == 0:
             # outliers re-quantized so that their combined scale is ratio[n] x the normal group's
-            ws_n = spec.weight_scale[1].double().cpu()
+            ws_n = spec.weight_scale[1].double().to(dev)
             rho = (float(spec.act_scale[0]) * ws.double()) / (float(spec.act_scale[1]) * ws_n)
             qmax = 7 if int4 else 127
             weff = (wi - wz[:, None]).double()
             r = torch.clamp(torch.ceil(rho * weff.abs().amax(1).clamp_min(1) / qmax - 1e-9), min=1)
             wi = torch.clamp(torch.round(weff * (rho / r)[:, None]), -qmax, qmax).long()
             if int4:
-                wi, wz = wi + 8, torch.full((n,), 8, dtype=torch.long)
+                wi, wz = wi + 8, torch.full((n,), 8, dtype=torch.long, device=dev)
             else:
-                wz = torch.zeros(n, dtype=torch.long)
+                wz = torch.zeros(n, dtype=torch.long, device=dev)
             ws = (r * float(spec.act_scale[1]) * ws_n / float(spec.act_scale[0])).float()
             ratio = r.to(torch.int16)
             stored, zw = wi, wz
@@ -96,18 +97,18 @@ def pack_spec(spec: RealLayerSpec, dual_mode: str = "exact") -> Packed:
     if int(zeros.min()) < -128 or int(zeros.max()) > 127:
         raise ValueError("weight zero points do not fit int8 storage")
     tensors = dict(weight=weight, w_scale=torch.stack(w_scale), w_zero=zeros.to(torch.int8),
-                   a_scale=torch.tensor([float(s) for s in spec.act_scale], dtype=torch.float32),
-                   a_zero=torch.tensor([float(z) - a_off for z in spec.act_zero], dtype=torch.float32))
+                   a_scale=torch.tensor([float(s) for s in spec.act_scale], dtype=torch.float32, device=dev),
+                   a_zero=torch.tensor([float(z) - a_off for z in spec.act_zero], dtype=torch.float32, device=dev))
     if two:
-        tensors["outlier_cols"] = spec.groups[0].long().cpu().to(torch.int16 if k < 2**15 else torch.int32)
+        tensors["outlier_cols"] = spec.groups[0].long().to(dev).to(torch.int16 if k < 2**15 else torch.int32)
     if ratio is not None:
         tensors["ratio"] = ratio
     if spec.bias is not None:
-        tensors["bias"] = spec.bias.detach().cpu()
+        tensors["bias"] = spec.bias.detach().to(dev)
     if spec.smooth is not None:
-        tensors["smooth"] = spec.smooth.float().cpu()
+        tensors["smooth"] = spec.smooth.float().to(dev)
     if spec.lowrank is not None:
-        tensors["lr_down"], tensors["lr_up"] = (t.detach().cpu() for t in spec.lowrank)
+        tensors["lr_down"], tensors["lr_up"] = (t.detach().to(dev) for t in spec.lowrank)
     meta = dict(in_features=k, out_features=n, kp=kp, kop=kop, lo=lo, hi=hi, int4=int4, dual=dual,
                 groups=len(spec.groups))
     return Packed(tensors, meta)
@@ -176,7 +177,7 @@ def minmax_spec(weight: torch.Tensor, bias, *, w_bits: int = 8, a_bits: int = 8,
     Outlier columns (dual-scale) are the ``n_outliers`` input columns of largest L2 norm (a multiple of 32, as the
     method aligns them); each group gets its own weight quantizer and the same activation range.
     """
-    w = weight.detach().double().cpu()
+    w = weight.detach().double()
     n, k = w.shape
     if n_outliers:
         if n_outliers % 32 or n_outliers >= k:
@@ -184,7 +185,7 @@ def minmax_spec(weight: torch.Tensor, bias, *, w_bits: int = 8, a_bits: int = 8,
         order = w.norm(dim=0).argsort(descending=True)
         groups = [order[:n_outliers].sort().values, order[n_outliers:].sort().values]
     else:
-        groups = [torch.arange(k)]
+        groups = [torch.arange(k, device=w.device)]
     wq = ((0, 2**w_bits - 1) if asym_w else (-(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1))
     aq = ((0, 2**a_bits - 1) if asym_act else (-(2 ** (a_bits - 1)), 2 ** (a_bits - 1) - 1))
     wi, wsc, wz, asc, az = [], [], [], [], []
@@ -196,7 +197,7 @@ def minmax_spec(weight: torch.Tensor, bias, *, w_bits: int = 8, a_bits: int = 8,
             z = torch.round(-lo / s).clamp(wq[0], wq[1])
         else:
             s = (wg.abs().amax(1) / wq[1]).clamp_min(1e-12)
-            z = torch.zeros(n, dtype=torch.float64)
+            z = torch.zeros(n, dtype=torch.float64, device=w.device)
         wi.append(torch.clamp(torch.round(wg / s[:, None]) + z[:, None], *wq))
         wsc.append(s.float())
         wz.append(z)
@@ -209,7 +210,7 @@ def minmax_spec(weight: torch.Tensor, bias, *, w_bits: int = 8, a_bits: int = 8,
         asc.append(float(sa))
         az.append(za)
     return RealLayerSpec(groups, wi, wsc, wz, asc, az, *wq, *aq,
-                         bias=None if bias is None else bias.detach().float().cpu())
+                         bias=None if bias is None else bias.detach())
 
 
 def packed_bytes(tensors: dict) -> int:

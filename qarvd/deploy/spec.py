@@ -43,7 +43,7 @@ class RealLayerSpec:
             if len(getattr(self, name)) != g:
                 raise ValueError(f"{name} needs one entry per column group ({g})")
         cols = torch.cat([c.long().flatten() for c in self.groups])
-        if not torch.equal(cols.sort().values, torch.arange(cols.numel())):
+        if not torch.equal(cols.sort().values.cpu(), torch.arange(cols.numel())):
             raise ValueError("column groups must partition the input columns 0..K-1")
         if self.a_qmax - self.a_qmin > 255 or self.w_qmax - self.w_qmin > 255:
             raise ValueError("real kernels take at most 8-bit weights and activations")
@@ -62,9 +62,10 @@ class RealLayerSpec:
 
     def dequant_weight(self) -> torch.Tensor:
         """The fake-quantized weight [N, K] in float64 (input columns in their original order)."""
-        w = torch.zeros(self.out_features, self.in_features, dtype=torch.float64)
+        dev = self.weight_int[0].device
+        w = torch.zeros(self.out_features, self.in_features, dtype=torch.float64, device=dev)
         for cols, wi, ws, wz in zip(self.groups, self.weight_int, self.weight_scale, self.weight_zero):
-            w[:, cols.long().cpu()] = (wi.double().cpu() - wz.double().cpu()[:, None]) * ws.double().cpu()[:, None]
+            w[:, cols.long().to(dev)] = (wi.double() - wz.double().to(dev)[:, None]) * ws.double().to(dev)[:, None]
         return w
 
     def fake_forward(self, x: torch.Tensor) -> torch.Tensor:

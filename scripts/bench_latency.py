@@ -1,0 +1,619 @@
+"""Latency and size of the CausalWan DiT rollout: bf16 baselines against real W8A8 / W4A8 / FP8 kernels.
+
+    python scripts/bench_latency.py --out benchmarks/results --tune          # H100: tune GEMM tiles, then everything
+    python scripts/bench_latency.py --out /tmp/b --arch tiny --device cpu   # CPU smoke run (TRITON_INTERPRET=1)
+
+Self-forcing inference at Wan2.1-1.3B dims (``WanConfig()`` defaults, seeded random weights): 21 latent frames of
+60 x 104, 3 frames per chunk, 4 denoising steps + 1 K/V refresh per chunk, text context [B, 512, 4096]; batch 1 and
+2; DiT only. Each row is one model/kernels/attention setting: one warm-up rollout, then the median of ``--repeats``
+rollouts timed with CUDA events. All ratios in the output come from this one run.
+
+Sections, each written to the JSON as soon as it finishes (a run cut short keeps what it measured):
+``gemm`` (Triton INT8/INT4 GEMMs with their epilogues vs cuBLAS bf16, torch._int_mm and FP8 _scaled_mm at the
+three Wan shapes, M = 9360 and 4680; ``--tune`` sweeps tile configs first and writes the winners, the table that
+kernels/configs_sm90.py freezes), ``act_quant`` (fused LayerNorm + modulation + quantize vs eager),
+``attention`` (SDPA backends over the growing KV cache), ``check`` (fused vs reference forwards) and ``rollout``
+(the table, with the safetensors file size and GPU memory of each format). A Markdown table is written next to the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_dim=64, text_len=16)
+ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_flash", "w8a8_dual_exact",
+        "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8"]
+
+# Tile configs swept by --tune: (bm, bn, bk, warps, stages, persistent, occupancy)
+SPACE = {
+    "w8_none": [(128, 256, 128, 8, 3, 0, 1), (128, 256, 128, 8, 4, 0, 1), (256, 128, 128, 8, 3, 0, 1),
+                (256, 128, 128, 8, 4, 0, 1), (128, 128, 128, 4, 4, 0, 1), (128, 128, 128, 8, 4, 0, 1),
+                (128, 256, 64, 8, 4, 0, 1), (128, 256, 64, 8, 5, 0, 1), (128, 256, 128, 8, 3, 1, 1),
+                (128, 256, 128, 8, 4, 1, 1), (128, 128, 128, 4, 4, 1, 2), (256, 128, 128, 8, 3, 1, 1)],
+    "w8_exact": [(128, 128, 128, 8, 4, 0, 1), (128, 128, 128, 4, 4, 0, 1), (128, 256, 128, 8, 3, 0, 1),
+                 (256, 128, 128, 8, 3, 0, 1), (128, 128, 64, 4, 5, 0, 1), (128, 128, 128, 8, 4, 1, 1),
+                 (64, 256, 128, 4, 4, 0, 1), (128, 128, 128, 4, 4, 1, 2)],
+    "w8_int_ratio": [(128, 256, 128, 8, 3, 0, 1), (128, 256, 128, 8, 4, 0, 1), (256, 128, 128, 8, 3, 0, 1),
+                     (128, 128, 128, 4, 4, 0, 1), (128, 256, 128, 8, 4, 1, 1), (256, 128, 128, 8, 4, 0, 1),
+                     (128, 256, 64, 8, 4, 0, 1), (128, 128, 128, 4, 4, 1, 2)],
+    "w4_none": [(128, 128, 128, 8, 3, 0, 1), (128, 128, 128, 4, 3, 0, 1), (128, 256, 128, 8, 3, 0, 1),
+                (256, 128, 128, 8, 3, 0, 1), (128, 128, 128, 8, 4, 0, 1), (64, 128, 128, 4, 4, 0, 1),
+                (128, 64, 128, 4, 4, 0, 1), (128, 128, 128, 8, 3, 1, 1)],
+}
+GEMM_VARIANTS = [("w8_none", 8, 0, "exact"), ("w8_exact", 8, 128, "exact"), ("w8_int_ratio", 8, 128, "int_ratio"),
+                 ("w4_none", 4, 0, "exact")]
+# epilogue each rollout GEMM uses, by (K, N_total): qkv grouped store, o/cross-o/ffn.2 residual, ffn.0 gelu_quant
+
+
+def gemm_shapes(arch: str) -> tuple[list, list]:
+    """(K, N) of the attention projections, ffn.0 and ffn.2, and the (epilogue, K, N per linear, count) of every
+    GEMM a rollout runs: q/k/v grouped store, cross q store, o / cross o / ffn.2 residual, ffn.0 gelu_quant."""
+    d, f = (1536, 8960) if arch == "wan" else (TINY["dim"], TINY["ffn_dim"])
+    return [(d, d), (d, f), (f, d)], [("store", d, d, 3), ("store", d, d, 1), ("residual", d, d, 1),
+                                      ("gelu_quant", d, f, 1), ("residual", f, d, 1)]
+
+
+SIZE_ROWS = ("w8a8", "w4a8", "w8a8_dual_exact", "fp8")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def log(*a) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+def bench(fn, device) -> float:
+    """Median milliseconds of fn (CUDA events via triton.testing.do_bench on GPU; wall clock on CPU)."""
+    if device.type == "cuda":
+        import triton
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    ts = []
+    for _ in range(3):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+class Report:
+    """The JSON result, rewritten after every section."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.path = out / f"{name}.json"
+        self.data: dict = {}
+
+    def put(self, key: str, value) -> None:
+        from qarvd.utils.io import atomic_write_json
+
+        self.data[key] = value
+        atomic_write_json(self.path, self.data)
+
+
+def cfg_of(t) -> "GemmConfig":
+    from kernels.configs_sm90 import GemmConfig
+
+    bm, bn, bk, w, s, p, occ = t
+    return GemmConfig(bm, bn, bk, 8, w, s, bool(p), occ)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# ----------------------------------------------------------------------------------------------- GEMMs
+def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, seed: int = 0):
+    """Random packed layer(s) of one variant and random activation codes (row sums included)."""
+    from kernels.layout import stack_acts
+    from qarvd.deploy.modules import RealQuantLinear, stack_group
+    from qarvd.deploy.packing import minmax_spec, pack_spec
+
+    _, w_bits, outliers, dual = variant
+    outliers = outliers if k > 256 else min(outliers, 32)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    mods = []
+    for _ in range(count):
+        w = (torch.randn(n, k, generator=g) / k**0.5).to(device)
+        if outliers:
+            w[:, torch.randperm(k, generator=g)[:outliers].to(device)] *= 6
+        spec = minmax_spec(w, torch.randn(n, generator=g).to(device) * 0.1, w_bits=w_bits, n_outliers=outliers)
+        p = pack_spec(spec, dual)
+        mods.append(RealQuantLinear(p.meta, p.tensors))
+    group = stack_group(mods)
+    acts = stack_acts([mo.act() for mo in mods])
+    a = torch.randint(acts.lo, acts.hi + 1, (count, m, group.kp), dtype=torch.int8, generator=g).to(device)
+    rs = None
+    if group.has_wzp:
+        rs = torch.zeros(count, m, 2, dtype=torch.int32, device=device)
+        kop = acts.kops[0]
+        rs[..., 0] = a[..., :kop].int().sum(-1)
+        rs[..., 1] = a[..., kop:].int().sum(-1)
+    next_mod = None
+    if n > k:  # ffn.0 feeds ffn.2: its gelu_quant epilogue writes ffn.2's codes
+        wn = (torch.randn(k, n, generator=g) / n**0.5).to(device)
+        if outliers:
+            wn[:, torch.randperm(n, generator=g)[:outliers].to(device)] *= 6
+        pn = pack_spec(minmax_spec(wn, None, w_bits=w_bits, n_outliers=outliers), dual)
+        next_mod = RealQuantLinear(pn.meta, pn.tensors)
+    return group, acts, a, rs, next_mod
+
+
+def run_gemm(group, a, rs, m, epilogue, cfg, next_mod=None, residual=None, gate=None):
+    from kernels.qgemm import qgemm
+
+    kw = dict(config=cfg, epilogue=epilogue)
+    if epilogue == "residual":
+        kw.update(residual=residual, gate=gate, tokens_per_frame=1560)
+    if epilogue == "gelu_quant":
+        kw.update(next_act=next_mod.stacked_act(), next_rowsum=next_mod.group().has_wzp)
+    return qgemm(a, rs, group, m, **kw)
+
+
+def _compile_job(job) -> str:
+    """Worker: compile one (variant, epilogue, shape, config) by running it once (fills Triton's disk cache)."""
+    key, cfg_t = job
+    vname, epi, k, n, count = key
+    variant = next(v for v in GEMM_VARIANTS if v[0] == vname)
+    dev = torch.device("cuda")
+    try:
+        group, acts, a, rs, nxt = gemm_problem(k, n, 256, variant, count, dev)
+        res = torch.randn(256, n * count, device=dev, dtype=torch.bfloat16)
+        gate = torch.randn(1, n * count, device=dev)
+        run_gemm(group, a, rs, 256, epi, cfg_of(cfg_t), nxt, res, gate)
+        torch.cuda.synchronize()
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - a config that does not compile is a result, not a crash
+        return f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def precompile(jobs: list, workers: int) -> dict:
+    if not jobs:
+        return {}
+    import multiprocessing as mp
+
+    t = time.time()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        out = dict(zip([str(j) for j in jobs], ex.map(_compile_job, jobs)))
+    log(f"precompiled {len(jobs)} kernels in {time.time() - t:.0f} s with {workers} workers")
+    return out
+
+
+def gemm_section(args, device, rep: Report) -> dict:
+    """Tune (optionally) and time the GEMMs; returns the tuned table {(variant, epi, K, N_total): cfg tuple}."""
+    from kernels import configs_sm90
+    from kernels.fp8 import fp8_linear
+    from kernels.qgemm import qgemm_ref
+
+    ms = sorted(args.gemm_m, reverse=True)  # tune at the largest M first; smaller M reuse its winner
+    table, tuning = {}, []
+    shapes, rollout_gemms = gemm_shapes(args.arch)
+    keys = sorted({(v[0], e, k, n, c) for v in GEMM_VARIANTS for (e, k, n, c) in rollout_gemms}
+                  | {(v[0], "store", k, n, 1) for v in GEMM_VARIANTS for (k, n) in shapes})
+    if args.tune and device.type == "cuda":
+        jobs = [(key, c) for key in keys for c in SPACE[key[0]]]
+        rep.put("precompile", precompile(jobs, args.workers))
+    results = []
+    for key in keys:
+        vname, epi, k, n, count = key
+        variant = next(v for v in GEMM_VARIANTS if v[0] == vname)
+        for m in ms:
+            try:
+                group, acts, a, rs, nxt = gemm_problem(k, n, m, variant, count, device)
+                res = torch.randn(m, n * count, device=device, dtype=torch.bfloat16)
+                gate = torch.randn(max(1, m // 1560 + 1), n * count, device=device)
+                ref = qgemm_ref(a, rs, group, m).float().to(torch.bfloat16) if epi == "store" else None
+                space = SPACE[vname] if (args.tune and device.type == "cuda" and m == max(ms)) else [None]
+                for c in space:
+                    cfg = cfg_of(c) if c is not None else (cfg_of(table[key]) if key in table else None)
+                    try:
+                        out = run_gemm(group, a, rs, m, epi, cfg, nxt, res, gate)
+                        err = rel_err(out, ref) if ref is not None else None
+                        t = bench(lambda: run_gemm(group, a, rs, m, epi, cfg, nxt, res, gate), device)
+                    except Exception as e:  # noqa: BLE001
+                        tuning.append(dict(key=list(key), m=m, cfg=c, error=f"{type(e).__name__}: {str(e)[:160]}"))
+                        continue
+                    tuning.append(dict(key=list(key), m=m, cfg=c, ms=t, rel_err=err))
+                    if c is not None and (key not in table or t < table[key][1]):
+                        table[key] = (c, t)
+            except Exception as e:  # noqa: BLE001
+                tuning.append(dict(key=list(key), m=m, error=f"{type(e).__name__}: {str(e)[:300]}"))
+            finally:
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+        log("gemm", key, "best", table.get(key))
+    frozen = {key: v[0] for key, v in table.items()}
+    configs_sm90.TABLE.update({(kk[0], kk[1], kk[2], kk[3] * kk[4]): cfg_of(c) for kk, c in frozen.items()})
+    rep.put("gemm_tuning", tuning)
+    rep.put("gemm_table", [dict(variant=k[0], epilogue=k[1], kp=k[2], n_total=k[3] * k[4], cfg=list(c))
+                           for k, c in frozen.items()])
+
+    # the comparison table: every Triton variant with the frozen configs vs cuBLAS bf16 / _int_mm / FP8
+    rows = []
+    for (k, n) in shapes:
+        for m in ms:
+            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+            w = torch.randn(n, k, device=device, dtype=torch.bfloat16) / k**0.5
+            b = torch.randn(n, device=device, dtype=torch.bfloat16)
+            row = dict(m=m, k=k, n=n, tflop=2 * m * n * k / 1e12)
+            row["cublas_bf16_ms"] = bench(lambda: F.linear(x, w, b), device)
+            if device.type == "cuda":
+                a8 = torch.randint(-128, 127, (m, k), dtype=torch.int8, device=device)
+                w8 = torch.randint(-128, 127, (n, k), dtype=torch.int8, device=device)
+                try:
+                    row["torch_int_mm_ms"] = bench(lambda: torch._int_mm(a8, w8.t()), device)
+                except Exception as e:  # noqa: BLE001
+                    row["torch_int_mm_error"] = str(e)[:200]
+                try:
+                    h8, wf8 = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+                    sa, sw = torch.ones(1, device=device), torch.ones(n, device=device)
+                    row["fp8_scaled_mm_ms"] = bench(lambda: fp8_linear(h8, wf8, sa, sw, b), device)
+                except Exception as e:  # noqa: BLE001
+                    row["fp8_error"] = str(e)[:200]
+            for variant in GEMM_VARIANTS:
+                key = (variant[0], "store", k, n, 1)
+                try:
+                    group, acts, a, rs, nxt = gemm_problem(k, n, m, variant, 1, device)
+                    cfg = cfg_of(frozen[key]) if key in frozen else None
+                    out = run_gemm(group, a, rs, m, "store", cfg)
+                    row[f"{variant[0]}_rel_err"] = rel_err(out, qgemm_ref(a, rs, group, m))
+                    row[f"{variant[0]}_ms"] = bench(lambda: run_gemm(group, a, rs, m, "store", cfg), device)
+                    row[f"{variant[0]}_speedup_vs_cublas"] = row["cublas_bf16_ms"] / row[f"{variant[0]}_ms"]
+                except Exception as e:  # noqa: BLE001
+                    row[f"{variant[0]}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            for name in ("torch_int_mm", "fp8_scaled_mm", "cublas_bf16"):
+                if f"{name}_ms" in row:
+                    row[f"{name}_tflops"] = row["tflop"] / row[f"{name}_ms"] * 1e3
+            rows.append(row)
+            log("gemm table", {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in row.items()})
+    rep.put("gemm", rows)
+    return frozen
+
+
+# ----------------------------------------------------------------------------------------------- activation quant
+def act_quant_section(device, rep: Report, m: int, d: int) -> None:
+    from kernels.act_quant import norm_quant
+    from kernels.layout import stack_acts
+    from qarvd.deploy.modules import RealQuantLinear
+    from qarvd.deploy.packing import minmax_spec, pack_spec
+
+    x = torch.randn(m, d, device=device, dtype=torch.bfloat16)
+    mod = torch.randn(m // 1560 + 1 if m >= 1560 else 1, 6, d, device=device)
+    s = 1560 if m >= 1560 else m
+    out = {}
+    for outliers in (0, 128 if d > 256 else 32):
+        mods = []
+        for i in range(3):
+            w = torch.randn(d, d, device=device) / d**0.5
+            p = pack_spec(minmax_spec(w, None, n_outliers=outliers))
+            mods.append(RealQuantLinear(p.meta, p.tensors))
+        acts = stack_acts([mo.act() for mo in mods])
+        out[f"fused_ln_mod_quant_3consumers_{outliers}outliers_ms"] = bench(
+            lambda: norm_quant(x, acts, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), rowsum=True), device)
+
+    def eager():
+        h = F.layer_norm(x.float(), (d,), eps=1e-6).to(x.dtype)
+        r = torch.arange(m, device=device) // s
+        return (h * (1 + mod[r, 1]) + mod[r, 0]).to(x.dtype)
+
+    out["eager_ln_mod_ms"] = bench(eager, device)
+    out["fused_ln_mod_bf16_ms"] = bench(lambda: norm_quant(x, ln=(None, None, 1e-6), mod=(mod, 0, 1, s)), device)
+    out["bytes_fused_quant_3"] = m * d * (2 + 3)
+    rep.put("act_quant", dict(m=m, d=d, **out))
+    log("act_quant", out)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+def attention_section(args, device, rep: Report, cfg) -> str:
+    from kernels.backends import sdpa_context
+
+    tokens = args.frames_per_chunk * (args.height // 2) * (args.width // 2)
+    chunks = args.frames // args.frames_per_chunk
+    res = {}
+    for name in args.attention_backends:
+        total, per = 0.0, []
+        try:
+            for c in range(1, chunks + 1):
+                q = torch.randn(2, tokens, cfg.num_heads, cfg.head_dim, device=device, dtype=torch.bfloat16)
+                kv = torch.randn(2, tokens * c, cfg.num_heads, cfg.head_dim, device=device, dtype=torch.bfloat16)
+                with sdpa_context(name):
+                    t = bench(lambda: F.scaled_dot_product_attention(q.transpose(1, 2), kv.transpose(1, 2),
+                                                                     kv.transpose(1, 2)), device)
+                per.append(t)
+                total += t
+            flop = sum(4 * 2 * cfg.num_heads * tokens * tokens * c * cfg.head_dim for c in range(1, chunks + 1))
+            res[name] = dict(ms_per_chunk=per, ms_sum=total, tflops=flop / total / 1e9,
+                             est_video_s=total * (args.steps + 1) * cfg.num_layers / 1e3)
+        except Exception as e:  # noqa: BLE001
+            res[name] = dict(error=f"{type(e).__name__}: {str(e)[:200]}")
+    ok = {k: v["ms_sum"] for k, v in res.items() if "ms_sum" in v}
+    fastest = min(ok, key=ok.get) if ok else "auto"
+    rep.put("attention", dict(batch=2, tokens_per_chunk=tokens, backends=res, fastest=fastest))
+    log("attention", {k: v.get("ms_sum", v.get("error")) for k, v in res.items()}, "fastest", fastest)
+    return fastest
+
+
+# ----------------------------------------------------------------------------------------------- models
+def base_model(args, device):
+    from qarvd.models.wan import CausalWanModel, WanConfig, rope_angles
+
+    cfg = WanConfig(**(TINY if args.arch == "tiny" else {}))
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = CausalWanModel(cfg)
+    model._rope = rope_angles(cfg.head_dim, cfg.rope_max_positions, cfg.rope_theta)  # host tables, as built normally
+    return model.to(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32).eval().requires_grad_(False)
+
+
+def real_model(base, kind: str, backend, w_bits: int = 8, outliers: int = 0):
+    """A converted copy of ``base``: min-max specs of every quantized linear (block linears get ``outliers``)."""
+    from qarvd.deploy import accelerate_, convert_to_real
+    from qarvd.deploy.packing import minmax_spec
+    from qarvd.quant.select import select_linears
+
+    model = copy.deepcopy(base)
+    specs = {}
+    for name in select_linears(model):
+        lin = model.get_submodule(name)
+        k = lin.in_features
+        specs[name] = minmax_spec(lin.weight, lin.bias, w_bits=w_bits, act_range=(-6.0, 6.0),
+                                  n_outliers=outliers if name.startswith("blocks.") and k > 2 * outliers else 0)
+    convert_to_real(model, specs, backend)
+    del specs
+    return accelerate_(model, backend)
+
+
+def build_row(name: str, base, fastest: str, device):
+    from kernels.backends import Bf16Backend, Fp8Backend, TritonInt8Backend
+
+    att = "flash" if name.endswith("_flash") else fastest
+    if name.startswith("bf16_eager"):
+        return base, name.rsplit("_", 1)[1] if device.type == "cuda" else "auto"
+    if name == "bf16_fused":
+        from qarvd.deploy import accelerate_
+
+        return accelerate_(copy.deepcopy(base), Bf16Backend(attention=att)), att
+    if name.startswith("w8a8") or name == "w4a8":
+        dual = "int_ratio" if name.endswith("int_ratio") else "exact"
+        outliers = 128 if "dual" in name else 0
+        if outliers and base.cfg.dim <= 256:
+            outliers = 32
+        be = TritonInt8Backend(attention=att, dual_mode=dual)
+        return real_model(base, "int", be, w_bits=4 if name == "w4a8" else 8, outliers=outliers), att
+    if name == "fp8":
+        return real_model(base, "fp8", Fp8Backend(attention=att)), att
+    if name == "torchao_int8":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+        from torchao.quantization import quantize_ as ao_quantize_
+
+        from qarvd.quant.select import select_linears
+
+        model = copy.deepcopy(base)
+        names = set(select_linears(model))
+        ao_quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, fqn: fqn in names)
+        return model, att
+    raise ValueError(f"unknown row {name!r}; choose from {ROWS}")
+
+
+def time_rollout(model, batch: int, attention: str, args, device) -> dict:
+    from kernels.backends import sdpa_context
+    from qarvd.models.rollout import RolloutConfig, rollout
+
+    rc = RolloutConfig(num_frames=args.frames, frames_per_chunk=args.frames_per_chunk,
+                       denoising_steps=[1000, 750, 500, 250][: args.steps])
+    g = torch.Generator().manual_seed(args.seed)
+    ctx = torch.randn(batch, model.cfg.text_len, model.cfg.text_dim, generator=g).to(torch.bfloat16)
+    shape = (model.cfg.in_dim, args.height, args.width)
+    seeds = list(range(batch))
+    times = []
+    with sdpa_context(attention), torch.no_grad():
+        latents = rollout(model, ctx, seeds, shape, rc)  # warm-up (compiles, cuDNN plans)
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                rollout(model, ctx, seeds, shape, rc)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t = time.perf_counter()
+                rollout(model, ctx, seeds, shape, rc)
+                times.append(time.perf_counter() - t)
+    return dict(seconds=statistics.median(times), runs=times, finite=bool(torch.isfinite(latents).all()),
+                latent_std=float(latents.float().std()))
+
+
+def model_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def file_bytes(model, bf16: bool = False) -> int:
+    """Bytes of the model's safetensors file (bf16: the plain state dict; else the deployment format)."""
+    from qarvd.deploy import save_real
+    from qarvd.utils.io import save_safetensors_atomic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if bf16:
+            save_safetensors_atomic(Path(tmp) / "model.safetensors", model.state_dict())
+        else:
+            save_real(model, tmp)
+        return os.path.getsize(Path(tmp) / "model.safetensors")
+
+
+def check_section(base, fastest, args, device, rep: Report) -> None:
+    """One cached forward (chunk 0) of each fused path against its reference, full size."""
+    from kernels.backends import TorchRefBackend
+    from qarvd.deploy import accelerate_
+
+    cfg = base.cfg
+    b, f = 1, args.frames_per_chunk
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, cfg.in_dim, f, args.height, args.width, generator=g).to(device)
+    t = torch.full((b, f), 937.5, device=device)
+    ctx = torch.randn(b, cfg.text_len, cfg.text_dim, generator=g).to(device=device, dtype=torch.bfloat16)
+
+    def fwd(model):
+        from kernels.backends import sdpa_context
+
+        cache = model.new_cache(b, f, args.height, args.width)
+        with sdpa_context(fastest if device.type == "cuda" else "auto"), torch.no_grad():
+            return model(x, t, ctx, cache=cache).float()
+
+    out = {}
+    ref = fwd(base)
+    fused, _ = build_row("bf16_fused", base, fastest, device)
+    out["bf16_fused_vs_eager_rel"] = rel_err(fwd(fused), ref)
+    del fused
+    for name in ("w8a8", "w8a8_dual_exact", "w8a8_dual_int_ratio", "w4a8"):
+        model, _ = build_row(name, base, fastest, device)
+        y = fwd(model)
+        accelerate_(model, TorchRefBackend(attention=fastest if device.type == "cuda" else "auto",
+                                           dual_mode=model.blocks[0]._qarvd_plan.be.dual_mode))
+        out[f"{name}_triton_vs_torch_ref_rel"] = rel_err(y, fwd(model))
+        out[f"{name}_vs_bf16_rel"] = rel_err(y, ref)
+        del model
+        gc.collect()
+    rep.put("check", out)
+    log("check", out)
+
+
+def rollout_section(args, base, fastest, device, rep: Report) -> None:
+    table = []
+    sizes = dict(params=sum(p.numel() for p in base.parameters()),
+                 bf16=dict(file_bytes=file_bytes(base, bf16=True), gpu_bytes=model_bytes(base)))
+    rep.put("sizes", sizes)
+    for name in args.rows:
+        for batch in args.batches:
+            entry = dict(row=name, batch=batch)
+            try:
+                t0 = time.time()
+                model, att = build_row(name, base, fastest, device)
+                entry["attention"] = att
+                entry["build_s"] = time.time() - t0
+                if name in SIZE_ROWS and name not in sizes:
+                    sizes[name] = dict(file_bytes=file_bytes(model), gpu_bytes=model_bytes(model))
+                    sizes[name]["x_smaller_than_bf16"] = sizes["bf16"]["file_bytes"] / sizes[name]["file_bytes"]
+                    rep.put("sizes", sizes)
+                entry.update(time_rollout(model, batch, att, args, device))
+                if device.type == "cuda":
+                    entry["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+                    torch.cuda.reset_peak_memory_stats()
+                if model is not base:
+                    del model
+            except Exception as e:  # noqa: BLE001
+                entry["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+                traceback.print_exc()
+            gc.collect()
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            table.append(entry)
+            rep.put("rollout", table)
+            log("rollout", entry)
+    by = {(e["row"], e["batch"]): e.get("seconds") for e in table}
+    ratios = {}
+    for batch in args.batches:
+        flash, cudnn, fused = (by.get((r, batch)) for r in ("bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused"))
+        strongest = min([v for v in (flash, cudnn, fused) if v], default=None)
+        for (row, b), s in by.items():
+            if b == batch and s:
+                ratios[f"{row}@b{batch}"] = dict(
+                    seconds=s, speedup_vs_bf16_flash=(flash / s) if flash else None,
+                    speedup_vs_strongest_bf16=(strongest / s) if strongest else None)
+    rep.put("rollout_ratios", ratios)
+
+
+def markdown(rep: Report, out: Path, name: str) -> None:
+    d = rep.data
+    lines = [f"# DiT rollout latency ({d.get('env', {}).get('device', '?')})", "",
+             "| row | batch | attention | seconds | vs bf16 flash | vs strongest bf16 |", "|---|---|---|---|---|---|"]
+    for e in d.get("rollout", []):
+        r = d.get("rollout_ratios", {}).get(f"{e['row']}@b{e['batch']}", {})
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
+        lines.append(f"| {e['row']} | {e['batch']} | {e.get('attention', '-')} | {fmt(e.get('seconds'))} | "
+                     f"{fmt(r.get('speedup_vs_bf16_flash'))} | {fmt(r.get('speedup_vs_strongest_bf16'))} |"
+                     + (f" error: {e['error'][:80]}" if "error" in e else ""))
+    lines += ["", "| M | K | N | cuBLAS bf16 ms | W8 ms (x) | W8 dual exact ms | W8 dual int-ratio ms | W4 ms | "
+              "_int_mm ms | FP8 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d.get("gemm", []):
+        g = lambda k: f"{r[k]:.4f}" if k in r else "-"  # noqa: E731
+        lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {g('cublas_bf16_ms')} | {g('w8_none_ms')} "
+                     f"({r.get('w8_none_speedup_vs_cublas', 0):.2f}x) | {g('w8_exact_ms')} | {g('w8_int_ratio_ms')} | "
+                     f"{g('w4_none_ms')} | {g('torch_int_mm_ms')} | {g('fp8_scaled_mm_ms')} |")
+    if "sizes" in d:
+        lines += ["", "| format | file bytes | x smaller than bf16 |", "|---|---|---|"]
+        for k, v in d["sizes"].items():
+            if isinstance(v, dict):
+                lines.append(f"| {k} | {v['file_bytes']} | {v.get('x_smaller_than_bf16', 1.0):.3f} |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for <name>.json and <name>.md")
+    p.add_argument("--name", default="bench_latency", help="file stem of the outputs")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--arch", choices=["wan", "tiny"], default="wan", help="wan: WanConfig() defaults; tiny: smoke")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--rows", nargs="+", default=ROWS, help=f"rollout rows, from {ROWS}")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--repeats", type=int, default=3, help="timed rollouts per row (after one warm-up)")
+    p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--frames-per-chunk", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--height", type=int, default=60)
+    p.add_argument("--width", type=int, default=104)
+    p.add_argument("--gemm-m", nargs="+", type=int, default=[4680, 9360])
+    p.add_argument("--tune", action="store_true", help="sweep GEMM tile configs (offline tuning) before timing")
+    p.add_argument("--workers", type=int, default=12, help="processes compiling kernels in parallel for --tune")
+    p.add_argument("--attention-backends", nargs="+", default=["flash", "cudnn", "efficient"])
+    p.add_argument("--sections", nargs="+", default=["gemm", "act_quant", "attention", "check", "rollout"])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    rep = Report(out, args.name)
+    import triton
+
+    env = dict(torch=torch.__version__, triton=triton.__version__, python=sys.version.split()[0],
+               device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", args=vars(args))
+    rep.put("env", env)
+    log("env", env)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    if "gemm" in args.sections:
+        gemm_section(args, device, rep)
+    if "act_quant" in args.sections:
+        act_quant_section(device, rep, max(args.gemm_m), 1536 if args.arch == "wan" else TINY["dim"])
+    base = base_model(args, device)
+    fastest = "auto"
+    if "attention" in args.sections and device.type == "cuda":
+        fastest = attention_section(args, device, rep, base.cfg)
+    for section, fn in (("check", lambda: check_section(base, fastest, args, device, rep)),
+                        ("rollout", lambda: rollout_section(args, base, fastest, device, rep))):
+        if section in args.sections:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001
+                rep.put(f"{section}_error", f"{type(e).__name__}: {e}")
+                traceback.print_exc()
+            markdown(rep, out, args.name)
+    markdown(rep, out, args.name)
+    log("done", rep.path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""GPU checks of the Triton kernels and the fused forward against the torch references (skip without CUDA).
+
+Run in their own process (``pytest -m gpu tests/test_kernels_gpu.py``): the CPU kernel tests switch Triton to its
+interpreter at import time, which must not happen before these run.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+              pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+                                 reason="Triton runs in its interpreter in this process")]
+
+VARIANTS = [(8, 0, "exact"), (8, 128, "exact"), (8, 128, "int_ratio"), (4, 0, "exact"), (4, 128, "exact"),
+            (4, 128, "int_ratio")]
+
+
+def _layers(k, n, count, w_bits, outliers, dual, seed=0):
+    from qarvd.deploy.modules import RealQuantLinear
+    from qarvd.deploy.packing import minmax_spec, pack_spec
+
+    g = torch.Generator().manual_seed(seed)
+    mods, specs = [], []
+    for _ in range(count):
+        w = torch.randn(n, k, generator=g) / k**0.5
+        w[:, torch.randperm(k, generator=g)[:40]] *= 8
+        spec = minmax_spec(w.cuda(), (torch.randn(n, generator=g) * 0.1).cuda(), w_bits=w_bits, n_outliers=outliers,
+                           act_range=(-3.0, 5.0))
+        specs.append(spec)
+        p = pack_spec(spec, dual)
+        mods.append(RealQuantLinear(p.meta, p.tensors))
+    return mods, specs
+
+
+@pytest.mark.parametrize("w_bits,outliers,dual", VARIANTS)
+@pytest.mark.parametrize("count", [1, 3])
+def test_gemm_matches_float64(w_bits, outliers, dual, count):
+    from kernels.act_quant import norm_quant, quantize_ref
+    from kernels.layout import stack_acts
+    from kernels.qgemm import qgemm, qgemm_ref
+    from qarvd.deploy.modules import stack_group
+
+    m, k, n = 777, 1536, 512
+    mods, _ = _layers(k, n, count, w_bits, outliers, dual)
+    group, acts = stack_group(mods), stack_acts([mo.act() for mo in mods])
+    x = torch.randn(m, k, device="cuda") * 2
+    a, rs = norm_quant(x, acts, rowsum=group.has_wzp)
+    a_ref, rs_ref = quantize_ref(x, acts, rowsum=True)
+    valid = torch.zeros(acts.kp, dtype=torch.bool, device="cuda")
+    valid[acts.dest[0].long()] = True
+    assert (a[:, :, valid].int() - a_ref[:, :, valid].int()).abs().max() <= 1
+    assert (a[:, :, valid] != a_ref[:, :, valid]).float().mean() < 1e-4
+    y = qgemm(a, rs, group, m, out_dtype=torch.float32)
+    ref = qgemm_ref(a, rs, group, m)
+    assert float((y.double() - ref).norm() / ref.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("epilogue", ["residual", "gelu_quant"])
+@pytest.mark.parametrize("w_bits,outliers,dual", VARIANTS[:3])
+def test_gemm_epilogues_match_torch(epilogue, w_bits, outliers, dual):
+    from kernels.qgemm import qgemm, qgemm_torch
+
+    m, k, n = 3 * 200, 512, 1024
+    mods, _ = _layers(k, n, 1, w_bits, outliers, dual)
+    grp, acts = mods[0].group(), mods[0].stacked_act()
+    a = torch.randint(acts.lo, acts.hi + 1, (1, m, acts.kp), dtype=torch.int8, device="cuda")
+    rs = torch.stack([a[..., :acts.kops[0]].int().sum(-1), a[..., acts.kops[0]:].int().sum(-1)], -1)
+    kw = {}
+    if epilogue == "residual":
+        kw = dict(residual=torch.randn(m, n, device="cuda", dtype=torch.bfloat16),
+                  gate=torch.randn(3, 6, n, device="cuda")[:, 2], tokens_per_frame=200)
+    else:
+        nxt, _ = _layers(n, k, 1, w_bits, outliers, dual, seed=1)
+        kw = dict(next_act=nxt[0].stacked_act(), next_rowsum=True)
+    out = qgemm(a, rs, grp, m, epilogue=epilogue, **kw)
+    ref = qgemm_torch(a, rs, grp, m, epilogue=epilogue, **kw)
+    if epilogue == "residual":
+        assert float((out.float() - ref.float()).norm() / ref.float().norm()) < 2e-3
+    else:
+        valid = kw["next_act"].dest[0].long()
+        diff = (out[0][:, valid].int() - ref[0][:, valid].int()).abs()
+        assert diff.max() <= 1 and diff.float().mean() < 2e-2
+        assert (out[1] - ref[1]).abs().max() <= diff.sum(1).max()
+
+
+def test_rint_is_round_half_even_on_gpu():
+    from kernels.act_quant import norm_quant
+    from kernels.layout import StackedAct
+
+    k = 256
+    x = (torch.arange(k, device="cuda", dtype=torch.float32) - 128) * 0.5  # exact ties at every odd step
+    ones = torch.ones(1, k, device="cuda")
+    acts = StackedAct(ones, torch.zeros(1, k, device="cuda"), torch.arange(k, device="cuda", dtype=torch.int32)[None],
+                      torch.zeros(1, device="cuda", dtype=torch.int32), (0,), k, -128, 127, True)
+    a, _ = norm_quant(x[None], acts)
+    assert torch.equal(a[0, 0].float(), torch.round(x).clamp(-128, 127))
+
+
+def test_fused_forward_matches_reference_backend():
+    from kernels.backends import Bf16Backend, TorchRefBackend, TritonInt8Backend
+    from qarvd.deploy import accelerate_, convert_to_real
+    from qarvd.deploy.packing import minmax_spec
+    from qarvd.models.wan import CausalWanModel, WanConfig
+    from qarvd.quant.select import select_linears
+
+    torch.manual_seed(0)
+    cfg = WanConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=2, freq_dim=64, text_dim=64, text_len=16)
+    base = CausalWanModel(cfg).cuda().to(torch.bfloat16).eval()
+    x = torch.randn(2, 16, 3, 16, 24, device="cuda")
+    t = torch.full((2, 3), 900.0, device="cuda")
+    ctx = torch.randn(2, 16, 64, device="cuda", dtype=torch.bfloat16)
+
+    def fwd(model):
+        with torch.no_grad():
+            return model(x, t, ctx, cache=model.new_cache(2, 3, 16, 24)).float()
+
+    ref = fwd(base)
+    fused = accelerate_(copy.deepcopy(base), Bf16Backend(attention="auto"))
+    assert float((fwd(fused) - ref).norm() / ref.norm()) < 2e-3
+    for w_bits, outliers, dual in [(8, 0, "exact"), (8, 128, "exact"), (8, 128, "int_ratio"), (4, 0, "exact")]:
+        model = copy.deepcopy(base)
+        specs = {nm: minmax_spec(model.get_submodule(nm).weight, model.get_submodule(nm).bias, w_bits=w_bits,
+                                 n_outliers=outliers if nm.startswith("blocks.") else 0)
+                 for nm in select_linears(model)}
+        be = TritonInt8Backend(attention="auto", dual_mode=dual)
+        accelerate_(convert_to_real(model, specs, be), be)
+        y = fwd(model)
+        accelerate_(model, TorchRefBackend(attention="auto", dual_mode=dual))
+        assert float((y - fwd(model)).norm() / ref.norm()) < 1e-2, (w_bits, outliers, dual)
+
+
+def test_fp8_module_matches_reference():
+    from kernels.backends import Fp8Backend, Fp8RefBackend
+    from qarvd.deploy.modules import Fp8Linear, fp8_from_spec
+    from qarvd.deploy.packing import minmax_spec
+
+    w = torch.randn(512, 1024, device="cuda") / 32
+    t, meta = fp8_from_spec(minmax_spec(w, torch.randn(512, device="cuda")))
+    mod = Fp8Linear(meta, t, Fp8Backend())
+    x = torch.randn(300, 1024, device="cuda", dtype=torch.bfloat16)
+    y = mod(x).float()
+    mod.backend = Fp8RefBackend()
+    ref = mod(x).float()
+    assert float((y - ref).norm() / ref.norm()) < 1e-2
