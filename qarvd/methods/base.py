@@ -143,7 +143,7 @@ class Recipe:
         torch.manual_seed(cal.seed)
         info: dict[str, Any] = {"method": self.name}
         weights, info["frame_weighting"] = self.frame_weights(cal)
-        quantize_(cal.model, cal.quant_config(keep=self.keep))
+        quantize_(cal.model, cal.quant_config(keep=self.keep, init_weights=False))  # initialised after prepare
         layers = quant_layers(cal.model)
         info["quantized_layers"] = len(layers)
         info["prepare"] = self.prepare(cal, layers)

@@ -36,6 +36,7 @@ class QuantConfig:
     keep: tuple = DEFAULT_KEEP  # module-name patterns left in float (used when no filter_fn is given)
     dual_scale: Optional[OutlierConfig] = None  # Q-ARVD outlier/normal column split (None: off)
     dual_scale_roles: tuple = BLOCK_ROLES  # roles the split applies to (the release: block linears only)
+    init_weights: bool = True  # False: the caller transforms the weights first and initialises them itself
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -91,7 +92,8 @@ def _quantize_linear(linear: nn.Linear, config: QuantConfig, name: str) -> Quant
     layer = QuantLinear(linear, config.w_bits, config.a_bits, config.symmetric, name=name)
     if config.dual_scale is not None and try_role(name) in config.dual_scale_roles:
         split_outliers(layer, config.dual_scale)
-    layer.init_weights(config.percentiles)
+    if config.init_weights:
+        layer.init_weights(config.percentiles)
     return layer
 
 
