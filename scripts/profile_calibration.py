@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -33,12 +33,9 @@ from qarvd.utils.io import atomic_write_json
 SMALL = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, text_len=16)
 
 
-def host_rss_gb() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            out["current" if line.startswith("VmRSS") else "peak"] = int(line.split()[1]) / 2**20
-    return out
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 @dataclass
@@ -119,7 +116,7 @@ def main(argv=None) -> dict:
     with Timer(device) as t:
         calibrate_activations_(model, lambda: run_calibration(pipe, prompts, seeds, 8, contexts))
     sec["activation_init_two_passes"] = t.s
-    res["host_rss_gb_after_init"] = host_rss_gb()
+    res["peak_rss_gb_after_init"] = peak_rss_gb()
     if device.type == "cuda":
         res["gpu_peak_gb_init"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
@@ -134,7 +131,7 @@ def main(argv=None) -> dict:
     res["captured_bytes_per_layer"] = captured
     res["captured_gb_one_block"] = sum(captured.values()) / 2**30
     res["spilled_gb"] = sum(session.stores[n].spilled_bytes for n in names) / 2**30
-    res["host_rss_gb_after_capture"] = host_rss_gb()
+    res["peak_rss_gb_after_capture"] = peak_rss_gb()
     per_layer = {}
     cfg = ReconConfig(iters=args.iters)
     try:
@@ -148,7 +145,7 @@ def main(argv=None) -> dict:
     finally:
         session.close()
     res["per_layer"] = per_layer
-    res["host_rss_gb_peak"] = host_rss_gb()["peak"]
+    res["peak_rss_gb"] = peak_rss_gb()
     if device.type == "cuda":
         res["gpu_peak_gb_reconstruction"] = torch.cuda.max_memory_allocated(device) / 2**30
 
