@@ -6,6 +6,8 @@ under ``eval.lpips.required=false``) are recorded under ``unavailable`` with the
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -36,6 +38,25 @@ def jobs(cfg: DictConfig):
     return video_jobs(prompts, names, int(e.start), int(e.count), int(e.samples_per_prompt), int(cfg.seed))
 
 
+def fp_folder(cfg: DictConfig) -> Optional[Path]:
+    """``eval.fp_dir`` if set; with ``eval.share_fp`` a folder under ``eval.fp_cache_dir`` named by a hash of all
+    the FP videos depend on (model config and checkpoint file, seed, prompts and names, samples, encoding), so the
+    jobs of a sweep generate them once and a changed model never reuses stale ones; else None (<video_dir>/fp)."""
+    e = cfg.eval
+    if e.fp_dir:
+        return Path(e.fp_dir)
+    if not e.share_fp:
+        return None
+    key = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in (
+        ("model", cfg.model), ("seed", cfg.seed), ("prompts", e.prompts), ("names", e.names),
+        ("samples", e.samples_per_prompt), ("video", e.video))}
+    ckpt = Path(str(cfg.model.checkpoint.path))
+    if not cfg.model.checkpoint.get("random_init", False) and ckpt.exists():
+        key["checkpoint_file"] = [ckpt.stat().st_size, ckpt.stat().st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(e.fp_cache_dir) / f"{cfg.model.name}-{digest}"
+
+
 def generate(cfg: DictConfig, quantize: Optional[Callable[[object], None]] = None) -> dict:
     """Build the model pipeline and write this process's share of the FP (and quantized) videos."""
     from qarvd.models.pipeline import build_pipeline
@@ -43,7 +64,7 @@ def generate(cfg: DictConfig, quantize: Optional[Callable[[object], None]] = Non
     e = cfg.eval
     pipe = build_pipeline(cfg.model, device=cfg.device)
     return generate_pair(pipe, jobs(cfg), e.video_dir, encoding(cfg), quantize, int(e.batch_size),
-                         StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), e.fp_dir)
+                         StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), fp_folder(cfg))
 
 
 def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> tuple[dict, dict, dict]:
@@ -136,8 +157,6 @@ def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None) -> 
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
     """Run the configured method x bits calibration (train_quant's library call) into ``output_dir``, unless a
     finished calibration is already there (``metrics.json`` is written last); returns the artifact path."""
-    import json
-
     from qarvd.methods.runner import train_quant
 
     done = Path(output_dir) / "metrics.json"
