@@ -84,3 +84,19 @@ def test_make_tables_cli(tmp_path):
     assert "| Q-ARVD (Ours) |  | 97.05 | 96.27 | 98.95 | 61.00 | 70.71 | 84.80 | 116.26 | 0.466 |" in out
     assert "| FVD-FP ↓ | " in out and "BOA" in out
     assert {p.name for p in sweep.iterdir() if p.is_file()} == {"table2.md", "table2.tex", "ds.md", "ds.tex", "ds.png"}
+
+
+def test_fig2_from_several_sensitivity_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tables", REPO / "scripts" / "make_tables.py")
+    make_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tables)
+    for bits, alpha in (("w8a8", [0.7, 0.2, 0.1]), ("w4a8", [2.0, 1.0, 1.0])):  # the second is not normalised
+        (tmp_path / f"{bits}.json").write_text(json.dumps({"model": "tiny", "bits": bits, "alpha": alpha}))
+    make_tables.main(["--sensitivity", str(tmp_path / "w8a8.json"), str(tmp_path / "w4a8.json"), "--out", str(tmp_path)])
+    assert (tmp_path / "fig2_sensitivity.png").exists()
+    fig = plots.plot_sensitivity({"a": [2.0, 1.0, 1.0]})
+    assert [round(b.get_height(), 6) for b in fig.axes[0].patches] == [0.5, 0.25, 0.25]  # normalised to sum 1
+    with pytest.raises(SystemExit):
+        make_tables.main(["--table", "table2"])  # a table needs results
