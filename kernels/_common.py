@@ -13,7 +13,7 @@ import triton.language as tl
 
 # 1.5 * 2**23: adding and subtracting it rounds a float32 of magnitude < 2**22 to the nearest integer, ties to
 # even, which is exactly torch.round. Larger magnitudes are clamped away by every caller before they matter.
-_RINT_MAGIC = 12582912.0
+_RINT_MAGIC = tl.constexpr(12582912.0)
 
 
 @triton.jit

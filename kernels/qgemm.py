@@ -44,20 +44,6 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _mma(acc, a_desc, w_desc, arow, wrow, k_lo, k_hi, z4, BK: tl.constexpr, W4: tl.constexpr):
-    for k in range(k_lo, k_hi, BK):
-        if W4:
-            p = w_desc.load([wrow, k // 2])  # [BN, BK/2] bytes: low nibbles = first half of the block, high = second
-            w_lo = (p & 15).to(tl.int8) - z4[:, None]
-            w_hi = (p >> 4).to(tl.int8) - z4[:, None]
-            acc = tl.dot(a_desc.load([arow, k]), w_lo.T, acc)
-            acc = tl.dot(a_desc.load([arow, k + BK // 2]), w_hi.T, acc)
-        else:
-            acc = tl.dot(a_desc.load([arow, k]), w_desc.load([wrow, k]).T, acc)
-    return acc
-
-
-@triton.jit
 def _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, GRP: tl.constexpr,
                  WZP: tl.constexpr, CORR: tl.constexpr):
     """acc - zw[n] * rowsum[m] + corr[n] for column group GRP (exact int32)."""
@@ -92,35 +78,53 @@ def _qgemm_kernel(
         wrow = pid_n * BN
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)
+        kop = 0
         z4n = tl.zeros((BN,), tl.int8)
+        z4o = tl.zeros((BN,), tl.int8)
+        ratio = tl.full((BN,), 1, tl.int32)
         if W4:
             z4n = tl.load(zw_ptr + CN + offs_n).to(tl.int8)
-        acc = tl.zeros((BM, BN), tl.int32)
-        if DUAL == 0:
-            acc = _mma(acc, a_desc, w_desc, arow, wrow, 0, Kp, z4n, BK, W4)
-            t = _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 1, WZP, CORR)
-            y = t.to(tl.float32) * (tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n))[None, :]
-        else:
+            z4o = tl.load(zw_ptr + offs_n).to(tl.int8)
+        if DUAL > 0:
             kop = tl.load(kop_ptr + g)
-            z4o = tl.zeros((BN,), tl.int8)
-            if W4:
-                z4o = tl.load(zw_ptr + offs_n).to(tl.int8)
-            acc_o = _mma(acc, a_desc, w_desc, arow, wrow, 0, kop, z4o, BK, W4)
-            if DUAL == 1:  # exact: two accumulators, two scales
-                acc_n = _mma(tl.zeros((BM, BN), tl.int32), a_desc, w_desc, arow, wrow, kop, Kp, z4n, BK, W4)
-                t0 = _group_terms(acc_o, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
-                t1 = _group_terms(acc_n, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 1, WZP, CORR)
-                s0 = tl.load(sa_ptr + g * 2) * tl.load(sw_ptr + offs_n)
-                s1 = tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n)
-                y = t0.to(tl.float32) * s0[None, :] + t1.to(tl.float32) * s1[None, :]
-            else:  # integer ratio: outlier partial x ratio[n], then the normal group in the same accumulator
-                ratio = tl.load(ratio_ptr + offs_n)
-                acc = _mma(acc_o * ratio[None, :], a_desc, w_desc, arow, wrow, kop, Kp, z4n, BK, W4)
-                zero = tl.zeros((BM, BN), tl.int32)
-                t0 = _group_terms(zero, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
-                t = _group_terms(acc + t0 * ratio[None, :], g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr,
-                                 1, WZP, CORR)
-                y = t.to(tl.float32) * (tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n))[None, :]
+        if DUAL == 2:
+            ratio = tl.load(ratio_ptr + offs_n)
+        acc = tl.zeros((BM, BN), tl.int32)
+        acc_o = tl.zeros((BM, BN), tl.int32)  # outlier accumulator; live only for the exact dual-scale variant
+        # K segments: [0, Kp) for one group; [0, kop) outliers then [kop, Kp) normal columns for dual scale
+        for seg in tl.static_range(2 if DUAL > 0 else 1):
+            k_lo, k_hi, z4 = 0, Kp, z4n
+            if DUAL > 0:
+                if seg == 0:
+                    k_lo, k_hi, z4 = 0, kop, z4o
+                else:
+                    k_lo, k_hi, z4 = kop, Kp, z4n
+            for k in range(k_lo, k_hi, BK):
+                if W4:  # byte tile [BN, BK/2]: low nibbles = first half of the 128-column block, high = second
+                    p = w_desc.load([wrow, k // 2])
+                    w_lo = (p & 15).to(tl.int8) - z4[:, None]
+                    w_hi = (p >> 4).to(tl.int8) - z4[:, None]
+                    acc = tl.dot(a_desc.load([arow, k]), w_lo.T, acc)
+                    acc = tl.dot(a_desc.load([arow, k + BK // 2]), w_hi.T, acc)
+                else:
+                    acc = tl.dot(a_desc.load([arow, k]), w_desc.load([wrow, k]).T, acc)
+            if DUAL == 1 and seg == 0:  # exact: keep the outlier sum, restart for the normal group
+                acc_o = acc
+                acc = tl.zeros((BM, BN), tl.int32)
+            if DUAL == 2 and seg == 0:  # integer ratio: scale the outlier sum, continue in the same registers
+                acc = acc * ratio[None, :]
+        t = _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 1, WZP, CORR)
+        s1 = tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n)
+        if DUAL == 0:
+            y = t.to(tl.float32) * s1[None, :]
+        elif DUAL == 1:
+            t0 = _group_terms(acc_o, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
+            s0 = tl.load(sa_ptr + g * 2) * tl.load(sw_ptr + offs_n)
+            y = t0.to(tl.float32) * s0[None, :] + t.to(tl.float32) * s1[None, :]
+        else:
+            zero = tl.zeros((BM, BN), tl.int32)
+            t0 = _group_terms(zero, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
+            y = (t + t0 * ratio[None, :]).to(tl.float32) * s1[None, :]
         if HAS_BIAS:
             y = y + tl.load(bias_ptr + offs_n)[None, :]
         mmask = offs_m < M

@@ -177,7 +177,7 @@ def _compile_job(job) -> str:
         torch.cuda.synchronize()
         return "ok"
     except Exception as e:  # noqa: BLE001 - a config that does not compile is a result, not a crash
-        return f"{type(e).__name__}: {str(e)[:200]}"
+        return f"{type(e).__name__}: {str(e)[-1500:]}"
 
 
 def precompile(jobs: list, workers: int) -> dict:
@@ -224,7 +224,7 @@ def gemm_section(args, device, rep: Report) -> dict:
                         err = rel_err(out, ref) if ref is not None else None
                         t = bench(lambda: run_gemm(group, a, rs, m, epi, cfg, nxt, res, gate), device)
                     except Exception as e:  # noqa: BLE001
-                        tuning.append(dict(key=list(key), m=m, cfg=c, error=f"{type(e).__name__}: {str(e)[:160]}"))
+                        tuning.append(dict(key=list(key), m=m, cfg=c, error=f"{type(e).__name__}: {str(e)[-1500:]}"))
                         continue
                     tuning.append(dict(key=list(key), m=m, cfg=c, ms=t, rel_err=err))
                     if c is not None and (key not in table or t < table[key][1]):
