@@ -63,16 +63,23 @@ def _is_default_recipe(r: dict) -> bool:
     return r["method"] != "qarvd" or (_switch(r, "dual_scale") and _switch(r, "frame_weighting") == "final_quality")
 
 
+def _weighting(r: dict) -> str:
+    fw = _switch(r, "frame_weighting")
+    return "uniform" if fw == "none" else fw  # no weighting = uniform weights
+
+
 def ablation_table(records: list[dict]) -> Table:
-    rows = [r for r in records if r["method"] == "qarvd" and _switch(r, "frame_weighting") in ("uniform", "final_quality")]
+    """Q-ARVD with components switched off; AdaRound is the both-off cell (the same recipe)."""
+    rows = [r for r in records if r["method"] in ("qarvd", "adaround") and _weighting(r) in ("uniform", "final_quality")]
     t = Table("Q-ARVD ablation: dual scale x frame weighting (latent MSE to FP)",
               _header(["Dual scale", "Frame weighting", "Bits"], rows))
     for bits in ("w4a8", "w8a8"):
         for ds in (False, True):
             for fw in ("uniform", "final_quality"):
                 for r in rows:
-                    if r["bits"] == bits and bool(_switch(r, "dual_scale")) == ds and _switch(r, "frame_weighting") == fw:
+                    if r["bits"] == bits and bool(_switch(r, "dual_scale")) == ds and _weighting(r) == fw:
                         t.rows.append(_row(["✓" if ds else "✗", "✓" if fw == "final_quality" else "✗", BITS[bits]], r))
+                        break
     return t
 
 

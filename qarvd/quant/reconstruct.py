@@ -147,13 +147,23 @@ def reconstruct_layer(layer: QuantLinear, store: SampleStore, cfg: ReconConfig, 
     device = layer.weight.device
     weights = torch.tensor([layer.sample_weight(s.info) for s in store.samples], dtype=torch.float32)
     staged = _stage_on_device(store, device)
+    targets: dict[int, torch.Tensor] = {}  # FP outputs of in-memory samples, computed once (spilled ones: per use)
+
+    def sample(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = staged[i] if staged is not None else store.tensors(i)["x"].to(device)
+        y = targets.get(i)
+        if y is None:
+            with torch.no_grad():
+                y = layer.fp_forward(x).float()
+            if staged is not None or store.samples[i].tensors is not None:
+                targets[i] = y
+        return x, y
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        xs = [staged[int(i)] if staged is not None else store.tensors(int(i))["x"] for i in idx]
-        x = torch.cat(xs).to(device)
-        tok_w = torch.cat([torch.full((t.shape[0],), float(weights[int(i)])) for t, i in zip(xs, idx)]).to(device)
-        with torch.no_grad():
-            y = layer.fp_forward(x).float()
+        pairs = [sample(int(i)) for i in idx]
+        x = torch.cat([p[0] for p in pairs])
+        y = torch.cat([p[1] for p in pairs])
+        tok_w = torch.cat([torch.full((p[0].shape[0],), float(weights[int(i)])) for p, i in zip(pairs, idx)]).to(device)
         err = (layer(x).float() - y).pow(2).sum(-1)
         return (err * tok_w).sum() / (len(idx) * layer.out_features)
 
