@@ -67,7 +67,7 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
         calib=calib, prompts=calib_prompts, seeds=[seed + i for i in range(len(calib_prompts))], work_dir=Path(out_dir),
         sensitivity_prompts=sens_prompts, sensitivity_seeds=[seed + i for i in range(len(sens_prompts))],
         fingerprint={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
-        | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts", "sensitivity_prompts")},
+        | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")},
            "seed": seed},
         sensitivity_key={"model": OmegaConf.to_container(cfg.model.arch, resolve=True), "dtype": cfg.model.dtype,
                          "checkpoint": checkpoint_identity(cfg), "rollout": OmegaConf.to_container(cfg.model.rollout, resolve=True),
