@@ -119,12 +119,18 @@ def test_umt5_from_wan_pth_matches_wans_t5_forward_and_zeros_past_the_prompt(rel
         assert ctx[i, n:].abs().max() == 0 and ctx[i, :n].abs().sum(-1).min() > 0
 
 
-def test_umt5_diffusers_folder_and_wan_pth_give_the_same_embeddings(tmp_path):
+def test_diffusers_folders_and_wan_pth_files_load_the_same_models(tmp_path):
     wan = write_wan_release(tmp_path / "wan", T5_ARCH, VAE_ARCH, layout="wan", seed=3)
     dif = write_wan_release(tmp_path / "dif", T5_ARCH, VAE_ARCH, layout="diffusers", seed=3)
     a = _encoder(wan, tmp_path / "a").encode(PROMPTS)
     b = _encoder(dif, tmp_path / "b").encode(PROMPTS)
     assert torch.equal(a, b) and a.abs().sum() > 0
+    lat = torch.randn(1, 2, 16, 4, 6, generator=torch.Generator().manual_seed(0))
+    va = WanVAE(str(wan["vae_weights"]), dtype="float32", arch=VAE_ARCH).decode(lat)
+    vb = WanVAE(str(dif["vae_weights"]), dtype="float32", arch=VAE_ARCH).decode(lat)  # config.json checked vs arch
+    assert torch.equal(va, vb) and va.std() > 0
+    with pytest.raises(CheckpointError, match=r"has base_dim=8 in config.json but model.vae.arch.base_dim=96"):
+        WanVAE(str(dif["vae_weights"]), dtype="float32", arch={"base_dim": 96}).decode(lat)
 
 
 def test_prompt_cache_is_reused_without_loading_the_encoder(release, tmp_path):
