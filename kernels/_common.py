@@ -22,6 +22,18 @@ def rint(x):
     return (x + _RINT_MAGIC) - _RINT_MAGIC
 
 
+# x / s as the fake quantizers compute it (IEEE division), or x * (1 / s) (one rounding more, ties may flip in
+# rare cases; used where division is the bottleneck). Chosen per process; kernels take it as a constexpr.
+EXACT_DIVISION = True
+
+
+@triton.jit
+def quant_div(x, s, EXACT: tl.constexpr):
+    if EXACT:
+        return tl.math.div_rn(x, s)
+    return x * (1.0 / s)
+
+
 @triton.jit
 def gelu_tanh(x):
     """GELU, tanh approximation (nn.GELU(approximate='tanh')) in float32; tanh through exp, clamped against overflow."""

@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import dummy, gelu_tanh, next_pow2, rint
+from kernels import _common
+from kernels._common import dummy, gelu_tanh, next_pow2, quant_div, rint
 from kernels.layout import StackedAct
 
 FP8_MAX = 448.0
@@ -23,7 +24,8 @@ FP8_MAX = 448.0
 
 @triton.jit
 def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr, rs_ptr,
-          M, lo, hi, C: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr):
+          M, lo, hi, C: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr,
+          EXACT_DIV: tl.constexpr):
     if OUT == 0:  # int8 codes for each consumer
         for c in tl.static_range(C):
             if PER_COL:
@@ -34,7 +36,7 @@ def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, 
                 cs = tl.load(cs_ptr + c * D)
                 cz = tl.load(cz_ptr + c * D)
                 dst = cols
-            v = rint(tl.math.div_rn(h, cs)) + cz
+            v = rint(quant_div(h, cs, EXACT_DIV)) + cz
             v = tl.minimum(tl.maximum(v, lo), hi)
             tl.store(out_ptr + c * stride_oc + rows[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
             if ROWSUM:
@@ -43,12 +45,12 @@ def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, 
                 r0 = tl.sum(tl.where((dst < kop)[None, :], vi, 0), axis=1)
                 r1 = tl.sum(vi, axis=1) - r0
                 rmask = rows < M
-                tl.atomic_add(rs_ptr + (c * M + rows) * 2, r0, mask=rmask)
-                tl.atomic_add(rs_ptr + (c * M + rows) * 2 + 1, r1, mask=rmask)
+                tl.atomic_add(rs_ptr + (c * M + rows) * 2, r0, mask=rmask, sem="relaxed")
+                tl.atomic_add(rs_ptr + (c * M + rows) * 2 + 1, r1, mask=rmask, sem="relaxed")
     elif OUT == 1:  # plain activation in the output dtype
         tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], h.to(out_ptr.dtype.element_ty), mask=mask)
     else:  # float8 e4m3 with a per-tensor scale
-        v = tl.math.div_rn(h, tl.load(cs_ptr))
+        v = quant_div(h, tl.load(cs_ptr), EXACT_DIV)
         v = tl.minimum(tl.maximum(v, -448.0), 448.0)
         tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -59,7 +61,7 @@ def _norm_quant_kernel(
     out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr, rs_ptr, lo, hi,
     C: tl.constexpr, LN: tl.constexpr, MOD: tl.constexpr, SHIFT: tl.constexpr, SCALE: tl.constexpr,
     PRE_GELU: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DIV: tl.constexpr,
 ):
     act_ty = x_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -87,7 +89,7 @@ def _norm_quant_kernel(
         if PRE_GELU:
             h = gelu_tanh(h).to(act_ty).to(tl.float32)
         _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr,
-              rs_ptr, M, lo, hi, C, OUT, PER_COL, ROWSUM)
+              rs_ptr, M, lo, hi, C, OUT, PER_COL, ROWSUM, EXACT_DIV)
 
 
 def _launch_cfg(m: int, d: int, ln: bool) -> tuple[int, int, int]:
@@ -150,7 +152,8 @@ def norm_quant(
         x, x.stride(0), m, d, mod_t, stride_mr, tokens, lnw, lnb, float(eps),
         out, stride_oc, out.stride(-2), cs, cz, dest, kop, rs if rs is not None else dummy_i, lo, hi,
         C=c, LN=ln_mode, MOD=mod is not None, SHIFT=shift_i, SCALE=scale_i, PRE_GELU=pre_gelu, OUT=mode,
-        PER_COL=per_col, ROWSUM=rs is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        PER_COL=per_col, ROWSUM=rs is not None, BLOCK_R=block_r, BLOCK_D=block_d,
+        EXACT_DIV=_common.EXACT_DIVISION, num_warps=warps,
     )
     return (out, rs) if acts is not None else out
 

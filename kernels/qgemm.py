@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import dummy, gelu_tanh, interpreting, num_sms, rint
+from kernels import _common
+from kernels._common import dummy, gelu_tanh, interpreting, num_sms, quant_div, rint
 from kernels.configs_sm90 import GemmConfig, lookup
 from kernels.layout import PAD, PackedGroup, StackedAct
 
@@ -65,6 +66,7 @@ def _qgemm_kernel(
     DUAL: tl.constexpr, W4: tl.constexpr, WZP: tl.constexpr, CORR: tl.constexpr, HAS_BIAS: tl.constexpr,
     EPI: tl.constexpr, HAS_GATE: tl.constexpr, Q_PERCOL: tl.constexpr, Q_ROWSUM: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FLATTEN: tl.constexpr,
+    EXACT_DIV: tl.constexpr,
 ):
     act_ty = res_ptr.dtype.element_ty
     CN = C * N
@@ -104,10 +106,10 @@ def _qgemm_kernel(
                     p = w_desc.load([wrow, k // 2])
                     w_lo = (p & 15).to(tl.int8) - z4[:, None]
                     w_hi = (p >> 4).to(tl.int8) - z4[:, None]
-                    acc = tl.dot(a_desc.load([arow, k]), w_lo.T, acc)
-                    acc = tl.dot(a_desc.load([arow, k + BK // 2]), w_hi.T, acc)
+                    acc = tl.dot(a_desc.load([arow, k]), w_lo.T, acc, out_dtype=tl.int32)
+                    acc = tl.dot(a_desc.load([arow, k + BK // 2]), w_hi.T, acc, out_dtype=tl.int32)
                 else:
-                    acc = tl.dot(a_desc.load([arow, k]), w_desc.load([wrow, k]).T, acc)
+                    acc = tl.dot(a_desc.load([arow, k]), w_desc.load([wrow, k]).T, acc, out_dtype=tl.int32)
             if DUAL == 1 and seg == 0:  # exact: keep the outlier sum, restart for the normal group
                 acc_o = acc
                 acc = tl.zeros((BM, BN), tl.int32)
@@ -150,13 +152,13 @@ def _qgemm_kernel(
                 cs = tl.load(qcs_ptr)
                 cz = tl.load(qcz_ptr)
                 dst = offs_n
-            v = tl.minimum(tl.maximum(rint(tl.math.div_rn(h, cs)) + cz, qlo), qhi)
+            v = tl.minimum(tl.maximum(rint(quant_div(h, cs, EXACT_DIV)) + cz, qlo), qhi)
             tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
             if Q_ROWSUM:
                 vi = tl.where(mask, v, 0.0).to(tl.int32)
                 r0 = tl.sum(tl.where((dst < qkop)[None, :], vi, 0), axis=1)
-                tl.atomic_add(qrs_ptr + offs_m * 2, r0, mask=mmask)
-                tl.atomic_add(qrs_ptr + offs_m * 2 + 1, tl.sum(vi, axis=1) - r0, mask=mmask)
+                tl.atomic_add(qrs_ptr + offs_m * 2, r0, mask=mmask, sem="relaxed")
+                tl.atomic_add(qrs_ptr + offs_m * 2 + 1, tl.sum(vi, axis=1) - r0, mask=mmask, sem="relaxed")
 
 
 def _descriptors(a: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, int4: bool):
@@ -240,6 +242,7 @@ def qgemm(
         DUAL=DUAL_MODES[lin.dual], W4=lin.int4, WZP=lin.has_wzp, CORR=lin.has_corr, HAS_BIAS=lin.bias is not None,
         EPI=EPILOGUES[epilogue], HAS_GATE=gate is not None, Q_PERCOL=q["percol"], Q_ROWSUM=q["qrs"] is not dummy_i,
         BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP_M=cfg.group_m, FLATTEN=cfg.flatten and not interpreting(),
+        EXACT_DIV=_common.EXACT_DIVISION,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if lin.has_wzp and rowsums is None:

@@ -284,24 +284,39 @@ def gemm_section(args, device, rep: Report) -> dict:
 
 # ----------------------------------------------------------------------------------------------- activation quant
 def act_quant_section(device, rep: Report, m: int, d: int) -> None:
+    """Producer kernels at one chunk of batch 2; picks the division mode (exact x / s or x * (1/s)) for the run."""
+    from kernels import _common
     from kernels.act_quant import norm_quant
     from kernels.layout import stack_acts
     from qarvd.deploy.modules import RealQuantLinear
     from qarvd.deploy.packing import minmax_spec, pack_spec
 
     x = torch.randn(m, d, device=device, dtype=torch.bfloat16)
-    mod = torch.randn(m // 1560 + 1 if m >= 1560 else 1, 6, d, device=device)
     s = 1560 if m >= 1560 else m
+    mod = torch.randn(m // s + 1, 6, d, device=device)
     out = {}
+    acts = {}
     for outliers in (0, 128 if d > 256 else 32):
         mods = []
         for i in range(3):
             w = torch.randn(d, d, device=device) / d**0.5
             p = pack_spec(minmax_spec(w, None, n_outliers=outliers))
             mods.append(RealQuantLinear(p.meta, p.tensors))
-        acts = stack_acts([mo.act() for mo in mods])
-        out[f"fused_ln_mod_quant_3consumers_{outliers}outliers_ms"] = bench(
-            lambda: norm_quant(x, acts, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), rowsum=True), device)
+        acts[outliers] = (stack_acts([mo.act() for mo in mods]), stack_acts([mods[0].act()]))
+    scale = torch.tensor([0.02], device=device)
+    for exact in (True, False):
+        _common.EXACT_DIVISION = exact
+        tag = "exactdiv" if exact else "recip"
+        for outliers, (a3, a1) in acts.items():
+            for name, a in (("3consumers", a3), ("1consumer", a1)):
+                for rowsum in (False, True):
+                    out[f"ln_mod_quant_{name}_{outliers}outliers_rowsum{int(rowsum)}_{tag}_ms"] = bench(
+                        lambda: norm_quant(x, a, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), rowsum=rowsum), device)
+        out[f"ln_mod_fp8_{tag}_ms"] = bench(
+            lambda: norm_quant(x, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), fp8_scale=scale), device)
+    key = "ln_mod_quant_3consumers_0outliers_rowsum1_{}_ms"
+    _common.EXACT_DIVISION = out[key.format("exactdiv")] <= 1.2 * out[key.format("recip")]
+    out["exact_division_used"] = _common.EXACT_DIVISION
 
     def eager():
         h = F.layer_norm(x.float(), (d,), eps=1e-6).to(x.dtype)
@@ -313,6 +328,23 @@ def act_quant_section(device, rep: Report, m: int, d: int) -> None:
     out["bytes_fused_quant_3"] = m * d * (2 + 3)
     rep.put("act_quant", dict(m=m, d=d, **out))
     log("act_quant", out)
+
+
+def kernel_resources() -> dict:
+    """Registers and spills of every compiled kernel variant (the compiler's resource report)."""
+    from kernels import act_quant, glue, qgemm
+
+    out = {}
+    for name, fn in (("norm_quant", act_quant._norm_quant_kernel), ("qgemm", qgemm._qgemm_kernel),
+                     ("qk_rope", glue._qk_kernel), ("residual", glue._residual_kernel)):
+        try:
+            for dev_cache in fn.device_caches.values():
+                for key, k in dev_cache[0].items():
+                    out.setdefault(name, []).append(dict(regs=k.n_regs, spills=k.n_spills, shared=k.metadata.shared,
+                                                         warps=k.metadata.num_warps, key=str(key)[-300:]))
+        except Exception as e:  # noqa: BLE001 - a Triton version without this introspection
+            out[name] = f"unavailable: {type(e).__name__}: {e}"
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -610,6 +642,7 @@ def main(argv=None) -> int:
                 rep.put(f"{section}_error", f"{type(e).__name__}: {e}")
                 traceback.print_exc()
             markdown(rep, out, args.name)
+    rep.put("kernel_resources", kernel_resources())
     markdown(rep, out, args.name)
     log("done", rep.path)
     return 0
