@@ -1,39 +1,29 @@
 """The analysis notebooks execute top to bottom (nbclient) on a shrunken embedded model and show their figures."""
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from omegaconf import open_dict
+from test_eval_pipeline import REPO, SMALL, _run, wiring
 
-from conftest import compose
-from test_eval_pipeline import SMALL, wiring
-
-REPO = Path(__file__).resolve().parents[1]
 NB_SMALL = [*SMALL, "model.prompts.calib.count=2", "calib.eval_prompts=1", "calib.sensitivity_prompts=2"]
 
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory):
-    """One real evaluation job (MinMax W4A8 calibration, paired videos, metrics) as a dashboard input."""
-    from eval.evaluate import artifact_quantizer, calibrate, evaluate_run, generate
-
-    run = tmp_path_factory.mktemp("sweep") / "0"
-    cfg = compose([*wiring(), *SMALL, "model.prompts.eval.count=2", "method=minmax", "bits=w4a8", "calib=fast",
-                   "calib.eval_prompts=1", "calib.sensitivity_prompts=1", "eval.fvd.enabled=false",
-                   "eval.lpips.enabled=false", f"paths.output_dir={run}"])
-    with open_dict(cfg):
-        cfg.eval.video_dir = str(run / "videos")
-    extra = {"artifact": str(calibrate(cfg, run))}
-    dirs = generate(cfg, artifact_quantizer(extra["artifact"], extra))["dirs"]
-    evaluate_run(cfg, dirs["fp"], dirs["quant"], run, extra)
-    return run.parent
+    """One real sweep job of scripts/evaluate.py: MinMax W4A8 calibration in-process, paired videos, metrics."""
+    sweep = tmp_path_factory.mktemp("sweep")
+    _run([sys.executable, str(REPO / "scripts" / "evaluate.py"), *wiring("none"), *SMALL, "model.prompts.eval.count=2",
+          "method=minmax", "bits=w4a8", "calib=fast", "calib.eval_prompts=1", "calib.sensitivity_prompts=1",
+          "eval.fvd.enabled=false", "eval.lpips.enabled=false", f"hydra.run.dir={sweep / '0'}"], REPO)
+    return sweep
 
 
 def _execute(name: str, monkeypatch, **env) -> nbformat.NotebookNode:
     monkeypatch.setenv("QARVD_NB_OVERRIDES", " ".join(NB_SMALL))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny tensors: one thread is ~10x faster than two on a busy 2-core box
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     for k, v in env.items():
         monkeypatch.setenv(k, str(v))
@@ -61,4 +51,6 @@ def test_results_dashboard_notebook(monkeypatch, results_dir):
     nb = _execute("results_dashboard.ipynb", monkeypatch, QARVD_RESULTS=results_dir)
     html = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "| MinMax | W4A8 |" in html  # the method x bits table holds the run
-    assert _figures(nb) == 2  # the frontier and one run's FP / quantized frames
+    assert _figures(nb) == 2  # the quality / weight-memory frontier and one run's FP / quantized frames
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "no result carries weight_bytes" not in printed and "sample frames of 1 runs" in printed
