@@ -73,7 +73,7 @@ def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str
     frame_metrics, unavailable = {}, {}
     if e.lpips.enabled:
         try:
-            model = build_lpips(e.lpips.alexnet_path, bool(e.lpips.pnet_rand), e.lpips.device)
+            model = build_lpips(e.lpips.alexnet_path, bool(e.lpips.pnet_rand), e.metrics_device)
             frame_metrics["lpips_fp"] = LPIPSMetric(model, int(e.lpips.frames_per_batch))
         except MissingWeightsError as err:
             if e.lpips.required:
@@ -84,7 +84,7 @@ def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str
     if e.ssim:
         frame_metrics["ssim_fp"] = ssim_frames
     backbone = instantiate(e.fvd.backbones[e.fvd.backbone]) if e.fvd.enabled else None
-    out = evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone)
+    out = evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone, device=e.metrics_device)
     return out["metrics"], out["per_video"], unavailable
 
 

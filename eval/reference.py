@@ -26,16 +26,18 @@ def evaluate_pairs(
     backbone: Optional[VideoFeatureBackbone] = None,
     fvd_key: str = "fvd_fp",
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """``{"metrics": {name: mean}, "per_video": {file: {name: value}}, "num_videos": N}``.
 
     ``frame_metrics`` maps a result name (e.g. ``lpips_fp``) to a per-frame metric; ``backbone`` adds FVD-FP.
+    Decoded videos are moved to ``device`` once, where the per-frame metrics run.
     """
     pairs = pair_videos(fp_dir, quant_dir)
     per_video: dict[str, dict[str, float]] = {}
     feats_fp, feats_q = [], []
     for name, fp_path, q_path in tqdm(pairs, desc="reference metrics", disable=not progress):
-        fp, q = read_video(fp_path), read_video(q_path)
+        fp, q = read_video(fp_path).to(device), read_video(q_path).to(device)
         if fp.shape != q.shape:
             raise ValueError(f"'{name}': FP video {tuple(fp.shape)} and quantized video {tuple(q.shape)} differ in shape")
         per_video[name] = {key: float(fn(fp, q).mean()) for key, fn in frame_metrics.items()}
