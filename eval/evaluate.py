@@ -20,7 +20,7 @@ from eval.generate import StripSpec, generate_pair, video_jobs
 from eval.lpips_fp import LPIPSMetric, build_lpips, psnr_frames, ssim_frames
 from eval.reference import evaluate_pairs
 from eval.results import RESULTS_FILE
-from eval.vbench import run_vbench
+from eval.vbench import parse_vbench_results, run_vbench
 from eval.video_io import VideoEncoding, read_video, write_video
 from qarvd.utils.errors import MissingWeightsError
 from qarvd.utils.io import atomic_write_json
@@ -89,10 +89,15 @@ def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str
 
 
 def vbench_metrics(cfg: DictConfig, videos_dir: str | os.PathLike, name: str) -> dict:
-    """VBench percentages plus ``vbench_avg``; results are cached next to the videos (``<dir>.vbench/``)."""
+    """VBench percentages plus ``vbench_avg``, kept next to the videos (``<dir>.vbench/``): a folder that already has
+    its results (the FP set shared by a sweep, a resumed job) is not scored again."""
     v = cfg.eval.vbench
-    scores = run_vbench(videos_dir, f"{Path(videos_dir)}.vbench", v.python, v.cache_dir, list(v.dimensions), name,
-                        v.device, v.timeout_s)
+    out = Path(f"{Path(videos_dir)}.vbench")
+    done = out / f"{name}_eval_results.json"
+    try:
+        scores = parse_vbench_results(done, list(v.dimensions))
+    except (FileNotFoundError, ValueError):
+        scores = run_vbench(videos_dir, out, v.python, v.cache_dir, list(v.dimensions), name, v.device, v.timeout_s)
     scores["vbench_avg"] = scores.pop("avg")
     return scores
 

@@ -113,3 +113,20 @@ def test_runner_is_standalone():
     imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imports |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imports <= {"argparse", "os", "sys", "torch", "vbench"}, imports
+
+
+def test_scores_are_kept_next_to_the_videos_and_not_recomputed(tmp_path, cache_dir, vbench_python):
+    from omegaconf import OmegaConf
+
+    from eval.evaluate import vbench_metrics
+
+    videos = tmp_path / "fp"
+    videos.mkdir()
+    (videos / "a cat-0.mp4").write_bytes(b"")
+    cfg = OmegaConf.create({"eval": {"vbench": {"python": str(vbench_python), "cache_dir": str(cache_dir),
+                                                "dimensions": list(PAPER_DIMENSIONS), "device": "cpu", "timeout_s": None}}})
+    first = vbench_metrics(cfg, videos, "fp")
+    assert set(first) == set(PAPER_DIMENSIONS) | {"vbench_avg"}
+    vbench_python.unlink()  # VBench is gone: only the stored results can answer now
+    assert vbench_metrics(cfg, videos, "fp") == first
+    assert (tmp_path / "fp.vbench" / "fp_eval_results.json").exists()
