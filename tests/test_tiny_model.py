@@ -1,8 +1,6 @@
 """The embedded ARVD's training matches its inference, trains deterministically, and the shipped bundle works."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import open_dict
@@ -104,3 +102,63 @@ def test_training_resumes_to_the_same_weights_and_writes_a_bundle(tmp_path, monk
     assert meta["vae"] == {"kind": "identity"} and meta["wan_config"]["dim"] == 32
     assert set(meta["text_encoder"]) == {"text_dim", "text_len", "vocab", "vocab_size"}
     assert meta["training"]["seed"] == 0 and meta["metrics"]["steps"] == 4
+
+
+# ----------------------------------------------------------------------------------------------- the shipped bundle
+def _shipped():
+    from qarvd.utils.hydra_resolvers import ASSET_DIR
+
+    return ASSET_DIR / "tiny_arvd.safetensors"
+
+
+def test_shipped_bundle_matches_the_tiny_config():
+    from omegaconf import OmegaConf
+
+    from qarvd.models.checkpoint import read_metadata, read_state_dict
+
+    path = _shipped()
+    assert path.stat().st_size <= 50 * 2**20
+    meta, sd = read_metadata(path), read_state_dict(path)
+    assert {k.split(".")[0] for k in sd} == {"model", "text_encoder"}
+    cfg = compose(["model=tiny"]).model
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    assert {k: meta["wan_config"][k] for k in arch} == {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}
+    assert meta["rollout"] == OmegaConf.to_container(cfg.rollout, resolve=True)
+    assert meta["vae"] == {"kind": "identity"} and meta["text_encoder"]["vocab_size"] == len(meta["text_encoder"]["vocab"]) + 2
+    assert meta["training"]["command"].startswith("python scripts/train_tiny_arvd.py") and "seed" in meta["training"]
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoint.load_generator keeps the bundle's text_encoder.* keys (lead: select "
+                   "the model.* keys of a bundle); remove this marker with that fix and set random_init: false")
+def test_model_tiny_loads_the_shipped_bundle():
+    from qarvd.models.pipeline import build_pipeline
+
+    cfg = compose(["model=tiny", "model.checkpoint.random_init=false"]).model
+    pipe = build_pipeline(cfg)
+    assert pipe.rollout_cfg.num_chunks >= 7
+
+
+def test_trained_model_draws_the_prompted_colour_and_motion():
+    """Eight prompts: the trained bundle's videos show the prompted colour and direction (read by the feature
+    network); the same architecture with random weights does not."""
+    from qarvd.data.domain_eval import accuracy
+    from qarvd.data.procedural import caption_prompts
+    from qarvd.models.checkpoint import read_metadata, read_state_dict
+    from qarvd.models.featnet import FeatNetBackbone
+    from qarvd.train.tiny_arvd import generate_fn, pipeline_of
+    from qarvd.utils.hydra_resolvers import ASSET_DIR
+
+    meta = read_metadata(_shipped())
+    rc = RolloutConfig(**meta["rollout"])
+    judge = FeatNetBackbone(ASSET_DIR / "featnet.safetensors")
+    prompts = caption_prompts("eval", 8)
+    scores = {}
+    for name in ("trained", "random"):
+        torch.manual_seed(0)
+        nets = TinyARVD(meta["wan_config"], meta["wan_config"]["text_len"])
+        if name == "trained":
+            nets.load_state_dict(read_state_dict(_shipped()))
+        videos = generate_fn(pipeline_of(nets.eval(), rc, 32))(prompts, list(range(100000, 100008)))
+        scores[name] = accuracy(judge, videos, prompts)
+    assert scores["trained"]["color"] >= 0.75 and scores["trained"]["direction"] >= 0.75, scores
+    assert scores["random"]["color"] <= 0.5 and scores["random"]["direction"] <= 0.5, scores
