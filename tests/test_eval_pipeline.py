@@ -106,3 +106,17 @@ def test_evaluate_writes_results_and_an_offline_wandb_run(tmp_path, videos):
     wb = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(wb) == 1 and json.loads((wb[0] / "files" / "results.json").read_text())["metrics"] == record["metrics"]
     assert len(list((tmp_path / "samples").glob("*.mp4"))) == 4  # FP | quantized side by side, logged as videos
+
+
+def test_shared_fp_folder_is_keyed_by_what_fp_videos_depend_on():
+    from conftest import compose
+
+    from eval.evaluate import fp_folder
+
+    base = [*wiring(), *SMALL, "eval.share_fp=true"]
+    folder = fp_folder(compose(base))
+    assert folder.parent == Path(compose(base).eval.fp_cache_dir) and folder.name.startswith("tiny-")
+    assert fp_folder(compose([*base, "eval.count=2", "eval.batch_size=4", "method=qarvd", "bits=w8a8"])) == folder
+    for change in ("seed=1", "model.arch.num_layers=2", "eval.video.crf=10", "eval.samples_per_prompt=2"):
+        assert fp_folder(compose([*base, change])) != folder, change
+    assert fp_folder(compose([*wiring(), *SMALL])) is None  # not shared: <video_dir>/fp
