@@ -7,7 +7,7 @@ import pytest
 from torch import nn
 
 from qarvd.quant.api import QuantConfig, quantize_, register_quantize_handler
-from qarvd.quant.linear import QuantLinear, quant_layers
+from qarvd.quant.linear import quant_layers
 from qarvd.quant.outliers import OutlierConfig
 from qarvd.quant.roles import input_group, role_of
 from quant_helpers import tiny_pipeline

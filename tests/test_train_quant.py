@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import compose

@@ -11,7 +11,7 @@ their own ARVD without Hydra::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from torch import nn

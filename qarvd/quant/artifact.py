@@ -9,7 +9,6 @@ reads only these tensors, so a reloaded artifact reproduces the calibrated model
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
