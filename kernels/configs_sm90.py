@@ -38,8 +38,38 @@ DEFAULTS = {
     "w4_exact": GemmConfig(128, 128, 128, 8, 4, 3),
 }
 
-# (variant, epilogue, Kp, N_total) -> config, for M >= 4096 (one chunk of 4680 tokens per sample). Tuned offline.
-TABLE: dict[tuple[str, str, int, int], GemmConfig] = {}
+# (variant, epilogue, Kp, N_total) -> config. Tuned offline at M = 9360 (one chunk, batch 2) on an H100 80GB HBM3,
+# Triton 3.6 (benchmarks/results/h100_run3.json, "gemm_table"); M is not specialised, smaller M reuse the entry.
+TABLE: dict[tuple[str, str, int, int], GemmConfig] = {
+    ("w4_none", "gelu_quant", 1536, 8960): GemmConfig(128, 128, 128, 8, 8, 3, False, 1),
+    ("w4_none", "residual", 1536, 1536): GemmConfig(128, 64, 128, 8, 4, 4, False, 1),
+    ("w4_none", "residual", 8960, 1536): GemmConfig(256, 128, 128, 8, 8, 3, False, 1),
+    ("w4_none", "store", 1536, 1536): GemmConfig(128, 128, 128, 8, 4, 3, False, 1),
+    ("w4_none", "store", 1536, 4608): GemmConfig(256, 128, 128, 8, 8, 3, False, 1),
+    ("w4_none", "store", 1536, 8960): GemmConfig(256, 128, 128, 8, 8, 3, False, 1),
+    ("w4_none", "store", 8960, 1536): GemmConfig(256, 128, 128, 8, 8, 3, False, 1),
+    ("w8_exact", "gelu_quant", 1536, 8960): GemmConfig(128, 128, 128, 8, 8, 4, False, 1),
+    ("w8_exact", "residual", 1536, 1536): GemmConfig(128, 128, 128, 8, 8, 4, False, 1),
+    ("w8_exact", "residual", 8960, 1536): GemmConfig(128, 128, 128, 8, 8, 4, False, 1),
+    ("w8_exact", "store", 1536, 1536): GemmConfig(128, 128, 128, 8, 8, 4, True, 1),
+    ("w8_exact", "store", 1536, 4608): GemmConfig(128, 128, 128, 8, 8, 4, False, 1),
+    ("w8_exact", "store", 1536, 8960): GemmConfig(128, 128, 128, 8, 8, 4, True, 1),
+    ("w8_exact", "store", 8960, 1536): GemmConfig(128, 128, 128, 8, 8, 4, False, 1),
+    ("w8_int_ratio", "gelu_quant", 1536, 8960): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_int_ratio", "residual", 1536, 1536): GemmConfig(128, 128, 128, 8, 4, 4, False, 1),
+    ("w8_int_ratio", "residual", 8960, 1536): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_int_ratio", "store", 1536, 1536): GemmConfig(256, 128, 128, 8, 8, 3, False, 1),
+    ("w8_int_ratio", "store", 1536, 4608): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_int_ratio", "store", 1536, 8960): GemmConfig(256, 128, 128, 8, 8, 3, False, 1),
+    ("w8_int_ratio", "store", 8960, 1536): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_none", "gelu_quant", 1536, 8960): GemmConfig(128, 128, 128, 8, 8, 4, False, 1),
+    ("w8_none", "residual", 1536, 1536): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_none", "residual", 8960, 1536): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_none", "store", 1536, 1536): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_none", "store", 1536, 4608): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_none", "store", 1536, 8960): GemmConfig(256, 128, 128, 8, 8, 4, False, 1),
+    ("w8_none", "store", 8960, 1536): GemmConfig(128, 256, 128, 8, 8, 4, False, 1),
+}
 
 INTERPRETER = GemmConfig(32, 32, 128, 2, 4, 1)
 

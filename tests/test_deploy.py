@@ -26,7 +26,7 @@ from qarvd.quant.outliers import OutlierConfig  # noqa: E402
 LAYER_BOUND = 1e-5  # fp32 activations, exact dual-scale and single-scale layers
 ARCH = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=16, text_dim=16, text_len=4, in_dim=4,
             out_dim=4, patch_size=(1, 2, 2))
-RC = RolloutConfig(num_frames=4, frames_per_chunk=2, denoising_steps=[1000, 500])
+RC = RolloutConfig(num_frames=4, frames_per_chunk=2, denoising_steps=[1000])
 SHAPE = (4, 8, 8)
 
 
@@ -71,7 +71,7 @@ def test_every_real_layer_matches_its_fake_quant_layer(quantized, backend):
     for name, x in inputs.items():
         fake = q.get_submodule(name)(x)
         y = real.get_submodule(name)(x)
-        err = float((y - fake).norm() / fake.norm())
+        err = float((y - fake).detach().norm() / fake.detach().norm())
         assert err < LAYER_BOUND, (name, err)
     assert sum(len(q.get_submodule(n).groups) == 2 for n in inputs) >= 10  # dual scale really exercised
 
