@@ -11,7 +11,7 @@ A record is a flat, self-describing dict::
      "num_videos": 946, "fvd_backbone": "i3d"}
 
 The full-precision model is the record with ``bits == "bf16"`` (method ``bf16``); when a sweep has none, it is
-derived from any record's ``fp_metrics`` (its reference-based metrics are 0 by definition).
+derived from the records' ``fp_metrics`` and the values reference-based metrics take for FP by definition.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ RESULTS_FILE = "results.json"
 FP = "bf16"
 REFERENCE_METRICS = ("fvd_fp", "lpips_fp", "psnr_fp", "ssim_fp")
 LOWER_IS_BETTER = {"fvd_fp", "lpips_fp"}
+BY_DEFINITION = {"fvd_fp": 0.0, "lpips_fp": 0.0, "ssim_fp": 1.0}  # the FP set compared with itself (PSNR: infinite)
 VBENCH_KEYS = (
     "subject_consistency",
     "background_consistency",
@@ -42,6 +43,7 @@ def higher_is_better(metric: str) -> bool:
 def load_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
     """Records from files (one record or a list of them) and folders (every ``results.json`` below them)."""
     records: list[dict] = []
+    seen: set[Path] = set()  # a W&B run links results.json into its files/: the same file, read once
     for p in map(Path, paths):
         if p.is_dir():
             files = sorted(p.rglob(RESULTS_FILE))
@@ -52,6 +54,9 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
         else:
             raise FileNotFoundError(f"result path '{p}' does not exist")
         for f in files:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
             data = json.loads(f.read_text(encoding="utf-8"))
             for r in data if isinstance(data, list) else [data]:
                 _check(r, f)
@@ -60,16 +65,17 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
 
 
 def fp_record(records: list[dict]) -> Optional[dict]:
-    """The full-precision record: an explicit BF16 one, else one built from the first ``fp_metrics`` found."""
+    """The full-precision record: an explicit BF16 one, else one built from the first ``fp_metrics`` found plus the
+    values the reference-based metrics take for the FP set by definition (FVD-FP 0, LPIPS-FP 0, SSIM-FP 1); None
+    without any record."""
     for r in records:
         if r.get("bits") == FP:
             return r
-    for r in records:
-        if r.get("fp_metrics"):
-            metrics = dict(r["fp_metrics"])
-            metrics.update({"fvd_fp": 0.0, "lpips_fp": 0.0})
-            return {"model": r.get("model"), "method": FP, "bits": FP, "tags": {}, "metrics": metrics}
-    return None
+    if not records:
+        return None
+    fp_metrics = next((r["fp_metrics"] for r in records if r.get("fp_metrics")), {})
+    metrics = {**fp_metrics, **BY_DEFINITION}
+    return {"model": records[0].get("model"), "method": FP, "bits": FP, "tags": {}, "metrics": metrics}
 
 
 def _check(r: dict, source: Path) -> None:

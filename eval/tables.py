@@ -154,9 +154,13 @@ def _strategy(value) -> str:
     return str(value)
 
 
+def _models(records: list[dict]) -> str:
+    return ", ".join(sorted({str(r.get("model")) for r in records})) or "no results"
+
+
 TABLES: dict[str, Callable[[list[dict]], Table]] = {
-    "table1": lambda r: main_table(r, "Table 1: Quantitative results of causal-forcing."),
-    "table2": lambda r: main_table(r, "Table 2: Quantitative results of self-forcing."),
+    "table1": lambda r: main_table(r, f"Table 1 layout: quantitative results of {_models(r)}."),
+    "table2": lambda r: main_table(r, f"Table 2 layout: quantitative results of {_models(r)}."),
     "table3": lambda r: ablation_table(r, "Table 3: Ablation study of frame weighting and dual scale quantization."),
     "table4": lambda r: strategy_table(r, "Table 4: Comparison of different frame-weighting strategies."),
     "table5": lambda r: sweep_table(r, "Table 5: Ablation of minimum constraint alpha.", "alpha", "alpha"),

@@ -100,3 +100,14 @@ def test_fig2_from_several_sensitivity_runs(tmp_path):
     assert [round(b.get_height(), 6) for b in fig.axes[0].patches] == [0.5, 0.25, 0.25]  # normalised to sum 1
     with pytest.raises(SystemExit):
         make_tables.main(["--table", "table2"])  # a table needs results
+
+
+def test_sweep_folder_reads_each_result_once_and_gets_a_bf16_row(tmp_path):
+    job = tmp_path / "0"
+    (job / "wandb" / "offline-run-x" / "files").mkdir(parents=True)
+    (job / "results.json").write_text(json.dumps(_rec("minmax", "w8a8", fvd_fp=3.0, ssim_fp=0.9)))
+    (job / "wandb" / "offline-run-x" / "files" / "results.json").symlink_to(job / "results.json")  # W&B's link
+    records = load_results([tmp_path])
+    assert len(records) == 1
+    t = TABLES["table2"](records)
+    assert t.rows[0][:2] == ["Bfloat16", "16/16"] and t.rows[0][-3:] == ["0.00", "0.000", "1.000"]  # FP by definition

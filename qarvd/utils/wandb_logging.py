@@ -71,7 +71,7 @@ class WandbLogger(NullLogger):
     def log_videos(self, videos: Mapping[str, str | os.PathLike], fps: float) -> None:
         import wandb
 
-        self.run.log({k: wandb.Video(str(p), fps=fps, format="mp4") for k, p in videos.items()})
+        self.run.log({k: wandb.Video(str(p), format="mp4") for k, p in videos.items()})  # the file carries its fps
 
     def log_images(self, images: Mapping[str, str | os.PathLike]) -> None:
         import wandb
