@@ -59,7 +59,7 @@ class I3DBackbone:
     """The StyleGAN-V I3D TorchScript (Kinetics-400 logits) read from a configured path; nothing downloads."""
 
     def __init__(self, path: str | os.PathLike | None, device: str = "cpu", resolution: int = 224) -> None:
-        file = require_file(path, "eval.fvd.backbone.path", I3D_PUBLISHED_AT)
+        file = require_file(path, "eval.fvd.backbones.i3d.path", I3D_PUBLISHED_AT)
         self.device = torch.device(device)
         self.resolution = int(resolution)
         self.net = torch.jit.load(str(file), map_location=self.device).eval()

@@ -114,7 +114,7 @@ def test_missing_i3d_names_key_file_and_source(tmp_path):
     with pytest.raises(MissingWeightsError) as err:
         I3DBackbone(tmp_path / "i3d_torchscript.pt")
     msg = str(err.value)
-    assert "eval.fvd.backbone.path" in msg and "i3d_torchscript.pt" in msg and "StyleGAN-V" in msg and "dropbox" in msg
+    assert "eval.fvd.backbones.i3d.path" in msg and "i3d_torchscript.pt" in msg and "StyleGAN-V" in msg and "dropbox" in msg
 
 
 def _write_set(folder, videos, names):
