@@ -19,11 +19,12 @@ from qarvd.utils.io import atomic_write_text
 def load_metrics(paths: list[str]) -> list[dict]:
     records = []
     for p in map(Path, paths):
-        files = [p] if p.is_file() else sorted(p.rglob("metrics.json"))
+        files = [p] if p.is_file() else sorted(p.rglob("*.json"))
         for f in files:
             r = json.loads(f.read_text())
-            r["_source"] = str(f)
-            records.append(r)
+            if isinstance(r, dict) and "latent_mse" in r:  # train_quant metrics (other JSONs are skipped)
+                r["_source"] = str(f)
+                records.append(r)
     if not records:
         raise SystemExit(f"no metrics.json under {paths}")
     return records
@@ -103,7 +104,7 @@ def render(records: list[dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="metrics.json files or sweep folders (searched recursively)")
+    p.add_argument("results", nargs="+", help="metrics JSON files or folders (searched recursively for train_quant metrics)")
     p.add_argument("--out", default=None, help="folder for latent_tables.md (default: print only)")
     args = p.parse_args(argv)
     text = render(load_metrics(args.results))
