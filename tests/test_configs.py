@@ -35,7 +35,7 @@ def test_unknown_group_option_lists_the_choices():
 def test_causal_forcing_layouts():
     chunk = compose(["model=causal_forcing_chunkwise"]).model
     frame = compose(["model=causal_forcing_framewise"]).model
-    assert chunk.checkpoint.key == frame.checkpoint.key == "generator"
+    assert chunk.checkpoint.key == "generator" and frame.checkpoint.key == "generator_ema"  # frame-wise runs --use_ema
     assert "model._fsdp_wrapped_module." in chunk.checkpoint.prefixes
     assert chunk.rollout.frames_per_chunk == 3 and frame.rollout.frames_per_chunk == 1
 

@@ -128,8 +128,6 @@ def test_shipped_bundle_matches_the_tiny_config():
     assert meta["training"]["command"].startswith("python scripts/train_tiny_arvd.py") and "seed" in meta["training"]
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.load_generator keeps the bundle's text_encoder.* keys (lead: select "
-                   "the model.* keys of a bundle); remove this marker with that fix and set random_init: false")
 def test_model_tiny_loads_the_shipped_bundle():
     from qarvd.models.pipeline import build_pipeline
 

@@ -95,7 +95,15 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) 
     module.load_state_dict(dict(sd), strict=True)
 
 
-def load_generator(module: nn.Module, path: str | os.PathLike, key: Optional[str], prefixes: Sequence[str]) -> None:
-    """Read a checkpoint in one of the public layouts and load it strictly into ``module``."""
-    sd = strip_prefix(read_state_dict(path, key), prefixes)
+def load_generator(module: nn.Module, path: str | os.PathLike, key: Optional[str], prefixes: Sequence[str],
+                   only_prefixed: bool = False) -> None:
+    """Read a checkpoint in one of the public layouts and load it strictly into ``module``.
+
+    ``only_prefixed`` keeps just the keys under one of ``prefixes``: a bundle that also holds other modules
+    (the embedded model's ``text_encoder.*``) then loads its DiT part strictly.
+    """
+    sd = read_state_dict(path, key)
+    if only_prefixed:
+        sd = {k: v for k, v in sd.items() if any(p and k.startswith(p) for p in prefixes)}
+    sd = strip_prefix(sd, prefixes)
     load_strict(module, sd, f"checkpoint '{path}'" + (f" [{key}]" if key else ""))

@@ -68,7 +68,7 @@ def build_model(arch: dict, dtype: str, checkpoint: DictConfig, init_seed: int) 
         model = CausalWanModel(WanConfig(**arch))
     if not checkpoint.random_init:
         path = require_file(checkpoint.path, "model.checkpoint.path", checkpoint.published_at)
-        load_generator(model, path, checkpoint.key, list(checkpoint.prefixes))
+        load_generator(model, path, checkpoint.key, list(checkpoint.prefixes), bool(checkpoint.get("only_prefixed", False)))
     return model.to(parse_dtype(dtype)).eval().requires_grad_(False)
 
 
