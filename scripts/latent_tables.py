@@ -93,12 +93,17 @@ def strategy_table(records: list[dict]) -> Table:
 
 
 def render(records: list[dict]) -> str:
+    """One set of tables per calibration setting (preset and number of calibration prompts)."""
     models = sorted({r["model"] + (" (random weights)" if r.get("random_init") else "") for r in records})
     parts = [f"Model: {', '.join(models)}. Latent MSE of the quantized rollout to the FP rollout on held-out prompts "
              "(identical per-prompt noise); lower is better.\n"]
-    for table in (methods_table(records), ablation_table(records), strategy_table(records)):
-        if table.rows:
-            parts.append(to_markdown(table))
+    settings = sorted({(r["calib"], r.get("calib_prompts")) for r in records}, key=lambda k: (k[0], k[1] or 0))
+    for calib, n in settings:
+        group = [r for r in records if (r["calib"], r.get("calib_prompts")) == (calib, n)]
+        parts.append(f"### calib={calib}, {n} calibration prompt(s), {group[0].get('eval_prompts')} eval prompts\n")
+        for table in (methods_table(group), ablation_table(group), strategy_table(group)):
+            if table.rows:
+                parts.append(to_markdown(table))
     return "\n".join(parts)
 
 
