@@ -91,17 +91,22 @@ class TritonInt8Backend(KernelBackend):
         return y.view(*x.shape[:-1], mod.out_features)
 
 
-class TorchRefBackend(TritonInt8Backend):
-    """The same real integer arithmetic in torch (float64 GEMM of the codes): reference and CPU path."""
+class _TorchGlue:
+    """Mixin: torch implementations of the producer quantization and glue, usable on any device (no CUDA check)."""
 
-    name = "torch_ref"
     norm_quant = staticmethod(act_quant.norm_quant_torch)
-    gemm = staticmethod(qgemm.qgemm_torch)
     qk_norm_rope = staticmethod(glue.qk_norm_rope_ref)
     residual = staticmethod(glue.residual_update_ref)
 
     def check(self, *tensors: torch.Tensor) -> None:
         return None
+
+
+class TorchRefBackend(_TorchGlue, TritonInt8Backend):
+    """The same real integer arithmetic in torch (float64 GEMM of the codes): reference and CPU path."""
+
+    name = "torch_ref"
+    gemm = staticmethod(qgemm.qgemm_torch)
 
 
 class Fp8Backend(KernelBackend):
@@ -123,17 +128,11 @@ class Fp8Backend(KernelBackend):
         return y.view(*x.shape[:-1], mod.out_features)
 
 
-class Fp8RefBackend(Fp8Backend):
+class Fp8RefBackend(_TorchGlue, Fp8Backend):
     """FP8 arithmetic emulated in torch (CPU tests of the FP8 conversion)."""
 
     name = "fp8_ref"
-    norm_quant = staticmethod(act_quant.norm_quant_torch)
     fp8_linear = staticmethod(fp8.fp8_linear_ref)
-    qk_norm_rope = staticmethod(glue.qk_norm_rope_ref)
-    residual = staticmethod(glue.residual_update_ref)
-
-    def check(self, *tensors: torch.Tensor) -> None:
-        return None
 
 
 class Bf16Backend(KernelBackend):

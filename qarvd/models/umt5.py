@@ -26,7 +26,7 @@ import torch
 
 from qarvd.models.checkpoint import CheckpointError, read_state_dict
 from qarvd.models.remap import to_own_names
-from qarvd.utils.errors import MissingWeightsError, require_file
+from qarvd.utils.errors import MissingWeightsError, require_file, require_weights
 from qarvd.utils.io import save_safetensors_atomic
 
 # umT5-XXL encoder (reference-notes §1; Wan's umt5_xxl(): vocab 256384, dim 4096, ffn 10240, 64 heads, 24 layers,
@@ -142,10 +142,7 @@ class UMT5TextEncoder:
     def _check_weights(weights: Optional[str], published_at: str) -> Path:
         key = "model.text_encoder.weights"
         where = f"{published_at} (file models_t5_umt5-xxl-enc-bf16.pth of the Wan repo, or folder text_encoder/ of the Diffusers repo)"
-        path = require_file(weights, key, where)
-        if path.is_dir():
-            require_file(path / "config.json", key, where)
-        return path
+        return require_weights(weights, key, where)
 
     @staticmethod
     def _check_tokenizer(tokenizer: str, published_at: str) -> Path:

@@ -24,7 +24,7 @@ import torch
 
 from qarvd.models.checkpoint import CheckpointError, read_state_dict
 from qarvd.models.remap import to_own_names
-from qarvd.utils.errors import require_file
+from qarvd.utils.errors import require_weights
 
 # Residual block: Wan keeps an nn.Sequential `residual` (0 RMS_norm, 1 SiLU, 2 conv, 3 RMS_norm, 4 SiLU, 5 Dropout,
 # 6 conv) and `shortcut`; diffusers names the same layers norm1/conv1/norm2/conv2/conv_shortcut.
@@ -110,10 +110,7 @@ class WanVAE:
     def _check_weights(weights: Optional[str], published_at: str) -> Path:
         key = "model.vae.weights"
         where = f"{published_at} (file Wan2.1_VAE.pth of the Wan repo, or folder vae/ of the Diffusers repo)"
-        path = require_file(weights, key, where)
-        if path.is_dir():
-            require_file(path / "config.json", key, where)
-        return path
+        return require_weights(weights, key, where)
 
     @property
     def model(self):

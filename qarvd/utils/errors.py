@@ -24,3 +24,11 @@ def require_file(path: Optional[str | os.PathLike], config_key: str, published_a
     if not path or not Path(path).exists():
         raise MissingWeightsError(config_key, path, published_at)
     return Path(path)
+
+
+def require_weights(path: Optional[str | os.PathLike], config_key: str, published_at: str) -> Path:
+    """A weights file, or a Diffusers-format folder (which must hold config.json); else MissingWeightsError."""
+    p = require_file(path, config_key, published_at)
+    if p.is_dir():
+        require_file(p / "config.json", config_key, published_at)
+    return p
