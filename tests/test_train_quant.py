@@ -1,6 +1,7 @@
 """train_quant: outputs, the demo entry point, bit-width ordering, and bad input (choices, bits, NaN)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import compose
-from qarvd.methods.runner import train_quant
+from qarvd.methods.runner import train_quant, weights_identity
 from quant_helpers import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,3 +74,16 @@ def test_nan_activation_stops_the_run_naming_layer_and_chunk_and_saves_nothing(t
     with pytest.raises(NonFiniteActivationError, match=r"blocks\.1\.ffn\.0.*chunk 1"):
         train_quant(tiny_cfg("method=adaround"), tmp_path)
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "quant_artifact.safetensors").exists()
+
+
+def test_results_name_their_weights_by_file_hash(tmp_path):
+    """Every weight file a run reads is identified by sha256 (recorded in metrics.json and the resume fingerprint)."""
+    bundle = tmp_path / "bundle.safetensors"
+    bundle.write_bytes(b"weights v1")
+    cfg = compose([f"model.checkpoint.path={bundle}"])
+    ids = weights_identity(cfg)
+    assert ids["model.checkpoint"] == {"path": str(bundle), "sha256": hashlib.sha256(b"weights v1").hexdigest()}
+    assert ids["model.text_encoder"]["sha256"] == ids["model.checkpoint"]["sha256"]  # same bundle file
+    bundle.write_bytes(b"weights v2")  # retrained model at the same path: a different identity
+    assert weights_identity(cfg)["model.checkpoint"]["sha256"] == hashlib.sha256(b"weights v2").hexdigest()
+    assert weights_identity(compose(["model.checkpoint.random_init=true"])) == {}

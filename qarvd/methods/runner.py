@@ -6,6 +6,7 @@ with the latent MSE of the quantized rollout to the FP rollout (same per-prompt 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -42,6 +43,27 @@ def checkpoint_identity(cfg: DictConfig) -> dict:
     return {"path": str(p), "size": st.st_size if st else None, "mtime": st.st_mtime if st else None}
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_identity(cfg: DictConfig) -> dict:
+    """sha256 of every weight file the run read (DiT checkpoint, text encoder), so a result names its exact model
+    and a resume folder written for other weights at the same path is refused."""
+    out = {}
+    for key in ("checkpoint", "text_encoder"):
+        node = cfg.model.get(key)
+        if node is None or node.get("random_init", False) or not node.get("path"):
+            continue
+        p = Path(str(node.path))
+        out[f"model.{key}"] = {"path": str(p), "sha256": file_sha256(p) if p.is_file() else None}
+    return out
+
+
 def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str]]:
     """(calibration, sensitivity, held-out evaluation) prompts."""
     calib_pool = instantiate(cfg.model.prompts.calib)
@@ -62,13 +84,14 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
     calib_prompts, sens_prompts, eval_prompts = calibration_prompts(cfg)
     seed = int(cfg.seed)
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
+    weights = weights_identity(cfg)
     cal = Calibration(
         pipeline=pipeline, w_bits=int(bits.w_bits), a_bits=int(bits.a_bits), symmetric=bool(bits.symmetric),
         calib=calib, prompts=calib_prompts, seeds=[seed + i for i in range(len(calib_prompts))], work_dir=Path(out_dir),
         sensitivity_prompts=sens_prompts, sensitivity_seeds=[seed + i for i in range(len(sens_prompts))],
         fingerprint={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
         | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")},
-           "seed": seed},
+           "seed": seed, "weights": weights},
         sensitivity_key={"model": OmegaConf.to_container(cfg.model.arch, resolve=True), "dtype": cfg.model.dtype,
                          "checkpoint": checkpoint_identity(cfg), "rollout": OmegaConf.to_container(cfg.model.rollout, resolve=True),
                          "bits": [int(bits.w_bits), int(bits.a_bits), bool(bits.symmetric)],
@@ -99,6 +122,7 @@ def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
     atomic_write_text(out_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = {
         **identity,
+        "weights": cal.fingerprint["weights"],
         "method_config": OmegaConf.to_container(cfg.method, resolve=True),
         "latent_mse": mse,
         "eval_prompts": len(eval_prompts),
