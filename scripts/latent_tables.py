@@ -4,7 +4,8 @@
         logs/latent_weighting/multiruns/<c> --out results/
 
 Three tables, each only if its records exist: the six methods x bit-widths (overall and per-chunk MSE), the Q-ARVD
-2x2 ablation (dual scale x frame weighting), and the frame-weighting strategies. Every row states its calib preset.
+2x2 ablation (dual scale x frame weighting), and the frame-weighting strategies. Every row states its calib preset;
+tables are grouped by calibration setting and by the sha256 of the weight files (runs of different models never mix).
 """
 from __future__ import annotations
 
@@ -92,15 +93,25 @@ def strategy_table(records: list[dict]) -> Table:
     return t
 
 
+def weights_label(r: dict) -> str:
+    """The weight files of a run by short sha256 (``model.checkpoint`` first); 'unrecorded' for older results."""
+    w = r.get("weights")
+    if not w:
+        return "random weights" if r.get("random_init") else "unrecorded"
+    return ", ".join(f"{k} sha256 {v['sha256'][:12]}" for k, v in sorted(w.items()) if v.get("sha256"))
+
+
 def render(records: list[dict]) -> str:
-    """One set of tables per calibration setting (preset and number of calibration prompts)."""
+    """One set of tables per calibration setting (preset, number of calibration prompts) and weights."""
     models = sorted({r["model"] + (" (random weights)" if r.get("random_init") else "") for r in records})
     parts = [f"Model: {', '.join(models)}. Latent MSE of the quantized rollout to the FP rollout on held-out prompts "
              "(identical per-prompt noise); lower is better.\n"]
-    settings = sorted({(r["calib"], r.get("calib_prompts")) for r in records}, key=lambda k: (k[0], k[1] or 0))
-    for calib, n in settings:
-        group = [r for r in records if (r["calib"], r.get("calib_prompts")) == (calib, n)]
-        parts.append(f"### calib={calib}, {n} calibration prompt(s), {group[0].get('eval_prompts')} eval prompts\n")
+    key = lambda r: (r["calib"], r.get("calib_prompts") or 0, weights_label(r))  # noqa: E731
+    for setting in sorted({key(r) for r in records}):
+        group = [r for r in records if key(r) == setting]
+        calib, n, weights = setting
+        parts.append(f"### calib={calib}, {n} calibration prompt(s), {group[0].get('eval_prompts')} eval prompts; "
+                     f"weights: {weights}\n")
         for table in (methods_table(group), ablation_table(group), strategy_table(group)):
             if table.rows:
                 parts.append(to_markdown(table))

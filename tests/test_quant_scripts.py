@@ -94,3 +94,7 @@ def test_latent_tables_render_every_table(tmp_path):
     assert md.count("| MinMax |") == 2 and md.count("| Q-ARVD (Ours) |") == 2  # only the both-on Q-ARVD rows
     assert md.count("| ✓ | ✓ |") == 2 and md.count("| ✗ | ✗ |") == 2
     assert "| Heuristic Exp 2^-i | 4.000e-04 | 4.000e-04 | 8.000e-04 | default |" in md
+    assert md.count("### ") == 1 and "weights: unrecorded" in md
+    v2 = {**records[0], "weights": {"model.checkpoint": {"path": "x", "sha256": "ab" * 32}}}  # a retrained model
+    assert latent_tables.render(records + [v2]).count("### ") == 2 and "model.checkpoint sha256 abababababab" in \
+        latent_tables.render([v2])
