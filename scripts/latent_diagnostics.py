@@ -35,7 +35,7 @@ from qarvd.quant.linear import quant_layers
 from qarvd.quant.outliers import OutlierConfig
 from qarvd.quant.roles import BLOCK_ROLES, role_of
 from qarvd.quant.sensitivity import generate, latent_mse_by_chunk
-from qarvd.utils.io import atomic_write_json
+from qarvd.utils.io import atomic_write_json, atomic_write_text
 
 
 def _mse(q: torch.Tensor, ref: torch.Tensor, chunks) -> dict:
@@ -118,13 +118,53 @@ def weight_error_bits(cfg, bits: tuple[int, int], multiples: list[int]) -> dict:
     return out
 
 
+def _e(x) -> str:
+    return "–" if x is None else f"{x:.3e}"
+
+
+def to_markdown(result: dict, baseline: str | None) -> str:
+    """Generalisation table (with per-chunk ratios to ``baseline``) and the per-layer outlier / weight-bits table."""
+    runs = result["runs"]
+    base = runs.get(baseline) if baseline else None
+    k = max((len(r["eval"]["per_chunk"]) for r in runs.values()), default=0)
+    lines = [f"Seen = calibration prompt(s) of the run, unseen = the other of the first {result['prompts']} "
+             "calibration-pool prompts (same seeds as calibration), eval = held-out prompts of metrics.json.\n",
+             "| run | calib prompts | eval MSE | seen | unseen | unseen / seen | final / nearest (calib loss) | "
+             + " | ".join(f"c{i + 1}" for i in range(k)) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * k]
+    for name, r in runs.items():
+        g = r["generalization"]
+        s_, u = g["seen"].get("overall"), g["unseen"].get("overall")
+        ratio = [f"{a / b:.2f}" for a, b in zip(r["eval"]["per_chunk"], base["eval"]["per_chunk"])] if base else ["–"] * k
+        fit = r["recon_fit"]["mean_final_over_nearest"]
+        lines.append(f"| {name} | {r['calib_prompts']} | {_e(r['eval']['overall'])} | {_e(s_)} | {_e(u)} | "
+                     f"{u / s_:.2f} | {'–' if fit is None else f'{fit:.3f}'} | " + " | ".join(ratio) + " |"
+                     if s_ and u else f"| {name} | {r['calib_prompts']} | {_e(r['eval']['overall'])} | {_e(s_)} | {_e(u)} | – | "
+                     f"{'–' if fit is None else f'{fit:.3f}'} | " + " | ".join(ratio) + " |")
+    if base:
+        lines.append(f"\nc1..c{k}: eval MSE per chunk divided by that of `{baseline}`.\n")
+    we = result.get("weight_error_w4")
+    if we:
+        ms = [f"m{m}" for m in result["outlier_multiples"]]
+        lines += ["\n| layer | " + " | ".join(f"{m} cols" for m in ms) + " | " + " | ".join(f"{m} bits" for m in ms) + " |",
+                  "|---|" + "---|" * (2 * len(ms))]
+        for n, row in we.items():
+            if any(row[m]["count"] for m in ms):
+                lines.append(f"| {n} | " + " | ".join(str(row[m]["count"]) for m in ms) + " | "
+                             + " | ".join(f"{row[m]['bits_gained']:.3f}" for m in ms) + " |")
+        lines.append("\nWeight error at 4 bits with one scale per output row vs the dual-scale split, percentile init; "
+                     "cols = outlier-group width, bits = 0.5 log2(MSE single / MSE split). m1 = the Eq. 12 count unrounded.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="train_quant run folders (with metrics.json and the artifact)")
     p.add_argument("--prompts", type=int, default=8, help="calibration-pool prompts scored (seen + unseen)")
     p.add_argument("--outlier-multiples", type=int, nargs="*", default=[32, 16, 8, 1],
                    help="rounding multiples compared in the weight-error table (32 = release)")
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--baseline", default=None, help="run folder name the per-chunk ratios are taken against")
+    p.add_argument("--out", required=True, help="JSON file to write (and a .md next to it)")
     args = p.parse_args(argv)
     ref = Reference(args.prompts)
     runs, first_cfg = {}, None
@@ -144,11 +184,12 @@ def main(argv=None) -> None:
         g = runs[r.name]["generalization"]
         print(f"{r.name}: eval {metrics['latent_mse']['overall']:.3e} seen {g['seen'].get('overall', float('nan')):.3e} "
               f"unseen {g['unseen'].get('overall', float('nan')):.3e}")
-    result = {"prompts": args.prompts, "runs": runs}
+    result = {"prompts": args.prompts, "outlier_multiples": args.outlier_multiples, "runs": runs}
     if first_cfg is not None and args.outlier_multiples:
         result["weight_error_w4"] = weight_error_bits(first_cfg, (4, 8), args.outlier_multiples)
     atomic_write_json(args.out, result)
-    print(f"diagnostics: {args.out}")
+    atomic_write_text(Path(args.out).with_suffix(".md"), to_markdown(result, args.baseline))
+    print(f"diagnostics: {args.out} and {Path(args.out).with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -98,3 +98,42 @@ def test_latent_tables_render_every_table(tmp_path):
     v2 = {**records[0], "weights": {"model.checkpoint": {"path": "x", "sha256": "ab" * 32}}}  # a retrained model
     assert latent_tables.render(records + [v2]).count("### ") == 2 and "model.checkpoint sha256 abababababab" in \
         latent_tables.render([v2])
+
+
+def _diagnostics():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import latent_diagnostics
+    finally:
+        sys.path.pop(0)
+    return latent_diagnostics
+
+
+def test_outlier_use_and_recon_fit_by_hand():
+    d = _diagnostics()
+    metrics = {"calibration": {
+        "dual_scale": {"a": {"raw_count": 3, "count": 32}, "b": {"raw_count": 0, "count": 0}, "c": {"raw_count": 10, "count": 32}},
+        "recon": {"units": {"a": {"loss_nearest": 2.0, "loss_final": 0.5}, "c": {"loss_nearest": 1.0, "loss_final": 0.75}}}}}
+    use = d.outlier_use(metrics, {"a": 128, "b": 128, "c": 512})
+    assert (use["split_layers"], use["checked_layers"], use["raw_columns"], use["group_columns"]) == (2, 3, 13, 64)
+    assert use["eq12_share_of_group"] == pytest.approx(13 / 64) and use["layers"]["a"]["share"] == 0.25
+    assert use["layers"]["c"]["share"] == pytest.approx(32 / 512)
+    assert d.recon_fit(metrics) == {"layers": 2, "mean_final_over_nearest": pytest.approx((0.25 + 0.75) / 2)}
+
+
+def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
+    from qarvd.methods.runner import train_quant
+    from quant_helpers import tiny_cfg
+
+    run = tmp_path / "run"
+    metrics = train_quant(tiny_cfg("method=qarvd", "method.frame_weighting=uniform", "calib.num_prompts=1"), run)
+    d = _diagnostics()
+    d.main([str(run), "--prompts", "3", "--outlier-multiples", "8", "1", "--out", str(tmp_path / "diag.json")])
+    res = json.loads((tmp_path / "diag.json").read_text())
+    g = res["runs"]["run"]["generalization"]
+    assert (g["seen_prompts"], g["unseen_prompts"]) == (1, 2)
+    assert g["seen"]["overall"] > 0 and g["unseen"]["overall"] > 0 and len(g["seen"]["per_chunk"]) == 2
+    ds = metrics["calibration"]["dual_scale"]
+    for name, row in res["weight_error_w4"].items():  # the unrounded count is Eq. 12's raw count, the m8 one the run's
+        assert row["m1"]["count"] == ds[name]["raw_count"] and row["m8"]["count"] == ds[name]["count"]
+    assert "| run | 1 |" in (tmp_path / "diag.md").read_text()
