@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +108,19 @@ def generate_set(
     skip_existing: bool = True,
     desc: str = "videos",
 ) -> dict:
-    """Roll out and write every batch (mp4 + PNG strip); returns counts of written and skipped videos."""
+    """Roll out and write every batch (mp4 + PNG strip); returns counts of written and skipped videos and the wall
+    seconds of the loop and of each generated batch (encode + rollout + decode + writing; the first one also loads
+    lazily built models): the throughput figures of multi-GPU runs."""
     video_dir = Path(video_dir)
     written = skipped = 0
+    batch_seconds = []
+    start = time.perf_counter()
     for batch in tqdm(batches, desc=desc, unit="batch"):
         paths = [video_dir / f"{j.name}{VIDEO_SUFFIX}" for j in batch]
         if skip_existing and all(p.exists() for p in paths):
             skipped += len(batch)
             continue
+        t0 = time.perf_counter()
         latents = pipe.generate_latents([j.prompt for j in batch], [j.seed for j in batch])
         videos = pipe.decode(latents)
         for job, video, path in zip(batch, videos, paths):
@@ -122,7 +128,8 @@ def generate_set(
                 save_png(_strip(video, pipe.rollout_cfg.num_chunks, strip), Path(strips) / f"{job.name}.png")
             write_video(path, video, enc)
             written += 1
-    return {"written": written, "skipped": skipped}
+        batch_seconds.append(time.perf_counter() - t0)
+    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start, "batch_seconds": batch_seconds}
 
 
 def _strip(video: torch.Tensor, num_chunks: int, spec: StripSpec):
@@ -167,11 +174,20 @@ def generate_pair(
 
 @contextlib.contextmanager
 def process_group() -> Iterator[None]:
-    """A gloo process group while torchrun runs several processes (broadcast and barrier only; CPU or GPU)."""
+    """A gloo process group while torchrun runs several processes (broadcast and barrier only; CPU or GPU).
+
+    On a GPU machine each process also takes GPU ``LOCAL_RANK`` as its current device, so ``device=cuda`` means one
+    GPU per process rather than every process on GPU 0."""
     _, world = dist_env()
     if world == 1 or torch.distributed.is_initialized():
         yield
         return
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPUs are visible: "
+                               "start at most one process per GPU (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local)
     torch.distributed.init_process_group("gloo")
     try:
         yield
@@ -186,6 +202,15 @@ def from_rank0(obj):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(obj) -> list:
+    """Every rank's ``obj``, in rank order (a one-element list without a process group)."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

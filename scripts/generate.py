@@ -4,14 +4,18 @@
     python scripts/generate.py eval.artifact=<train_quant run dir>  # + the quantized model's videos, same names/seeds
     torchrun --nproc_per_node=4 scripts/generate.py model=self_forcing eval.artifact=...   # prompts sharded by RANK
 
-Resumable: rerun the same command with eval.video_dir=<the folder> and finished videos are skipped.
+Resumable: rerun the same command with eval.video_dir=<the folder> and finished videos are skipped. Rank 0 writes
+``generation.json`` (videos and loop seconds of every rank) into its run folder.
 """
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, open_dict
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
 from eval.evaluate import artifact_quantizer, generate
-from eval.generate import barrier, from_rank0, process_group
+from eval.generate import barrier, from_rank0, gather, process_group
+from qarvd.utils.io import atomic_write_json
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -20,10 +24,14 @@ def main(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.eval.video_dir = from_rank0(str(cfg.eval.video_dir))  # one folder for all ranks
         out = generate(cfg, artifact_quantizer(cfg.eval.artifact) if cfg.eval.artifact else None)
+        ranks = gather(out["counts"])
         barrier()
     if out["rank"] == 0:
         for kind, folder in out["dirs"].items():
             print(f"{kind} videos: {folder} ({out['counts'][kind]})")
+        stats = atomic_write_json(Path(cfg.paths.output_dir) / "generation.json",
+                                  {"world_size": out["world_size"], "dirs": out["dirs"], "ranks": ranks})
+        print(f"per-rank counts and seconds: {stats}")
 
 
 if __name__ == "__main__":

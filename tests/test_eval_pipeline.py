@@ -71,6 +71,20 @@ def test_torchrun_writes_the_same_files_as_one_process(videos):
     assert fp.keys() == quant.keys() and fp != quant  # same names, the quantized model made different videos
 
 
+def test_generation_stats_count_every_rank_share(videos):
+    """generation.json (rank 0's run folder) holds each rank's videos and loop/batch seconds: 5 prompts, batch 1,
+    dealt round-robin -> ranks 3 and 2; the throughput benchmark reads these numbers."""
+    one = json.loads((videos / "one" / "generation.json").read_text())
+    two = json.loads((videos / "two" / "generation.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert [r["fp"]["written"] for r in one["ranks"]] == [5]
+    assert [r["fp"]["written"] for r in two["ranks"]] == [3, 2]
+    assert [r["quant"]["written"] for r in two["ranks"]] == [3, 2]
+    for r in two["ranks"]:
+        assert len(r["fp"]["batch_seconds"]) == r["fp"]["written"]
+        assert 0 < sum(r["fp"]["batch_seconds"]) <= r["fp"]["seconds"]
+
+
 def test_generation_resumes_without_redoing_finished_videos(tmp_path):
     from conftest import compose
     from omegaconf import open_dict
@@ -84,14 +98,15 @@ def test_generation_resumes_without_redoing_finished_videos(tmp_path):
     torch.set_num_threads(1)  # tiny tensors: one thread is much faster than two on a busy 2-core machine
     try:
         first = generate(cfg)
-        assert first["counts"]["fp"] == {"written": 3, "skipped": 0}
+        assert (first["counts"]["fp"]["written"], first["counts"]["fp"]["skipped"]) == (3, 0)
+        assert len(first["counts"]["fp"]["batch_seconds"]) == 2  # batches of 2 prompts: [2, 1]
         before = _digests(tmp_path)
         (tmp_path / "fp" / "a-0.mp4").write_bytes(b"")  # not one of ours: ignored
         (tmp_path / "fp" / f"{jobs(cfg)[-1].name}.mp4").unlink()  # the second batch holds only the last prompt
         again = generate(cfg)
     finally:
         torch.set_num_threads(threads)
-    assert again["counts"]["fp"] == {"written": 1, "skipped": 2}  # only the unfinished batch is redone ...
+    assert (again["counts"]["fp"]["written"], again["counts"]["fp"]["skipped"]) == (1, 2)  # only the unfinished batch is redone ...
     assert {k: v for k, v in _digests(tmp_path).items() if k != "fp/a-0.mp4"} == before  # ... identically
 
 
