@@ -49,6 +49,7 @@ def release(tmp_path_factory):
     (prompts / "vbench").mkdir(parents=True)
     (prompts / "MovieGenVideoBench_extended.txt").write_text("\n".join(PROMPTS[:3]) + "\n")
     (prompts / "vbench" / "all_dimension_extended.txt").write_text("\n".join(PROMPTS[1:]) + "\n")
+    (prompts / "vbench" / "all_dimension.txt").write_text("\n".join(p.split(" over ")[0] for p in PROMPTS[1:]) + "\n")
     return root
 
 
@@ -334,6 +335,7 @@ def test_calibrate_generate_evaluate_through_the_self_forcing_config(e2e):
     assert 0 < metrics["latent_mse"]["overall"] < 1 and len(metrics["latent_mse"]["per_chunk"]) == 2
     fp, q = sorted((out / "gen" / "videos" / "fp").glob("*.mp4")), sorted((out / "gen" / "videos" / "quant").glob("*.mp4"))
     assert [p.name for p in fp] == [p.name for p in q] and len(fp) == 2
+    assert [p.name for p in fp] == ["a drone flies-0.mp4", "clouds   drifting-0.mp4"]  # VBench short prompts name the files
     a, b = read_video(fp[0]), read_video(q[0])
     assert a.shape == (13, 3, 32, 48)  # 4 latent frames -> 1 + 4 * 3 video frames, 4 x 6 latents -> 32 x 48
     assert 0 < (a - b).abs().mean() < 0.2  # W4A8 changes the video, a little
