@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from eval.generate import StripSpec, generate_pair, video_jobs
+from eval.generate import StripSpec, dist_env, generate_pair, shard, video_jobs
 from eval.lpips_fp import LPIPSMetric, build_lpips, psnr_frames, ssim_frames
 from eval.reference import evaluate_pairs
 from eval.results import RESULTS_FILE
@@ -63,7 +63,12 @@ def generate(cfg: DictConfig, quantize: Optional[Callable[[object], None]] = Non
 
     e = cfg.eval
     pipe = build_pipeline(cfg.model, device=cfg.device)
-    return generate_pair(pipe, jobs(cfg), e.video_dir, encoding(cfg), quantize, int(e.batch_size),
+    todo = jobs(cfg)
+    if getattr(pipe.text_encoder, "cache_dir", None) is not None:
+        # umT5-XXL: encode this rank's prompts into the cache once and free the encoder (~11 GB) before the rollouts
+        rank, world = dist_env()
+        pipe.text_encoder.precompute([j.prompt for b in shard(todo, int(e.batch_size), rank, world) for j in b])
+    return generate_pair(pipe, todo, e.video_dir, encoding(cfg), quantize, int(e.batch_size),
                          StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), fp_folder(cfg))
 
 

@@ -225,6 +225,24 @@ def test_missing_release_files_name_key_file_and_source(release, tmp_path, missi
     assert key in msg and needle in msg and str(empty) in msg and "huggingface.co/Wan-AI/Wan2.1-T2V-1.3B" in msg
 
 
+def test_generate_encodes_its_prompts_once_then_frees_umt5(release, tmp_path, monkeypatch):
+    """generate() fills the prompt cache for its share before the first rollout and drops the encoder (on the 1.3B
+    model that frees ~11 GB of GPU memory for the rollouts); the rollouts then read the cache only."""
+    from eval.evaluate import generate
+
+    batches, released = [], []
+    encode_batch, precompute = UMT5TextEncoder._encode_batch, UMT5TextEncoder.precompute
+    monkeypatch.setattr(UMT5TextEncoder, "_encode_batch", lambda self, p: batches.append(list(p)) or encode_batch(self, p))
+    monkeypatch.setattr(UMT5TextEncoder, "precompute",
+                        lambda self, p: (precompute(self, p), released.append(self._model is None)))
+    cfg = compose(real_overrides(release, tmp_path / "logs") + CPU_FP32 + _wiring() + [
+        "eval.count=2", "eval.batch_size=1", f"eval.video_dir={tmp_path / 'videos'}"])
+    out = generate(cfg)
+    assert out["counts"]["fp"]["written"] == 2
+    assert batches == [PROMPTS[1:3]] and released == [True]  # one encoder batch, before the rollouts, then freed
+    assert len(list((tmp_path / "logs" / "prompt_cache").glob("*.safetensors"))) == 2
+
+
 def test_tokenizer_folder_without_tokenizer_files_names_spiece_model(release, tmp_path):
     (tmp_path / "tok").mkdir()
     with pytest.raises(MissingWeightsError, match=r"model\.text_encoder\.tokenizer.*spiece\.model"):
