@@ -1,9 +1,11 @@
 """Diagnostics behind the latent tables: does a calibrated model generalise, and what does dual scale spend?
 
     python scripts/latent_diagnostics.py logs/latent_tables/w4a8_* logs/latent_analysis/* \
-        --prompts 8 --out results/latent_tables/diagnostics.json
+        --prompts 8 --baseline w4a8_adaround w8a8_adaround --out results/latent_tables/diagnostics.json
 
 Per train_quant run folder (resolved_config.yaml, metrics.json, quant_artifact.safetensors):
+  - ``eval_rerun``: the held-out latent MSE recomputed from the saved artifact, per prompt (so differences between
+    runs get a paired bootstrap interval over prompts; the overall must reproduce metrics.json);
   - ``generalization``: latent MSE to FP (overall and per chunk) on the first ``--prompts`` prompts of the calibration
     pool with the calibration seeds, split into the prompts the run calibrated on ("seen") and the rest ("unseen",
     same pool), next to the held-out eval MSE of metrics.json. A reconstruction that fits its calibration data but
@@ -43,35 +45,59 @@ def _mse(q: torch.Tensor, ref: torch.Tensor, chunks) -> dict:
 
 
 class Reference:
-    """FP latents of the calibration-pool prompts, one per distinct model (weights and rollout)."""
+    """FP latents of a prompt set (calibration pool or held-out eval prompts), one per distinct model."""
 
-    def __init__(self, n_prompts: int) -> None:
-        self.n = n_prompts
-        self.cache: dict[str, tuple] = {}
+    def __init__(self) -> None:
+        self.pipes: dict[str, tuple] = {}
+        self.latents: dict[tuple, tuple] = {}
 
-    def get(self, cfg):
+    def pipeline(self, cfg):
         key = json.dumps([weights_identity(cfg), OmegaConf.to_container(cfg.model, resolve=True)], sort_keys=True, default=str)
-        if key not in self.cache:
+        if key not in self.pipes:
             pipe = build_pipeline(cfg.model, "cpu")
-            pool = instantiate(cfg.model.prompts.calib)
-            start = int(cfg.calib.prompt_start)
-            prompts = select(pool, start, self.n)
-            seeds = [int(cfg.seed) + i for i in range(self.n)]
-            fp = generate(pipe, prompts, seeds, int(cfg.calib.prompt_batch))
-            self.cache[key] = (pipe, copy.deepcopy(pipe.model.state_dict()), prompts, seeds, fp)
-        return self.cache[key]
+            self.pipes[key] = (pipe, copy.deepcopy(pipe.model.state_dict()))
+        return key, *self.pipes[key]
+
+    def get(self, cfg, split: str, n: int):
+        """(pipeline, FP state, prompts, seeds, FP latents) for the first ``n`` prompts of ``split`` (calib | eval)."""
+        key, pipe, state = self.pipeline(cfg)
+        if (key, split, n) not in self.latents:
+            start = int(cfg.calib.prompt_start) if split == "calib" else 0
+            prompts = select(instantiate(cfg.model.prompts[split]), start, n)
+            seeds = [int(cfg.seed) + i for i in range(n)]  # the seeds train_quant uses for both sets
+            self.latents[(key, split, n)] = (prompts, seeds, generate(pipe, prompts, seeds, int(cfg.calib.prompt_batch)))
+        return (pipe, state, *self.latents[(key, split, n)])
 
 
-def generalization(run: Path, cfg, ref: Reference) -> dict:
-    pipe, fp_state, prompts, seeds, fp = ref.get(cfg)
+def _quantized(run: Path, cfg, ref: Reference, split: str, n: int):
+    pipe, state, prompts, seeds, fp = ref.get(cfg, split, n)
     model = copy.deepcopy(pipe.model)
-    model.load_state_dict(fp_state)
+    model.load_state_dict(state)
     load_artifact(model, run)
     q = generate(dataclasses.replace(pipe, model=model), prompts, seeds, int(cfg.calib.prompt_batch))
-    seen = min(int(cfg.calib.num_prompts), len(prompts))
-    chunks = pipe.rollout_cfg.chunk_frames()
-    return {"seen_prompts": seen, "unseen_prompts": len(prompts) - seen,
+    return q, fp, pipe.rollout_cfg.chunk_frames()
+
+
+def generalization(run: Path, cfg, ref: Reference, n: int) -> dict:
+    q, fp, chunks = _quantized(run, cfg, ref, "calib", n)
+    seen = min(int(cfg.calib.num_prompts), n)
+    return {"seen_prompts": seen, "unseen_prompts": n - seen,
             "seen": _mse(q[:seen], fp[:seen], chunks), "unseen": _mse(q[seen:], fp[seen:], chunks)}
+
+
+def eval_per_prompt(run: Path, cfg, ref: Reference, n: int) -> dict:
+    """The held-out evaluation of train_quant redone from the saved artifact, kept per prompt."""
+    q, fp, chunks = _quantized(run, cfg, ref, "eval", n)
+    d = (q.double() - fp.double()).pow(2)
+    return {"overall": float(d.mean()), "per_prompt": d.mean(dim=tuple(range(1, d.dim()))).tolist()}
+
+
+def paired_ratio(a: list[float], b: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) / mean(b) over the same prompts, with a 90 % paired bootstrap interval (prompts resampled)."""
+    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    idx = torch.randint(0, len(x), (draws, len(x)), generator=torch.Generator().manual_seed(seed))
+    r = x[idx].mean(1) / y[idx].mean(1)
+    return float(x.mean() / y.mean()), float(r.quantile(0.05)), float(r.quantile(0.95))
 
 
 def recon_fit(metrics: dict) -> dict:
@@ -122,27 +148,44 @@ def _e(x) -> str:
     return "–" if x is None else f"{x:.3e}"
 
 
-def to_markdown(result: dict, baseline: str | None) -> str:
-    """Generalisation table (with per-chunk ratios to ``baseline``) and the per-layer outlier / weight-bits table."""
+def _baseline_for(r: dict, runs: dict, baselines: list[str]) -> str | None:
+    """The first named baseline run with the same calib preset, bits and held-out prompts as ``r``."""
+    for name in baselines:
+        b = runs.get(name)
+        if b and (b["calib"], b["bits"], len(b["eval_rerun"]["per_prompt"])) == (
+                r["calib"], r["bits"], len(r["eval_rerun"]["per_prompt"])):
+            return name
+    return None
+
+
+def to_markdown(result: dict, baselines: list[str]) -> str:
+    """Generalisation table (ratios to a baseline, per chunk and overall with a paired bootstrap interval) and the
+    per-layer outlier / weight-bits table."""
     runs = result["runs"]
-    base = runs.get(baseline) if baseline else None
     k = max((len(r["eval"]["per_chunk"]) for r in runs.values()), default=0)
-    lines = [f"Seen = calibration prompt(s) of the run, unseen = the other of the first {result['prompts']} "
-             "calibration-pool prompts (same seeds as calibration), eval = held-out prompts of metrics.json.\n",
-             "| run | calib prompts | eval MSE | seen | unseen | unseen / seen | final / nearest (calib loss) | "
+    lines = ["eval = held-out prompts (metrics.json; 'rerun' = recomputed here from the saved artifact); ratio = eval MSE "
+             "/ the baseline's on the same prompts and noise, [90 % paired bootstrap over prompts]; seen = the run's "
+             f"calibration prompt(s), unseen = the other of the first {result['prompts']} calibration-pool prompts; "
+             "fit = mean final / nearest-rounding loss on the calibration samples; c1..ck = per-chunk eval MSE / baseline's.\n",
+             "| run | calib | calib prompts | eval MSE | rerun | baseline | ratio [90 % CI] | seen | unseen | unseen / seen | fit | "
              + " | ".join(f"c{i + 1}" for i in range(k)) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * k]
+             "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * k]
     for name, r in runs.items():
         g = r["generalization"]
         s_, u = g["seen"].get("overall"), g["unseen"].get("overall")
-        ratio = [f"{a / b:.2f}" for a, b in zip(r["eval"]["per_chunk"], base["eval"]["per_chunk"])] if base else ["–"] * k
+        bname = _baseline_for(r, runs, baselines)
+        if bname and bname != name:
+            b = runs[bname]
+            m, lo, hi = paired_ratio(r["eval_rerun"]["per_prompt"], b["eval_rerun"]["per_prompt"])
+            ratio = f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+            chunks = [f"{x / y:.2f}" for x, y in zip(r["eval"]["per_chunk"], b["eval"]["per_chunk"])]
+        else:
+            ratio, chunks = ("1 (baseline)" if bname == name else "–"), ["–"] * k
         fit = r["recon_fit"]["mean_final_over_nearest"]
-        lines.append(f"| {name} | {r['calib_prompts']} | {_e(r['eval']['overall'])} | {_e(s_)} | {_e(u)} | "
-                     f"{u / s_:.2f} | {'–' if fit is None else f'{fit:.3f}'} | " + " | ".join(ratio) + " |"
-                     if s_ and u else f"| {name} | {r['calib_prompts']} | {_e(r['eval']['overall'])} | {_e(s_)} | {_e(u)} | – | "
-                     f"{'–' if fit is None else f'{fit:.3f}'} | " + " | ".join(ratio) + " |")
-    if base:
-        lines.append(f"\nc1..c{k}: eval MSE per chunk divided by that of `{baseline}`.\n")
+        lines.append(f"| {name} | {r['calib']} | {r['calib_prompts']} | {_e(r['eval']['overall'])} | "
+                     f"{_e(r['eval_rerun']['overall'])} | {bname or '–'} | {ratio} | {_e(s_)} | {_e(u)} | "
+                     f"{f'{u / s_:.2f}' if s_ and u else '–'} | {'–' if fit is None else f'{fit:.3f}'} | "
+                     + " | ".join(chunks) + " |")
     we = result.get("weight_error_w4")
     if we:
         ms = [f"m{m}" for m in result["outlier_multiples"]]
@@ -157,39 +200,55 @@ def to_markdown(result: dict, baseline: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def analyse_run(r: Path, ref: Reference, n_prompts: int) -> dict:
+    cfg = OmegaConf.load(r / "resolved_config.yaml")
+    metrics = json.loads((r / "metrics.json").read_text())
+    _, pipe, _ = ref.pipeline(cfg)
+    widths = {n: m.in_features for n, m in pipe.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return {"run": str(r), "method": metrics["method"], "bits": metrics["bits"], "calib": metrics["calib"],
+            "calib_prompts": metrics.get("calib_prompts"), "weights": weights_identity(cfg),
+            "eval": metrics["latent_mse"], "eval_rerun": eval_per_prompt(r, cfg, ref, int(metrics["eval_prompts"])),
+            "generalization": generalization(r, cfg, ref, n_prompts),
+            "recon_fit": recon_fit(metrics), "outliers": outlier_use(metrics, widths)}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="train_quant run folders (with metrics.json and the artifact)")
     p.add_argument("--prompts", type=int, default=8, help="calibration-pool prompts scored (seen + unseen)")
     p.add_argument("--outlier-multiples", type=int, nargs="*", default=[32, 16, 8, 1],
                    help="rounding multiples compared in the weight-error table (32 = release)")
-    p.add_argument("--baseline", default=None, help="run folder name the per-chunk ratios are taken against")
-    p.add_argument("--out", required=True, help="JSON file to write (and a .md next to it)")
+    p.add_argument("--baseline", nargs="*", default=[], help="run folder names ratios are taken against (first match "
+                   "with the same calib preset, bits and eval prompts)")
+    p.add_argument("--out", required=True, help="JSON file to write (and a .md next to it); runs already in it with "
+                   "the same metrics are reused")
     args = p.parse_args(argv)
-    ref = Reference(args.prompts)
+    out = Path(args.out)
+    old = json.loads(out.read_text())["runs"] if out.exists() else {}
+    ref = Reference()
     runs, first_cfg = {}, None
     for r in map(Path, args.runs):
         if not (r / "metrics.json").exists():
             print(f"skip {r}: no metrics.json (unfinished run)")
             continue
-        cfg = OmegaConf.load(r / "resolved_config.yaml")
+        first_cfg = first_cfg or OmegaConf.load(r / "resolved_config.yaml")
+        prev = old.get(r.name)
         metrics = json.loads((r / "metrics.json").read_text())
-        first_cfg = first_cfg or cfg
-        pipe = ref.get(cfg)[0]
-        widths = {n: m.in_features for n, m in pipe.model.named_modules() if isinstance(m, torch.nn.Linear)}
-        runs[r.name] = {"run": str(r), "method": metrics["method"], "bits": metrics["bits"], "calib": metrics["calib"],
-                        "calib_prompts": metrics.get("calib_prompts"), "weights": weights_identity(cfg),
-                        "eval": metrics["latent_mse"], "generalization": generalization(r, cfg, ref),
-                        "recon_fit": recon_fit(metrics), "outliers": outlier_use(metrics, widths)}
-        g = runs[r.name]["generalization"]
-        print(f"{r.name}: eval {metrics['latent_mse']['overall']:.3e} seen {g['seen'].get('overall', float('nan')):.3e} "
-              f"unseen {g['unseen'].get('overall', float('nan')):.3e}")
+        if prev and prev["eval"] == metrics["latent_mse"] and prev["generalization"]["seen_prompts"] + \
+                prev["generalization"]["unseen_prompts"] == args.prompts:
+            runs[r.name] = prev
+        else:
+            runs[r.name] = analyse_run(r, ref, args.prompts)
+        x = runs[r.name]
+        print(f"{r.name}: eval {x['eval']['overall']:.3e} (rerun {x['eval_rerun']['overall']:.3e}) "
+              f"seen {x['generalization']['seen'].get('overall', float('nan')):.3e} "
+              f"unseen {x['generalization']['unseen'].get('overall', float('nan')):.3e}", flush=True)
     result = {"prompts": args.prompts, "outlier_multiples": args.outlier_multiples, "runs": runs}
     if first_cfg is not None and args.outlier_multiples:
         result["weight_error_w4"] = weight_error_bits(first_cfg, (4, 8), args.outlier_multiples)
-    atomic_write_json(args.out, result)
-    atomic_write_text(Path(args.out).with_suffix(".md"), to_markdown(result, args.baseline))
-    print(f"diagnostics: {args.out} and {Path(args.out).with_suffix('.md')}")
+    atomic_write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), to_markdown(result, args.baseline))
+    print(f"diagnostics: {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

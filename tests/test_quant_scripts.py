@@ -119,6 +119,9 @@ def test_outlier_use_and_recon_fit_by_hand():
     assert use["eq12_share_of_group"] == pytest.approx(13 / 64) and use["layers"]["a"]["share"] == 0.25
     assert use["layers"]["c"]["share"] == pytest.approx(32 / 512)
     assert d.recon_fit(metrics) == {"layers": 2, "mean_final_over_nearest": pytest.approx((0.25 + 0.75) / 2)}
+    assert d.paired_ratio([2.0, 4.0], [1.0, 2.0]) == pytest.approx((2.0, 2.0, 2.0))  # every resample has ratio 2
+    m, lo, hi = d.paired_ratio([1.0, 3.0], [1.0, 1.0])
+    assert m == 2.0 and lo == pytest.approx(1.0) and hi == pytest.approx(3.0)  # resamples: {1,1}, {1,3}, {3,3}
 
 
 def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
@@ -130,10 +133,13 @@ def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
     d = _diagnostics()
     d.main([str(run), "--prompts", "3", "--outlier-multiples", "8", "1", "--out", str(tmp_path / "diag.json")])
     res = json.loads((tmp_path / "diag.json").read_text())
-    g = res["runs"]["run"]["generalization"]
+    r = res["runs"]["run"]
+    assert r["eval_rerun"]["overall"] == pytest.approx(metrics["latent_mse"]["overall"], rel=1e-6)  # artifact reproduces
+    assert len(r["eval_rerun"]["per_prompt"]) == metrics["eval_prompts"]
+    g = r["generalization"]
     assert (g["seen_prompts"], g["unseen_prompts"]) == (1, 2)
     assert g["seen"]["overall"] > 0 and g["unseen"]["overall"] > 0 and len(g["seen"]["per_chunk"]) == 2
     ds = metrics["calibration"]["dual_scale"]
     for name, row in res["weight_error_w4"].items():  # the unrounded count is Eq. 12's raw count, the m8 one the run's
         assert row["m1"]["count"] == ds[name]["raw_count"] and row["m8"]["count"] == ds[name]["count"]
-    assert "| run | 1 |" in (tmp_path / "diag.md").read_text()
+    assert "| run | default | 1 |" in (tmp_path / "diag.md").read_text()
