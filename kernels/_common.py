@@ -38,12 +38,11 @@ def quant_div(x, s, EXACT: tl.constexpr):
 
 @triton.jit
 def gelu_tanh(x):
-    """GELU, tanh approximation (nn.GELU(approximate='tanh')) in float32; tanh through exp, clamped against overflow."""
+    """GELU, tanh approximation (nn.GELU(approximate='tanh')) in float32, as x * sigmoid(2u): one exp2 and one
+    approximate division (IEEE division and exp cost the ffn.0 epilogue ~3x its plain store: kernels/NOTES.md)."""
     u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    a = tl.minimum(tl.abs(u), 15.0)
-    t = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
-    t = tl.where(u < 0, -t, t)
-    return 0.5 * x * (1.0 + t)
+    e = tl.exp2(tl.minimum(-2.8853900817779268 * u, 126.0))  # exp(-2u), clamped against overflow
+    return tl.fdiv(x, 1.0 + e, ieee_rounding=False)
 
 
 def interpreting() -> bool:

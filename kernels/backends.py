@@ -18,6 +18,7 @@ from kernels._common import triton_ok
 
 ATTENTION = ("auto", "cudnn", "flash", "efficient", "math")
 DUAL = ("exact", "int_ratio")
+WEIGHTS = ("artifact", "symmetric")
 
 
 def sdpa_context(name: str):
@@ -43,12 +44,15 @@ class KernelBackend:
     residual = staticmethod(glue.residual_update)
     fp8_linear = staticmethod(fp8.fp8_linear)
 
-    def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact") -> None:
+    def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
+                 weights: str = "artifact") -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
             raise ValueError(f"dual_mode={dual_mode!r}; choose from {DUAL}")
-        self.attention, self.fused, self.dual_mode = attention, bool(fused), dual_mode
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights={weights!r}; choose from {WEIGHTS}")
+        self.attention, self.fused, self.dual_mode, self.weights = attention, bool(fused), dual_mode, weights
 
     def sdpa(self):
         return sdpa_context(self.attention)
@@ -63,7 +67,8 @@ class KernelBackend:
         raise NotImplementedError(f"backend {self.name!r} has no real modules")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r})"
+        return (f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r}, "
+                f"weights={self.weights!r})")
 
 
 def _lowrank(mod, x2: torch.Tensor):

@@ -57,18 +57,90 @@ def _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, GRP: t
     return acc
 
 
+@triton.jit
+def _halves(x, BM: tl.constexpr, BN: tl.constexpr):
+    """[BM, BN] -> its left and right [BM, BN/2] column halves (the epilogue sub-tiling of Triton's matmul tutorial)."""
+    return tl.split(tl.permute(tl.reshape(x, (BM, 2, BN // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _epilogue(acc, acc_o, ratio_ptr, g, pid_m, n0, offs_m, offs_n, M, CN,
+              sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om, res_ptr, stride_rm,
+              gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
+              DUAL: tl.constexpr, WZP: tl.constexpr, CORR: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+              HAS_GATE: tl.constexpr, Q_PERCOL: tl.constexpr, Q_ROWSUM: tl.constexpr, BM: tl.constexpr,
+              EXACT_DIV: tl.constexpr, GATE2: tl.constexpr):
+    """Dequantize one accumulator tile (columns offs_n, starting at n0) and run the layer's consumer on it."""
+    act_ty = res_ptr.dtype.element_ty
+    t = _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 1, WZP, CORR)
+    s1 = tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n)
+    if DUAL == 0:
+        y = t.to(tl.float32) * s1[None, :]
+    elif DUAL == 1:
+        t0 = _group_terms(acc_o, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
+        s0 = tl.load(sa_ptr + g * 2) * tl.load(sw_ptr + offs_n)
+        y = t0.to(tl.float32) * s0[None, :] + t.to(tl.float32) * s1[None, :]
+    else:
+        t0 = _group_terms(tl.zeros_like(acc), g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
+        y = (t + t0 * tl.load(ratio_ptr + offs_n)[None, :]).to(tl.float32) * s1[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n)[None, :]
+    mmask = offs_m < M
+    mask = mmask[:, None] & (offs_n < CN)[None, :]
+    y = y.to(act_ty).to(tl.float32)  # the linear's output, rounded as the model rounds it
+    if EPI == 0:
+        if out_desc is not None:  # TMA store: no per-element addresses or masks (the descriptor clips at M)
+            out_desc.store([pid_m * BM, n0], y.to(out_ptr.dtype.element_ty))
+        else:
+            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=mask)
+    elif EPI == 1:
+        if HAS_GATE:
+            if GATE2:  # a tile spans at most two frames (BM <= S): two gate rows, selected per row
+                f0 = (pid_m * BM) // S
+                f1 = tl.minimum(pid_m * BM + BM - 1, M - 1) // S
+                g0 = tl.load(gate_ptr + f0 * stride_gr + offs_n)
+                g1 = tl.load(gate_ptr + f1 * stride_gr + offs_n)
+                gate = tl.where((offs_m // S == f0)[:, None], g0[None, :], g1[None, :])
+            else:
+                gate = tl.load(gate_ptr + (offs_m // S)[:, None] * stride_gr + offs_n[None, :], mask=mask, other=0.0)
+            y = (y * gate).to(act_ty).to(tl.float32)
+        res = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0)
+        if out_desc is not None:
+            out_desc.store([pid_m * BM, n0], (res.to(tl.float32) + y).to(act_ty))
+        else:
+            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], (res.to(tl.float32) + y).to(act_ty),
+                     mask=mask)
+    else:
+        h = gelu_tanh(y).to(act_ty).to(tl.float32)
+        if Q_PERCOL:
+            cs = tl.load(qcs_ptr + offs_n)[None, :]
+            cz = tl.load(qcz_ptr + offs_n)[None, :]
+            dst = tl.load(qdest_ptr + offs_n)
+        else:
+            cs = tl.load(qcs_ptr)
+            cz = tl.load(qcz_ptr)
+            dst = offs_n
+        v = tl.minimum(tl.maximum(rint(quant_div(h, cs, EXACT_DIV)) + cz, qlo), qhi)
+        tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
+        if Q_ROWSUM:
+            vi = tl.where(mask, v, 0.0).to(tl.int32)
+            r0 = tl.sum(tl.where((dst < qkop)[None, :], vi, 0), axis=1)
+            tl.atomic_add(qrs_ptr + offs_m * 2, r0, mask=mmask, sem="relaxed")
+            tl.atomic_add(qrs_ptr + offs_m * 2 + 1, tl.sum(vi, axis=1) - r0, mask=mmask, sem="relaxed")
+
+
 @triton.jit(do_not_specialize=["M", "S", "qkop"])
 def _qgemm_kernel(
     a_desc, w_desc, M, N, Kp, C,
     kop_ptr, sa_ptr, sw_ptr, zw_ptr, corr_ptr, ratio_ptr, bias_ptr, rs_ptr,
-    out_ptr, stride_om, res_ptr, stride_rm, gate_ptr, stride_gr, S,
+    out_ptr, out_desc, stride_om, res_ptr, stride_rm, gate_ptr, stride_gr, S,
     qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
     DUAL: tl.constexpr, W4: tl.constexpr, WZP: tl.constexpr, CORR: tl.constexpr, HAS_BIAS: tl.constexpr,
     EPI: tl.constexpr, HAS_GATE: tl.constexpr, Q_PERCOL: tl.constexpr, Q_ROWSUM: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FLATTEN: tl.constexpr,
-    EXACT_DIV: tl.constexpr,
+    EXACT_DIV: tl.constexpr, SUBTILE: tl.constexpr, GATE2: tl.constexpr,
 ):
-    act_ty = res_ptr.dtype.element_ty
     CN = C * N
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(CN, BN)
@@ -115,50 +187,22 @@ def _qgemm_kernel(
                 acc = tl.zeros((BM, BN), tl.int32)
             if DUAL == 2 and seg == 0:  # integer ratio: scale the outlier sum, continue in the same registers
                 acc = acc * ratio[None, :]
-        t = _group_terms(acc, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 1, WZP, CORR)
-        s1 = tl.load(sa_ptr + g * 2 + 1) * tl.load(sw_ptr + CN + offs_n)
-        if DUAL == 0:
-            y = t.to(tl.float32) * s1[None, :]
-        elif DUAL == 1:
-            t0 = _group_terms(acc_o, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
-            s0 = tl.load(sa_ptr + g * 2) * tl.load(sw_ptr + offs_n)
-            y = t0.to(tl.float32) * s0[None, :] + t.to(tl.float32) * s1[None, :]
+        if SUBTILE == 2:  # two column halves, one after the other: half the live epilogue registers
+            a0, a1 = _halves(acc, BM, BN)
+            o0, o1 = _halves(acc_o, BM, BN)
+            _epilogue(a0, o0, ratio_ptr, g, pid_m, pid_n * BN, offs_m, pid_n * BN + tl.arange(0, BN // 2), M, CN,
+                      sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om, res_ptr,
+                      stride_rm, gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
+                      DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
+            n1 = pid_n * BN + BN // 2
+            _epilogue(a1, o1, ratio_ptr, g, pid_m, n1, offs_m, n1 + tl.arange(0, BN // 2), M, CN, sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om,
+                      res_ptr, stride_rm, gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
+                      DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
         else:
-            zero = tl.zeros((BM, BN), tl.int32)
-            t0 = _group_terms(zero, g, offs_m, offs_n, M, CN, zw_ptr, corr_ptr, rs_ptr, 0, WZP, CORR)
-            y = (t + t0 * ratio[None, :]).to(tl.float32) * s1[None, :]
-        if HAS_BIAS:
-            y = y + tl.load(bias_ptr + offs_n)[None, :]
-        mmask = offs_m < M
-        mask = mmask[:, None] & (offs_n < CN)[None, :]
-        y = y.to(act_ty).to(tl.float32)  # the linear's output, rounded as the model rounds it
-        if EPI == 0:
-            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
-                     mask=mask)
-        elif EPI == 1:
-            if HAS_GATE:
-                gate = tl.load(gate_ptr + (offs_m // S)[:, None] * stride_gr + offs_n[None, :], mask=mask, other=0.0)
-                y = (y * gate).to(act_ty).to(tl.float32)
-            res = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0)
-            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], (res.to(tl.float32) + y).to(act_ty),
-                     mask=mask)
-        else:
-            h = gelu_tanh(y).to(act_ty).to(tl.float32)
-            if Q_PERCOL:
-                cs = tl.load(qcs_ptr + offs_n)[None, :]
-                cz = tl.load(qcz_ptr + offs_n)[None, :]
-                dst = tl.load(qdest_ptr + offs_n)
-            else:
-                cs = tl.load(qcs_ptr)
-                cz = tl.load(qcz_ptr)
-                dst = offs_n
-            v = tl.minimum(tl.maximum(rint(quant_div(h, cs, EXACT_DIV)) + cz, qlo), qhi)
-            tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
-            if Q_ROWSUM:
-                vi = tl.where(mask, v, 0.0).to(tl.int32)
-                r0 = tl.sum(tl.where((dst < qkop)[None, :], vi, 0), axis=1)
-                tl.atomic_add(qrs_ptr + offs_m * 2, r0, mask=mmask, sem="relaxed")
-                tl.atomic_add(qrs_ptr + offs_m * 2 + 1, tl.sum(vi, axis=1) - r0, mask=mmask, sem="relaxed")
+            _epilogue(acc, acc_o, ratio_ptr, g, pid_m, pid_n * BN, offs_m, offs_n,
+                      M, CN, sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om,
+                      res_ptr, stride_rm, gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
+                      DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
 
 
 def _descriptors(a: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, int4: bool):
@@ -231,18 +275,23 @@ def qgemm(
     else:
         raise ValueError(f"unknown epilogue {epilogue!r}; choose from {sorted(EPILOGUES)}")
     a_desc, w_desc = _descriptors(a, lin.weight, cfg, lin.int4)
+    out_desc = None
+    bn_epi = cfg.bn // cfg.subtile
+    if (cfg.tma_store and epilogue != "gelu_quant" and out.dim() == 2 and out.stride(1) == 1
+            and (out.stride(0) * out.element_size()) % 16 == 0 and out.data_ptr() % 16 == 0):
+        out_desc = TensorDescriptor(out, list(out.shape), list(out.stride()), [cfg.bm, bn_epi])
     tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(c * n, cfg.bn)
     grid = (min(tiles, num_sms(dev) * cfg.occupancy) if cfg.persistent else tiles,)
     _qgemm_kernel[grid](
         a_desc, w_desc, m, n, kp, c,
         lin.kop, lin.a_scale, lin.w_scale, lin.w_zero, lin.corr, lin.ratio,
         lin.bias if lin.bias is not None else dummy_f, rowsums if rowsums is not None else dummy_i,
-        out, out.stride(0), res, res.stride(0) if res.dim() == 2 else 0, gate_t, stride_gr, tokens_per_frame,
+        out, out_desc, out.stride(0), res, res.stride(0) if res.dim() == 2 else 0, gate_t, stride_gr, tokens_per_frame,
         q["qcs"], q["qcz"], q["qdest"], q["qkop"], q["qlo"], q["qhi"], q["qrs"],
         DUAL=DUAL_MODES[lin.dual], W4=lin.int4, WZP=lin.has_wzp, CORR=lin.has_corr, HAS_BIAS=lin.bias is not None,
         EPI=EPILOGUES[epilogue], HAS_GATE=gate is not None, Q_PERCOL=q["percol"], Q_ROWSUM=q["qrs"] is not dummy_i,
         BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP_M=cfg.group_m, FLATTEN=cfg.flatten and not interpreting(),
-        EXACT_DIV=_common.EXACT_DIVISION,
+        EXACT_DIV=_common.EXACT_DIVISION, SUBTILE=cfg.subtile, GATE2=gate is not None and tokens_per_frame >= cfg.bm,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if lin.has_wzp and rowsums is None:

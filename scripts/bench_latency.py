@@ -34,15 +34,17 @@ import torch
 import torch.nn.functional as F
 
 TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_dim=64, text_len=16)
-ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_flash", "w8a8_dual_exact",
+ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_asymw", "w8a8_flash", "w8a8_dual_exact",
         "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8"]
 
-# Tile configs swept by --tune: (bm, bn, bk, warps, stages, persistent, occupancy)
+# Tile configs swept by --tune: (bm, bn, bk, warps, stages, persistent, occupancy[, subtile[, tma_store]])
 SPACE = {
     "w8_none": [(128, 256, 128, 8, 3, 0, 1), (128, 256, 128, 8, 4, 0, 1), (256, 128, 128, 8, 3, 0, 1),
                 (256, 128, 128, 8, 4, 0, 1), (128, 128, 128, 4, 4, 0, 1), (128, 128, 128, 8, 4, 0, 1),
                 (128, 256, 64, 8, 4, 0, 1), (128, 256, 64, 8, 5, 0, 1), (128, 256, 128, 8, 3, 1, 1),
-                (128, 256, 128, 8, 4, 1, 1), (128, 128, 128, 4, 4, 1, 2), (256, 128, 128, 8, 3, 1, 1)],
+                (128, 256, 128, 8, 4, 1, 1), (128, 128, 128, 4, 4, 1, 2), (256, 128, 128, 8, 3, 1, 1),
+                (256, 128, 128, 8, 3, 0, 1, 1), (128, 256, 128, 8, 3, 0, 1, 1), (256, 128, 128, 8, 4, 0, 1, 2, 0),
+                (128, 128, 128, 8, 5, 0, 1), (256, 128, 64, 8, 6, 0, 1)],
     "w8_exact": [(128, 128, 128, 8, 4, 0, 1), (128, 128, 128, 4, 4, 0, 1), (128, 256, 128, 8, 3, 0, 1),
                  (256, 128, 128, 8, 3, 0, 1), (128, 128, 64, 4, 5, 0, 1), (128, 128, 128, 8, 4, 1, 1),
                  (64, 256, 128, 4, 4, 0, 1), (128, 128, 128, 4, 4, 1, 2)],
@@ -66,7 +68,7 @@ def gemm_shapes(arch: str) -> tuple[list, list]:
                                       ("gelu_quant", d, f, 1), ("residual", f, d, 1)]
 
 
-SIZE_ROWS = ("w8a8", "w4a8", "w8a8_dual_exact", "fp8")
+SIZE_ROWS = ("w8a8", "w8a8_asymw", "w4a8", "w8a8_dual_exact", "fp8")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -74,11 +76,14 @@ def log(*a) -> None:
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
-def bench(fn, device) -> float:
-    """Median milliseconds of fn (CUDA events via triton.testing.do_bench on GPU; wall clock on CPU)."""
+def bench(fn, device, graph: bool = False) -> float:
+    """Median milliseconds of fn: CUDA events via triton.testing.do_bench on GPU (``graph``: replays of a captured
+    CUDA graph, i.e. GPU time without the Python launch cost, which exceeds a 60 us GEMM); wall clock on CPU."""
     if device.type == "cuda":
         import triton
 
+        if graph:
+            return graph_ms(fn)
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
     fn()
     ts = []
@@ -87,6 +92,45 @@ def bench(fn, device) -> float:
         fn()
         ts.append((time.perf_counter() - t) * 1e3)
     return statistics.median(ts)
+
+
+def graph_ms(fn, calls: int = 20, replays: int = 7) -> float:
+    """Median milliseconds per call of ``calls`` back-to-back calls captured in one CUDA graph (no host launch cost;
+    no L2 flush between calls, the same for every GEMM compared)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn(), fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    del g
+    return statistics.median(times)
+
+
+def host_us(fn, device, calls: int = 200) -> float:
+    """Microseconds of host (Python + launch) time per call, the GPU never waited for (queue deeper than calls)."""
+    if device.type != "cuda":
+        return float("nan")
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    dt = time.perf_counter() - t
+    torch.cuda.synchronize()
+    return dt / calls * 1e6
 
 
 class Report:
@@ -106,8 +150,9 @@ class Report:
 def cfg_of(t) -> "GemmConfig":
     from kernels.configs_sm90 import GemmConfig
 
-    bm, bn, bk, w, s, p, occ = t
-    return GemmConfig(bm, bn, bk, 8, w, s, bool(p), occ)
+    bm, bn, bk, w, s, p, occ, *rest = t
+    sub, tma = (tuple(rest) + (2, 1)[len(rest):])[:2]
+    return GemmConfig(bm, bn, bk, 8, w, s, bool(p), occ, subtile=sub, tma_store=bool(tma))
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -116,13 +161,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- GEMMs
-def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, seed: int = 0):
+ASYM_W8 = False  # --w8-weights: int8 weights with zero points (row sums) instead of symmetric ones
+
+
+def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, seed: int = 0, asym_w=None):
     """Random packed layer(s) of one variant and random activation codes (row sums included)."""
     from kernels.layout import stack_acts
     from qarvd.deploy.modules import RealQuantLinear, stack_group
     from qarvd.deploy.packing import minmax_spec, pack_spec
 
     _, w_bits, outliers, dual = variant
+    asym_w = (ASYM_W8 if asym_w is None else asym_w) or w_bits == 4  # int4 keeps its in-kernel zero point
     outliers = outliers if k > 256 else min(outliers, 32)
     g = torch.Generator(device="cpu").manual_seed(seed)
     mods = []
@@ -130,7 +179,8 @@ def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, see
         w = (torch.randn(n, k, generator=g) / k**0.5).to(device)
         if outliers:
             w[:, torch.randperm(k, generator=g)[:outliers].to(device)] *= 6
-        spec = minmax_spec(w, torch.randn(n, generator=g).to(device) * 0.1, w_bits=w_bits, n_outliers=outliers)
+        spec = minmax_spec(w, torch.randn(n, generator=g).to(device) * 0.1, w_bits=w_bits, n_outliers=outliers,
+                           asym_w=asym_w)
         p = pack_spec(spec, dual)
         mods.append(RealQuantLinear(p.meta, p.tensors))
     group = stack_group(mods)
@@ -147,7 +197,7 @@ def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, see
         wn = (torch.randn(k, n, generator=g) / n**0.5).to(device)
         if outliers:
             wn[:, torch.randperm(n, generator=g)[:outliers].to(device)] *= 6
-        pn = pack_spec(minmax_spec(wn, None, w_bits=w_bits, n_outliers=outliers), dual)
+        pn = pack_spec(minmax_spec(wn, None, w_bits=w_bits, n_outliers=outliers, asym_w=asym_w), dual)
         next_mod = RealQuantLinear(pn.meta, pn.tensors)
     return group, acts, a, rs, next_mod
 
@@ -218,11 +268,11 @@ def gemm_section(args, device, rep: Report) -> dict:
                 ref = qgemm_ref(a, rs, group, m).float().to(torch.bfloat16) if epi == "store" else None
                 space = SPACE[vname] if (args.tune and device.type == "cuda" and m == max(ms)) else [None]
                 for c in space:
-                    cfg = cfg_of(c) if c is not None else (cfg_of(table[key]) if key in table else None)
+                    cfg = cfg_of(c) if c is not None else (cfg_of(table[key][0]) if key in table else None)
                     try:
                         out = run_gemm(group, a, rs, m, epi, cfg, nxt, res, gate)
                         err = rel_err(out, ref) if ref is not None else None
-                        t = bench(lambda: run_gemm(group, a, rs, m, epi, cfg, nxt, res, gate), device)
+                        t = bench(lambda: run_gemm(group, a, rs, m, epi, cfg, nxt, res, gate), device, graph=True)
                     except Exception as e:  # noqa: BLE001
                         tuning.append(dict(key=list(key), m=m, cfg=c, error=f"{type(e).__name__}: {str(e)[-1500:]}"))
                         continue
@@ -234,6 +284,7 @@ def gemm_section(args, device, rep: Report) -> dict:
             finally:
                 torch.cuda.empty_cache() if device.type == "cuda" else None
         log("gemm", key, "best", table.get(key))
+        rep.put("gemm_tuning", tuning)
     frozen = {key: v[0] for key, v in table.items()}
     configs_sm90.TABLE.update({(kk[0], kk[1], kk[2], kk[3] * kk[4]): cfg_of(c) for kk, c in frozen.items()})
     rep.put("gemm_tuning", tuning)
@@ -248,28 +299,33 @@ def gemm_section(args, device, rep: Report) -> dict:
             w = torch.randn(n, k, device=device, dtype=torch.bfloat16) / k**0.5
             b = torch.randn(n, device=device, dtype=torch.bfloat16)
             row = dict(m=m, k=k, n=n, tflop=2 * m * n * k / 1e12)
-            row["cublas_bf16_ms"] = bench(lambda: F.linear(x, w, b), device)
+            row["cublas_bf16_ms"] = bench(lambda: F.linear(x, w, b), device, graph=True)
+            row["cublas_bf16_events_ms"] = bench(lambda: F.linear(x, w, b), device)
             if device.type == "cuda":
                 a8 = torch.randint(-128, 127, (m, k), dtype=torch.int8, device=device)
                 w8 = torch.randint(-128, 127, (n, k), dtype=torch.int8, device=device)
                 try:
-                    row["torch_int_mm_ms"] = bench(lambda: torch._int_mm(a8, w8.t()), device)
+                    row["torch_int_mm_ms"] = bench(lambda: torch._int_mm(a8, w8.t()), device, graph=True)
                 except Exception as e:  # noqa: BLE001
                     row["torch_int_mm_error"] = str(e)[:200]
                 try:
                     h8, wf8 = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
                     sa, sw = torch.ones(1, device=device), torch.ones(n, device=device)
-                    row["fp8_scaled_mm_ms"] = bench(lambda: fp8_linear(h8, wf8, sa, sw, b), device)
+                    row["fp8_scaled_mm_ms"] = bench(lambda: fp8_linear(h8, wf8, sa, sw, b), device, graph=True)
                 except Exception as e:  # noqa: BLE001
                     row["fp8_error"] = str(e)[:200]
-            for variant in GEMM_VARIANTS:
-                key = (variant[0], "store", k, n, 1)
+            asym_row = (("w8_none_asymw",) + GEMM_VARIANTS[0][1:], True)  # the same GEMM with weight zero points
+            for variant, asym in [(v, None) for v in GEMM_VARIANTS] + [asym_row]:
+                key = (variant[0].removesuffix("_asymw"), "store", k, n, 1)
                 try:
-                    group, acts, a, rs, nxt = gemm_problem(k, n, m, variant, 1, device)
+                    group, acts, a, rs, nxt = gemm_problem(k, n, m, variant, 1, device, asym_w=asym)
                     cfg = cfg_of(frozen[key]) if key in frozen else None
                     out = run_gemm(group, a, rs, m, "store", cfg)
                     row[f"{variant[0]}_rel_err"] = rel_err(out, qgemm_ref(a, rs, group, m))
-                    row[f"{variant[0]}_ms"] = bench(lambda: run_gemm(group, a, rs, m, "store", cfg), device)
+                    fn = lambda: run_gemm(group, a, rs, m, "store", cfg)  # noqa: E731
+                    row[f"{variant[0]}_ms"] = bench(fn, device, graph=True)
+                    row[f"{variant[0]}_events_ms"] = bench(fn, device)  # with the host launch cost
+                    row[f"{variant[0]}_host_us"] = host_us(fn, device)
                     row[f"{variant[0]}_speedup_vs_cublas"] = row["cublas_bf16_ms"] / row[f"{variant[0]}_ms"]
                 except Exception as e:  # noqa: BLE001
                     row[f"{variant[0]}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
@@ -311,9 +367,10 @@ def act_quant_section(device, rep: Report, m: int, d: int) -> None:
             for name, a in (("3consumers", a3), ("1consumer", a1)):
                 for rowsum in (False, True):
                     out[f"ln_mod_quant_{name}_{outliers}outliers_rowsum{int(rowsum)}_{tag}_ms"] = bench(
-                        lambda: norm_quant(x, a, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), rowsum=rowsum), device)
+                        lambda: norm_quant(x, a, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), rowsum=rowsum), device,
+                        graph=True)
         out[f"ln_mod_fp8_{tag}_ms"] = bench(
-            lambda: norm_quant(x, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), fp8_scale=scale), device)
+            lambda: norm_quant(x, ln=(None, None, 1e-6), mod=(mod, 0, 1, s), fp8_scale=scale), device, graph=True)
     key = "ln_mod_quant_3consumers_0outliers_rowsum1_{}_ms"
     _common.EXACT_DIVISION = out[key.format("exactdiv")] <= 1.2 * out[key.format("recip")]
     out["exact_division_used"] = _common.EXACT_DIVISION
@@ -323,8 +380,9 @@ def act_quant_section(device, rep: Report, m: int, d: int) -> None:
         r = torch.arange(m, device=device) // s
         return (h * (1 + mod[r, 1]) + mod[r, 0]).to(x.dtype)
 
-    out["eager_ln_mod_ms"] = bench(eager, device)
-    out["fused_ln_mod_bf16_ms"] = bench(lambda: norm_quant(x, ln=(None, None, 1e-6), mod=(mod, 0, 1, s)), device)
+    out["eager_ln_mod_ms"] = bench(eager, device, graph=True)
+    out["fused_ln_mod_bf16_ms"] = bench(lambda: norm_quant(x, ln=(None, None, 1e-6), mod=(mod, 0, 1, s)), device,
+                                        graph=True)
     out["bytes_fused_quant_3"] = m * d * (2 + 3)
     rep.put("act_quant", dict(m=m, d=d, **out))
     log("act_quant", out)
@@ -389,7 +447,7 @@ def base_model(args, device):
     return model.to(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32).eval().requires_grad_(False)
 
 
-def real_model(base, kind: str, backend, w_bits: int = 8, outliers: int = 0):
+def real_model(base, kind: str, backend, w_bits: int = 8, outliers: int = 0, asym_w: bool = True):
     """A converted copy of ``base``: min-max specs of every quantized linear (block linears get ``outliers``)."""
     from qarvd.deploy import accelerate_, convert_to_real
     from qarvd.deploy.packing import minmax_spec
@@ -400,7 +458,7 @@ def real_model(base, kind: str, backend, w_bits: int = 8, outliers: int = 0):
     for name in select_linears(model):
         lin = model.get_submodule(name)
         k = lin.in_features
-        specs[name] = minmax_spec(lin.weight, lin.bias, w_bits=w_bits, act_range=(-6.0, 6.0),
+        specs[name] = minmax_spec(lin.weight, lin.bias, w_bits=w_bits, act_range=(-6.0, 6.0), asym_w=asym_w,
                                   n_outliers=outliers if name.startswith("blocks.") and k > 2 * outliers else 0)
     convert_to_real(model, specs, backend)
     del specs
@@ -422,8 +480,9 @@ def build_row(name: str, base, fastest: str, device):
         outliers = 128 if "dual" in name else 0
         if outliers and base.cfg.dim <= 256:
             outliers = 32
-        be = TritonInt8Backend(attention=att, dual_mode=dual)
-        return real_model(base, "int", be, w_bits=4 if name == "w4a8" else 8, outliers=outliers), att
+        asym = name == "w8a8_asymw" or ASYM_W8 or name == "w4a8"
+        be = TritonInt8Backend(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric")
+        return real_model(base, "int", be, w_bits=4 if name == "w4a8" else 8, outliers=outliers, asym_w=asym), att
     if name == "fp8":
         return real_model(base, "fp8", Fp8Backend(attention=att)), att
     if name == "torchao_int8":
@@ -577,12 +636,13 @@ def markdown(rep: Report, out: Path, name: str) -> None:
         lines.append(f"| {e['row']} | {e['batch']} | {e.get('attention', '-')} | {fmt(e.get('seconds'))} | "
                      f"{fmt(r.get('speedup_vs_bf16_flash'))} | {fmt(r.get('speedup_vs_strongest_bf16'))} |"
                      + (f" error: {e['error'][:80]}" if "error" in e else ""))
-    lines += ["", "| M | K | N | cuBLAS bf16 ms | W8 ms (x) | W8 dual exact ms | W8 dual int-ratio ms | W4 ms | "
-              "_int_mm ms | FP8 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| M | K | N | cuBLAS bf16 ms | W8 ms (x) | W8 asym-w ms | W8 dual exact ms | W8 dual int-ratio ms | "
+              "W4 ms | _int_mm ms | FP8 ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d.get("gemm", []):
         g = lambda k: f"{r[k]:.4f}" if k in r else "-"  # noqa: E731
         lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {g('cublas_bf16_ms')} | {g('w8_none_ms')} "
-                     f"({r.get('w8_none_speedup_vs_cublas', 0):.2f}x) | {g('w8_exact_ms')} | {g('w8_int_ratio_ms')} | "
+                     f"({r.get('w8_none_speedup_vs_cublas', 0):.2f}x) | {g('w8_none_asymw_ms')} | {g('w8_exact_ms')} | "
+                     f"{g('w8_int_ratio_ms')} | "
                      f"{g('w4_none_ms')} | {g('torch_int_mm_ms')} | {g('fp8_scaled_mm_ms')} |")
     if "sizes" in d:
         lines += ["", "| format | file bytes | x smaller than bf16 |", "|---|---|---|"]
@@ -612,8 +672,12 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=12, help="processes compiling kernels in parallel for --tune")
     p.add_argument("--attention-backends", nargs="+", default=["flash", "cudnn", "efficient"])
     p.add_argument("--sections", nargs="+", default=["gemm", "act_quant", "attention", "check", "rollout"])
+    p.add_argument("--w8-weights", choices=["symmetric", "asymmetric"], default="symmetric",
+                   help="int8 weights of the GEMM problems and w8a8 rows (w8a8_asymw is always asymmetric)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    global ASYM_W8
+    ASYM_W8 = args.w8_weights == "asymmetric"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)

@@ -62,7 +62,8 @@ def _layer_inputs(model, ctx):
     return seen
 
 
-@pytest.mark.parametrize("backend", [TorchRefBackend(), TritonInt8Backend()], ids=["torch_ref", "triton_int8"])
+@pytest.mark.parametrize("backend", [TorchRefBackend(weights="artifact"), TritonInt8Backend(weights="artifact")],
+                         ids=["torch_ref", "triton_int8"])
 def test_every_real_layer_matches_its_fake_quant_layer(quantized, backend):
     _, q, ctx, _ = quantized
     inputs = _layer_inputs(q, ctx)
@@ -79,7 +80,7 @@ def test_every_real_layer_matches_its_fake_quant_layer(quantized, backend):
 def test_int_ratio_variant_error_is_bounded_and_reported(quantized):
     _, q, ctx, _ = quantized
     inputs = _layer_inputs(q, ctx)
-    real = convert_to_real(copy.deepcopy(q), real_specs(q), TorchRefBackend(dual_mode="int_ratio"))
+    real = convert_to_real(copy.deepcopy(q), real_specs(q), TorchRefBackend(dual_mode="int_ratio", weights="artifact"))
     errs = {n: float((real.get_submodule(n)(x) - q.get_submodule(n)(x)).norm() / q.get_submodule(n)(x).norm())
             for n, x in inputs.items()}
     dual = [e for n, e in errs.items() if q.get_submodule(n).groups.__len__() == 2]
@@ -88,14 +89,33 @@ def test_int_ratio_variant_error_is_bounded_and_reported(quantized):
     assert 0 < max(dual) < 0.05  # the outlier re-quantization: measurable, small at 8 bits
 
 
-def test_real_rollout_tracks_the_fake_quant_rollout(quantized):
+def test_symmetric_deployment_drops_zero_points_and_row_sums(quantized):
+    """weights=symmetric: no stored weight zero points, no row sums, one extra 8-bit weight rounding per layer."""
+    _, q, ctx, _ = quantized
+    inputs = _layer_inputs(q, ctx)
+    asym = convert_to_real(copy.deepcopy(q), real_specs(q), TorchRefBackend(weights="artifact"))
+    sym = convert_to_real(copy.deepcopy(q), real_specs(q), TorchRefBackend(weights="symmetric"))
+    assert any(m.group().has_wzp for m in real_layers(asym).values())
+    assert not any(m.group().has_wzp or "w_zero" in dict(m.named_buffers()) for m in real_layers(sym).values())
+    for name, x in inputs.items():
+        fake = q.get_submodule(name)(x)
+        err = float((sym.get_submodule(name)(x) - fake).detach().norm() / fake.detach().norm())
+        assert 0 < err < 5e-3, (name, err)  # the weight re-rounding: measurable, far below the 8-bit activation error
+
+
+@pytest.mark.parametrize("weights", ["artifact", "symmetric"])
+def test_real_rollout_tracks_the_fake_quant_rollout(quantized, weights):
     """The done-criterion in miniature: latent MSE to FP of the real rollout within 5% of the fake-quant one."""
     fp, q, ctx, ref = quantized
     fake = rollout(q, ctx, [0], SHAPE, RC)
-    real = accelerate_(convert_to_real(copy.deepcopy(q), real_specs(q), TorchRefBackend()), TorchRefBackend())
+    be = TorchRefBackend(weights=weights)
+    real = accelerate_(convert_to_real(copy.deepcopy(q), real_specs(q), be), be)
     got = rollout(real, ctx, [0], SHAPE, RC)
-    assert abs(_mse(got, ref) - _mse(fake, ref)) <= 0.05 * _mse(fake, ref)
-    assert _mse(got, fake) < 0.05 * _mse(fake, ref)
+    # artifact weights: the same arithmetic, within 5%; symmetric re-quantization adds one weight rounding, measured
+    # here at +13% on this random-weight toy (the embedded model's figure: scripts/deploy_quality.py, kernels/NOTES.md)
+    bound = 0.05 if weights == "artifact" else 0.2
+    assert abs(_mse(got, ref) - _mse(fake, ref)) <= bound * _mse(fake, ref)
+    assert _mse(got, fake) < bound * _mse(fake, ref)
 
 
 def test_fused_triton_forward_matches_reference_backend(quantized):
@@ -171,3 +191,5 @@ def test_kernel_configs_instantiate():
         assert be.name == n and be.attention in ("auto", "cudnn")
     with pytest.raises(ValueError, match="dual_mode"):
         TritonInt8Backend(dual_mode="approx")
+    with pytest.raises(ValueError, match="weights"):
+        TritonInt8Backend(weights="asym")

@@ -2,7 +2,9 @@
 
 The artifact maps fully-qualified linear names (``blocks.3.ffn.2``, ``text_embedding.0`` ...) to
 :class:`~qarvd.deploy.spec.RealLayerSpec`. Each named ``nn.Linear`` is replaced in place, under the same name, by a
-:class:`RealQuantLinear` (int8 or packed int4 storage; the dual-scale variant is the backend's ``dual_mode``) or,
+:class:`RealQuantLinear` (int8 or packed int4 storage; the dual-scale variant is the backend's ``dual_mode``; with
+the backend's ``weights: symmetric`` 8-bit weights are re-quantized without zero point, see
+:func:`~qarvd.deploy.packing.symmetric_weights`) or,
 for the fp8 backend, an :class:`Fp8Linear`. Layers the artifact does not name (time embedding, time projection,
 head, patch embedding) stay in floating point, as the method keeps them.
 """
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, fp8_from_spec
-from qarvd.deploy.packing import pack_spec
+from qarvd.deploy.packing import pack_spec, symmetric_weights
 from qarvd.deploy.spec import RealLayerSpec
 from qarvd.quant.select import set_module
 
@@ -35,6 +37,8 @@ def convert_to_real(model: nn.Module, artifact: Mapping[str, RealLayerSpec], bac
                 tensors["bias"] = tensors["bias"].to(old.weight.dtype)
             new = Fp8Linear(meta, {k: v.to(dev) for k, v in tensors.items()}, backend)
         else:
+            if getattr(backend, "weights", "artifact") == "symmetric":
+                spec = symmetric_weights(spec)
             packed = pack_spec(spec, backend.dual_mode)
             new = RealQuantLinear(packed.meta, {k: v.to(dev) for k, v in packed.tensors.items()}, backend)
         set_module(model, name, new)

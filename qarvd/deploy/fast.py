@@ -88,9 +88,12 @@ class IntPlan(_Plan):
             raise NotImplementedError("int plan needs RealQuantLinear layers")
         if any(m.meta.get("rank") for m in mods):
             raise NotImplementedError("low-rank branches run through the module path")
-        self.g_qkv = stack_group(self.qkv_mods)
-        _share_storage(self.qkv_mods, self.g_qkv.weight)
-        self.a_qkv = stack_acts([m.act() for m in self.qkv_mods])
+        try:  # one grouped launch needs one padded width: dual-scale layers with different outlier counts differ
+            self.g_qkv = stack_group(self.qkv_mods)
+            self.a_qkv = stack_acts([m.act() for m in self.qkv_mods])
+            _share_storage(self.qkv_mods, self.g_qkv.weight)
+        except ValueError:
+            self.g_qkv = self.a_qkv = None
         self.g = {name: getattr(self, name).group() for name in ("o", "cq", "co", "f0", "f2")}
         self.a = {name: getattr(self, name).stacked_act() for name in ("o", "cq", "co", "f0", "f2")}
 
@@ -98,6 +101,13 @@ class IntPlan(_Plan):
         return self.be.norm_quant(x, self.a[name], rowsum=self.g[name].has_wzp, **kw)
 
     def qkv(self, x2, mod, s):
+        if self.g_qkv is None:  # q, k, v quantized and multiplied one by one
+            outs = []
+            for m in self.qkv_mods:
+                a, rs = self.be.norm_quant(x2, m.stacked_act(), ln=self.ln1, mod=(mod, 0, 1, s),
+                                           rowsum=m.group().has_wzp)
+                outs.append(self.be.gemm(a, rs, m.group(), x2.shape[0], out_dtype=x2.dtype))
+            return torch.cat(outs, dim=1)
         a, rs = self.be.norm_quant(x2, self.a_qkv, ln=self.ln1, mod=(mod, 0, 1, s), rowsum=self.g_qkv.has_wzp)
         return self.be.gemm(a, rs, self.g_qkv, x2.shape[0], out_dtype=x2.dtype)
 

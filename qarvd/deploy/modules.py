@@ -31,6 +31,7 @@ class RealQuantLinear(nn.Module):
         for name, t in tensors.items():
             self.register_buffer(name, t)
         self.meta.update(has_bias="bias" in tensors, has_smooth="smooth" in tensors, has_ratio="ratio" in tensors,
+                         has_wzero="w_zero" in tensors,
                          rank=int(tensors["lr_down"].shape[0]) if "lr_down" in tensors else 0,
                          bias_dtype=str(tensors["bias"].dtype).removeprefix("torch.") if "bias" in tensors else None)
         self._derived_key = None
@@ -41,8 +42,9 @@ class RealQuantLinear(nn.Module):
         n, k, kp, g = meta["out_features"], meta["in_features"], meta["kp"], meta["groups"]
         t = dict(
             weight=torch.empty((n, kp // 2), dtype=torch.uint8) if meta["int4"] else torch.empty((n, kp), dtype=torch.int8),
-            w_scale=torch.empty(g, n), w_zero=torch.empty(g, n, dtype=torch.int8), a_scale=torch.empty(g),
-            a_zero=torch.empty(g))
+            w_scale=torch.empty(g, n), a_scale=torch.empty(g), a_zero=torch.empty(g))
+        if meta.get("has_wzero", True):
+            t["w_zero"] = torch.empty(g, n, dtype=torch.int8)
         if g == 2:
             t["outlier_cols"] = torch.empty(meta["kop_cols"], dtype=torch.int16 if k < 2**15 else torch.int32)
         if meta.get("has_ratio"):

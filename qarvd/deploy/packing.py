@@ -7,7 +7,7 @@ that keeps the re-quantized outliers inside the weight range. That is the varian
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -15,6 +15,30 @@ from kernels.layout import pack_int4, padded
 from qarvd.deploy.spec import RealLayerSpec
 
 DUAL_MODES = ("exact", "int_ratio")
+WEIGHT_MODES = ("symmetric", "artifact")
+
+
+def symmetric_weights(spec: RealLayerSpec) -> RealLayerSpec:
+    """The spec with its 8-bit weights re-quantized per output channel onto a symmetric grid (zero point 0).
+
+    Why: an asymmetric weight zero point makes the GEMM epilogue subtract ``zw[n] * rowsum[m]``, so every producer
+    kernel must also emit activation row sums (about 2x its time on the H100) and every epilogue carries two more
+    live tiles. Re-quantizing the dequantized weights ``(W - z) * s`` with ``s' = max|W - z| * s / 127`` adds one
+    weight rounding (at 8 bits far below the activation error; its effect on the embedded model's rollout is
+    measured by ``scripts/deploy_quality.py``). 4-bit weights keep their zero point: it is subtracted in-kernel
+    at no cost, and a second 4-bit rounding would not be small. Already-symmetric specs are returned unchanged.
+    """
+    if spec.w_bits != 8 or (spec.w_qmin < 0 and all(bool((z == 0).all()) for z in spec.weight_zero)):
+        return spec
+    wi, ws, wz = [], [], []
+    for q, s, z in zip(spec.weight_int, spec.weight_scale, spec.weight_zero):
+        wd = (q.double() - z.double().to(q.device)[:, None]) * s.double().to(q.device)[:, None]
+        sn = (wd.abs().amax(1) / 127.0).clamp_min(1e-12)
+        wi.append(torch.clamp(torch.round(wd / sn[:, None]), -127, 127))
+        ws.append(sn.float())
+        wz.append(torch.zeros_like(sn))
+    return replace(spec, weight_int=wi, weight_scale=ws, weight_zero=wz, w_qmin=-128, w_qmax=127,
+                   meta={**spec.meta, "weights": "symmetric (re-quantized at deployment)"})
 
 
 def _offset(qmin: int, qmax: int) -> int:
@@ -96,9 +120,11 @@ def pack_spec(spec: RealLayerSpec, dual_mode: str = "exact") -> Packed:
     zeros = torch.stack(w_zero)
     if int(zeros.min()) < -128 or int(zeros.max()) > 127:
         raise ValueError("weight zero points do not fit int8 storage")
-    tensors = dict(weight=weight, w_scale=torch.stack(w_scale), w_zero=zeros.to(torch.int8),
+    tensors = dict(weight=weight, w_scale=torch.stack(w_scale),
                    a_scale=torch.tensor([float(s) for s in spec.act_scale], dtype=torch.float32, device=dev),
                    a_zero=torch.tensor([float(z) - a_off for z in spec.act_zero], dtype=torch.float32, device=dev))
+    if bool((zeros != 0).any()):  # symmetric int8 weights store no zero points
+        tensors["w_zero"] = zeros.to(torch.int8)
     if two:
         tensors["outlier_cols"] = spec.groups[0].long().to(dev).to(torch.int16 if k < 2**15 else torch.int32)
     if ratio is not None:
@@ -126,7 +152,9 @@ def derive(t: dict, meta: dict) -> dict:
     a_scale = torch.zeros(2, dtype=torch.float32, device=dev)
     a_zero = torch.zeros(2, dtype=torch.float32, device=dev)
     for i, r in enumerate(rows):
-        w_scale[r], w_zero[r] = t["w_scale"][i].float(), t["w_zero"][i].int()
+        w_scale[r] = t["w_scale"][i].float()
+        if "w_zero" in t:
+            w_zero[r] = t["w_zero"][i].int()
         a_scale[r], a_zero[r] = t["a_scale"][i], t["a_zero"][i]
     if meta["int4"]:
         from kernels.layout import unpack_int4
