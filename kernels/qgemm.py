@@ -205,6 +205,15 @@ def _qgemm_kernel(
                       DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
 
 
+SMEM_LIMIT = 232448  # bytes of shared memory one program may use on sm_90
+
+
+def _smem_bytes(cfg: GemmConfig, int4: bool) -> int:
+    """Shared memory of the mainloop's pipeline stages (A and W tiles), before any TMA-store staging tile: an fp32
+    output tile that would not fit next to them falls back to plain stores instead of failing to launch."""
+    return cfg.num_stages * (cfg.bm * cfg.bk + cfg.bn * cfg.bk // (2 if int4 else 1))  # int4: two A half-tiles
+
+
 def _descriptors(a: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, int4: bool):
     a2 = a.reshape(-1, a.shape[-1])
     bk_a = cfg.bk // 2 if int4 else cfg.bk
@@ -278,6 +287,7 @@ def qgemm(
     out_desc = None
     bn_epi = cfg.bn // cfg.subtile
     if (cfg.tma_store and epilogue != "gelu_quant" and out.dim() == 2 and out.stride(1) == 1
+            and _smem_bytes(cfg, lin.int4) + cfg.bm * bn_epi * out.element_size() <= SMEM_LIMIT
             and (out.stride(0) * out.element_size()) % 16 == 0 and out.data_ptr() % 16 == 0):
         out_desc = TensorDescriptor(out, list(out.shape), list(out.stride()), [cfg.bm, bn_epi])
     tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(c * n, cfg.bn)

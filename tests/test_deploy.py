@@ -111,11 +111,12 @@ def test_real_rollout_tracks_the_fake_quant_rollout(quantized, weights):
     be = TorchRefBackend(weights=weights)
     real = accelerate_(convert_to_real(copy.deepcopy(q), real_specs(q), be), be)
     got = rollout(real, ctx, [0], SHAPE, RC)
-    # artifact weights: the same arithmetic, within 5%; symmetric re-quantization adds one weight rounding, measured
-    # here at +13% on this random-weight toy (the embedded model's figure: scripts/deploy_quality.py, kernels/NOTES.md)
-    bound = 0.05 if weights == "artifact" else 0.2
-    assert abs(_mse(got, ref) - _mse(fake, ref)) <= bound * _mse(fake, ref)
-    assert _mse(got, fake) < bound * _mse(fake, ref)
+    if weights == "artifact":  # the same arithmetic: within 5%, and close to the fake-quant latents themselves
+        assert abs(_mse(got, ref) - _mse(fake, ref)) <= 0.05 * _mse(fake, ref)
+        assert _mse(got, fake) < 0.05 * _mse(fake, ref)
+    else:  # one more weight rounding: +13% MSE to FP on this random-weight toy, a different but as-good quantization
+        # (the embedded model's figure: scripts/deploy_quality.py, kernels/NOTES.md)
+        assert abs(_mse(got, ref) - _mse(fake, ref)) <= 0.2 * _mse(fake, ref)
 
 
 def test_fused_triton_forward_matches_reference_backend(quantized):

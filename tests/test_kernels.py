@@ -180,3 +180,15 @@ def test_frozen_configs_are_valid():
         assert PAD % cfg.bk == 0, key
         if key[0].startswith("w4"):
             assert cfg.bk == PAD, key
+
+
+def test_tma_store_tile_falls_back_when_shared_memory_is_short():
+    """The stage budget matches the sm_90 compiler's report (256x128x128, 4 stages: 196608 B + the store tile):
+    a bf16 half tile fits, an fp32 one (fp32 models) does not and takes the plain-store path instead of failing."""
+    from kernels.configs_sm90 import GemmConfig
+    from kernels.qgemm import SMEM_LIMIT, _smem_bytes
+
+    cfg = GemmConfig(256, 128, 128, 8, 8, 4)
+    assert _smem_bytes(cfg, int4=False) == 196608
+    assert _smem_bytes(cfg, int4=False) + 256 * 64 * 2 <= SMEM_LIMIT < _smem_bytes(cfg, int4=False) + 256 * 64 * 4
+    assert _smem_bytes(cfg, int4=True) == 4 * (256 * 128 + 128 * 64)
