@@ -11,6 +11,7 @@ Per train_quant run folder (resolved_config.yaml, metrics.json, quant_artifact.s
     same pool), next to the held-out eval MSE of metrics.json. A reconstruction that fits its calibration data but
     not new prompts shows a large seen/unseen gap.
   - ``recon_fit``: mean final / nearest-rounding loss of the reconstructed layers on their calibration samples.
+  - ``weights_vs_acts`` (``--split-runs``): seen / unseen MSE with only the weights or only the activations quantized;
   - ``outliers`` (runs with dual scale): per split layer the columns passing Eq. 12 against the rounded group.
 Once per model (``--outlier-multiples``): the weight error of every block linear with one scale and with the
 dual-scale split at each rounding multiple, as equivalent bits ``0.5 * log2(mse_single / mse_dual)`` (percentile init).
@@ -33,7 +34,7 @@ from qarvd.methods.runner import weights_identity
 from qarvd.models.pipeline import build_pipeline
 from qarvd.quant.api import QuantConfig, quantize_, split_outliers
 from qarvd.quant.artifact import load_artifact
-from qarvd.quant.linear import quant_layers
+from qarvd.quant.linear import quant_layers, quant_state
 from qarvd.quant.outliers import OutlierConfig
 from qarvd.quant.roles import BLOCK_ROLES, role_of
 from qarvd.quant.sensitivity import generate, latent_mse_by_chunk
@@ -69,13 +70,25 @@ class Reference:
         return (pipe, state, *self.latents[(key, split, n)])
 
 
-def _quantized(run: Path, cfg, ref: Reference, split: str, n: int):
+def _quantized(run: Path, cfg, ref: Reference, split: str, n: int, weights: bool = True, acts: bool = True):
     pipe, state, prompts, seeds, fp = ref.get(cfg, split, n)
     model = copy.deepcopy(pipe.model)
     model.load_state_dict(state)
     load_artifact(model, run)
-    q = generate(dataclasses.replace(pipe, model=model), prompts, seeds, int(cfg.calib.prompt_batch))
+    with quant_state(model, weights=weights, acts=acts):
+        q = generate(dataclasses.replace(pipe, model=model), prompts, seeds, int(cfg.calib.prompt_batch))
     return q, fp, pipe.rollout_cfg.chunk_frames()
+
+
+def weights_vs_acts(run: Path, cfg, ref: Reference, n: int) -> dict:
+    """Seen / unseen calibration-pool MSE with only the weights or only the activations quantized."""
+    seen = min(int(cfg.calib.num_prompts), n)
+    out = {}
+    for label, w, a in (("weights_only", True, False), ("acts_only", False, True)):
+        q, fp, _ = _quantized(run, cfg, ref, "calib", n, weights=w, acts=a)
+        d = (q.double() - fp.double()).pow(2)
+        out[label] = {"seen": float(d[:seen].mean()), "unseen": float(d[seen:].mean()) if seen < n else None}
+    return out
 
 
 def generalization(run: Path, cfg, ref: Reference, n: int) -> dict:
@@ -186,6 +199,11 @@ def to_markdown(result: dict, baselines: list[str]) -> str:
                      f"{_e(r['eval_rerun']['overall'])} | {bname or '–'} | {ratio} | {_e(s_)} | {_e(u)} | "
                      f"{f'{u / s_:.2f}' if s_ and u else '–'} | {'–' if fit is None else f'{fit:.3f}'} | "
                      + " | ".join(chunks) + " |")
+    wa = {n: r["weights_vs_acts"] for n, r in runs.items() if r.get("weights_vs_acts")}
+    if wa:
+        lines += ["\n| run | weights only: seen | unseen | activations only: seen | unseen |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {_e(x['weights_only']['seen'])} | {_e(x['weights_only']['unseen'])} | "
+                  f"{_e(x['acts_only']['seen'])} | {_e(x['acts_only']['unseen'])} |" for n, x in wa.items()]
     we = result.get("weight_error_w4")
     if we:
         ms = [f"m{m}" for m in result["outlier_multiples"]]
@@ -220,6 +238,8 @@ def main(argv=None) -> None:
                    help="rounding multiples compared in the weight-error table (32 = release)")
     p.add_argument("--baseline", nargs="*", default=[], help="run folder names ratios are taken against (first match "
                    "with the same calib preset, bits and eval prompts)")
+    p.add_argument("--split-runs", nargs="*", default=[], help="run folder names also scored with only the weights "
+                   "or only the activations quantized (seen / unseen calibration-pool prompts)")
     p.add_argument("--out", required=True, help="JSON file to write (and a .md next to it); runs already in it with "
                    "the same metrics are reused")
     args = p.parse_args(argv)
@@ -240,6 +260,8 @@ def main(argv=None) -> None:
         else:
             runs[r.name] = analyse_run(r, ref, args.prompts)
         x = runs[r.name]
+        if r.name in args.split_runs and "weights_vs_acts" not in x:
+            x["weights_vs_acts"] = weights_vs_acts(r, OmegaConf.load(r / "resolved_config.yaml"), ref, args.prompts)
         print(f"{r.name}: eval {x['eval']['overall']:.3e} (rerun {x['eval_rerun']['overall']:.3e}) "
               f"seen {x['generalization']['seen'].get('overall', float('nan')):.3e} "
               f"unseen {x['generalization']['unseen'].get('overall', float('nan')):.3e}", flush=True)

@@ -124,6 +124,10 @@ def test_outlier_use_and_recon_fit_by_hand():
     assert m == 2.0 and lo == pytest.approx(1.0) and hi == pytest.approx(3.0)  # resamples: {1,1}, {1,3}, {3,3}
 
 
+def g_seen_both(r):
+    return r["generalization"]["seen"]["overall"]
+
+
 def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
     from qarvd.methods.runner import train_quant
     from quant_helpers import tiny_cfg
@@ -131,11 +135,14 @@ def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
     run = tmp_path / "run"
     metrics = train_quant(tiny_cfg("method=qarvd", "method.frame_weighting=uniform", "calib.num_prompts=1"), run)
     d = _diagnostics()
-    d.main([str(run), "--prompts", "3", "--outlier-multiples", "8", "1", "--out", str(tmp_path / "diag.json")])
+    d.main([str(run), "--prompts", "3", "--outlier-multiples", "8", "1", "--split-runs", "run",
+            "--out", str(tmp_path / "diag.json")])
     res = json.loads((tmp_path / "diag.json").read_text())
     r = res["runs"]["run"]
     assert r["eval_rerun"]["overall"] == pytest.approx(metrics["latent_mse"]["overall"], rel=1e-6)  # artifact reproduces
     assert len(r["eval_rerun"]["per_prompt"]) == metrics["eval_prompts"]
+    wa = r["weights_vs_acts"]  # each half alone is a different (smaller) perturbation than both together
+    assert 0 < wa["weights_only"]["seen"] != g_seen_both(r) and 0 < wa["acts_only"]["unseen"]
     g = r["generalization"]
     assert (g["seen_prompts"], g["unseen_prompts"]) == (1, 2)
     assert g["seen"]["overall"] > 0 and g["unseen"]["overall"] > 0 and len(g["seen"]["per_chunk"]) == 2
