@@ -45,7 +45,7 @@ class KernelBackend:
     fp8_linear = staticmethod(fp8.fp8_linear)
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
-                 weights: str = "artifact") -> None:
+                 weights: str = "artifact", graphs: bool = False) -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
@@ -53,6 +53,7 @@ class KernelBackend:
         if weights not in WEIGHTS:
             raise ValueError(f"weights={weights!r}; choose from {WEIGHTS}")
         self.attention, self.fused, self.dual_mode, self.weights = attention, bool(fused), dual_mode, weights
+        self.graphs = bool(graphs)  # accelerate_ then replays rollout forwards as CUDA graphs (qarvd.deploy.graphs)
 
     def sdpa(self):
         return sdpa_context(self.attention)
@@ -68,7 +69,7 @@ class KernelBackend:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r}, "
-                f"weights={self.weights!r})")
+                f"weights={self.weights!r}, graphs={self.graphs})")
 
 
 def _lowrank(mod, x2: torch.Tensor):

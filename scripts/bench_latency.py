@@ -35,7 +35,9 @@ import torch.nn.functional as F
 
 TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_dim=64, text_len=16)
 ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_asymw", "w8a8_flash", "w8a8_dual_exact",
-        "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8"]
+        "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8", "bf16_fused_graph", "w8a8_graph", "w4a8_graph",
+        "fp8_graph"]
+GRAPH = "_graph"  # row suffix: the same row with backend graphs=true (each rollout forward replays a CUDA graph)
 
 # Tile configs swept by --tune: (bm, bn, bk, warps, stages, persistent, occupancy[, subtile[, tma_store]])
 SPACE = {
@@ -468,23 +470,28 @@ def real_model(base, kind: str, backend, w_bits: int = 8, outliers: int = 0, asy
 def build_row(name: str, base, fastest: str, device):
     from kernels.backends import Bf16Backend, Fp8Backend, TritonInt8Backend
 
+    graphs = name.endswith(GRAPH)
+    name = name[: -len(GRAPH)] if graphs else name
     att = "flash" if name.endswith("_flash") else fastest
+    if graphs and (name.startswith("bf16_eager") or name == "torchao_int8"):
+        raise ValueError(f"row {name!r} has no {GRAPH} variant (only rows built through accelerate_)")
     if name.startswith("bf16_eager"):
         return base, name.rsplit("_", 1)[1] if device.type == "cuda" else "auto"
     if name == "bf16_fused":
         from qarvd.deploy import accelerate_
 
-        return accelerate_(copy.deepcopy(base), Bf16Backend(attention=att)), att
+        return accelerate_(copy.deepcopy(base), Bf16Backend(attention=att, graphs=graphs)), att
     if name.startswith("w8a8") or name == "w4a8":
         dual = "int_ratio" if name.endswith("int_ratio") else "exact"
         outliers = 128 if "dual" in name else 0
         if outliers and base.cfg.dim <= 256:
             outliers = 32
         asym = name == "w8a8_asymw" or ASYM_W8 or name == "w4a8"
-        be = TritonInt8Backend(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric")
+        be = TritonInt8Backend(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric",
+                               graphs=graphs)
         return real_model(base, "int", be, w_bits=4 if name == "w4a8" else 8, outliers=outliers, asym_w=asym), att
     if name == "fp8":
-        return real_model(base, "fp8", Fp8Backend(attention=att)), att
+        return real_model(base, "fp8", Fp8Backend(attention=att, graphs=graphs)), att
     if name == "torchao_int8":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
         from torchao.quantization import quantize_ as ao_quantize_
@@ -525,7 +532,7 @@ def time_rollout(model, batch: int, attention: str, args, device) -> dict:
                 rollout(model, ctx, seeds, shape, rc)
                 times.append(time.perf_counter() - t)
     return dict(seconds=statistics.median(times), runs=times, finite=bool(torch.isfinite(latents).all()),
-                latent_std=float(latents.float().std()))
+                latent_std=float(latents.float().std()), latents=latents)
 
 
 def model_bytes(model) -> int:
@@ -587,6 +594,7 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
     sizes = dict(params=sum(p.numel() for p in base.parameters()),
                  bf16=dict(file_bytes=file_bytes(base, bf16=True), gpu_bytes=model_bytes(base)))
     rep.put("sizes", sizes)
+    latents = {}
     for name in args.rows:
         for batch in args.batches:
             entry = dict(row=name, batch=batch)
@@ -600,6 +608,11 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
                     sizes[name]["x_smaller_than_bf16"] = sizes["bf16"]["file_bytes"] / sizes[name]["file_bytes"]
                     rep.put("sizes", sizes)
                 entry.update(time_rollout(model, batch, att, args, device))
+                latents[(name, batch)] = entry.pop("latents")
+                eager = latents.get((name[: -len(GRAPH)], batch)) if name.endswith(GRAPH) else None
+                if eager is not None:  # the same rollout without graphs: should be bit-identical
+                    entry["equal_to_eager_row"] = bool(torch.equal(eager, latents[(name, batch)]))
+                    entry["max_abs_diff_to_eager_row"] = float((eager - latents[(name, batch)]).abs().max())
                 if device.type == "cuda":
                     entry["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
                     torch.cuda.reset_peak_memory_stats()
@@ -616,13 +629,14 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
     by = {(e["row"], e["batch"]): e.get("seconds") for e in table}
     ratios = {}
     for batch in args.batches:
-        flash, cudnn, fused = (by.get((r, batch)) for r in ("bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused"))
-        strongest = min([v for v in (flash, cudnn, fused) if v], default=None)
+        flash = by.get(("bf16_eager_flash", batch))
+        bf16 = {row: v for (row, b), v in by.items() if b == batch and v and row.startswith("bf16_")}
+        strongest = min(bf16, key=bf16.get) if bf16 else None
         for (row, b), s in by.items():
             if b == batch and s:
                 ratios[f"{row}@b{batch}"] = dict(
-                    seconds=s, speedup_vs_bf16_flash=(flash / s) if flash else None,
-                    speedup_vs_strongest_bf16=(strongest / s) if strongest else None)
+                    seconds=s, speedup_vs_bf16_flash=(flash / s) if flash else None, strongest_bf16=strongest,
+                    speedup_vs_strongest_bf16=(bf16[strongest] / s) if strongest else None)
     rep.put("rollout_ratios", ratios)
 
 

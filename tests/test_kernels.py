@@ -192,3 +192,23 @@ def test_tma_store_tile_falls_back_when_shared_memory_is_short():
     assert _smem_bytes(cfg, int4=False) == 196608
     assert _smem_bytes(cfg, int4=False) + 256 * 64 * 2 <= SMEM_LIMIT < _smem_bytes(cfg, int4=False) + 256 * 64 * 4
     assert _smem_bytes(cfg, int4=True) == 4 * (256 * 128 + 128 * 64)
+
+
+def test_fp8_attention_matches_float64_on_its_codes():
+    """kernels/attn_fp8.py, FP8 path (the interpreter cannot run its bf16 dots: GPU test): against float64 attention
+    of the dequantized codes, with a key count that leaves a masked partial tile; the remaining error is P's E4M3 cast
+    (3 mantissa bits, on random data whose output averages out to small values)."""
+    import torch.nn.functional as F
+
+    from kernels import attn_fp8
+
+    g = torch.Generator().manual_seed(0)
+    b, lq, lk, h, d = 2, 40, 100, 2, 32
+    q, k, v = (torch.randn(b, n, h, d, generator=g) for n in (lq, lk, lk))
+    (q8, sq), (k8, sk), (v8, sv) = (attn_fp8.to_fp8(x) for x in (q, k, v))
+    out = attn_fp8.attention(q8, k8, attn_fp8.v_transposed(v8), scales=(sq, sk, sv), bm=16, bn=32, num_warps=4,
+                             num_stages=1)
+    deq = [(x8.double() * s).transpose(1, 2) for x8, s in ((q8, sq), (k8, sk), (v8, sv))]
+    ref = F.scaled_dot_product_attention(*deq).transpose(1, 2)
+    assert out.shape == (b, lq, h, d) and torch.isfinite(out).all()
+    assert float((out.double() - ref).norm() / ref.norm()) < 0.08

@@ -209,8 +209,7 @@ class FastWanAttentionBlock(WanAttentionBlock):
         x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
         qc = be.qk_norm_rope(plan.cross_q(x2), (0,), d, n, wq=_norm_weight(ca.norm_q), eps=getattr(ca.norm_q, "eps", 0.0))
         if cache.cross[layer] is None:
-            k = ca.norm_k(ca.k(context)).view(b, -1, heads, hd)
-            cache.cross[layer] = (k, ca.v(context).view(b, -1, heads, hd))
+            cache.cross[layer] = ca.context_kv(context)
         kc, vc = cache.cross[layer]
         with be.sdpa():
             y = attention(qc.view(b, n, heads, hd), kc, vc)
@@ -222,26 +221,30 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
     """Attach fused plans for ``backend`` to every block of ``model`` (in place); returns the model.
 
     Blocks whose layers the plan cannot take (e.g. low-rank branches) keep the eager forward, which still runs the
-    real modules through the backend.
+    real modules through the backend. ``backend.graphs``: the cached rollout forwards then replay CUDA graphs
+    (:func:`qarvd.deploy.graphs.graph_`); otherwise any graphs of an earlier call are dropped.
     """
     from qarvd.deploy.convert import set_backend_
+    from qarvd.deploy.graphs import graph_, ungraph_
 
     set_backend_(model, backend)
-    if not backend.fused:
-        return model
-    plan_cls = PLANS[backend.format]
-    for block in model.blocks:
-        try:
-            plan = plan_cls(block, backend)
-        except NotImplementedError:
-            plan = None
-        block.__class__ = FastWanAttentionBlock
-        block._qarvd_plan = plan
-    return model
+    if backend.fused:
+        plan_cls = PLANS[backend.format]
+        for block in model.blocks:
+            try:
+                plan = plan_cls(block, backend)
+            except NotImplementedError:
+                plan = None
+            block.__class__ = FastWanAttentionBlock
+            block._qarvd_plan = plan
+    return graph_(model) if getattr(backend, "graphs", False) else ungraph_(model)
 
 
 def restore_(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo :func:`accelerate_` (blocks run the eager forward again)."""
+    """Undo :func:`accelerate_` (blocks run the eager forward again, without graphs)."""
+    from qarvd.deploy.graphs import ungraph_
+
+    ungraph_(model)
     for block in model.blocks:
         if isinstance(block, FastWanAttentionBlock):
             block.__class__ = WanAttentionBlock

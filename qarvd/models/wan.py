@@ -184,14 +184,19 @@ class WanCrossAttention(nn.Module):
         self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V [B, L, H, D] of the (embedded) text context: computed once per video and kept in the cache."""
+        b = context.shape[0]
+        k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim)
+        return k, self.v(context).view(b, -1, self.num_heads, self.head_dim)
+
     def forward(self, x, context, layer: int, cache: Optional[RolloutCache]):
         b, n, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
         if cache is not None and cache.cross[layer] is not None:
             k, v = cache.cross[layer]
         else:
-            k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim)
-            v = self.v(context).view(b, -1, self.num_heads, self.head_dim)
+            k, v = self.context_kv(context)
             if cache is not None:
                 cache.cross[layer] = (k, v)
         return self.o(attention(q, k, v).flatten(2))
