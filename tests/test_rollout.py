@@ -64,3 +64,54 @@ def test_noise_depends_only_on_the_prompt_seed(tiny_model):
 def test_mismatched_seeds_raise(tiny_model):
     with pytest.raises(ValueError, match="seeds"):
         rollout(tiny_model, torch.randn(2, 4, 8), [1], (4, 4, 4), RolloutConfig(num_frames=2, frames_per_chunk=1))
+
+
+def test_guidance_with_the_prompt_as_negative_is_the_unguided_rollout(tiny_model):
+    """v_neg + w (v_pos - v_neg) = v_pos when both branches see the same text, for any w, over every chunk."""
+    ctx = torch.randn(2, 4, 8)
+    plain = rollout(tiny_model, ctx, [3, 4], (4, 4, 4), RolloutConfig(num_frames=4, frames_per_chunk=2))
+    guided = rollout(tiny_model, ctx, [3, 4], (4, 4, 4), RolloutConfig(num_frames=4, frames_per_chunk=2, guidance_scale=3.0),
+                     negative_context=ctx.clone())
+    assert torch.allclose(plain, guided, atol=1e-5)
+
+
+def test_guidance_extrapolates_the_x0_of_one_step(tiny_model):
+    """One chunk, one step: x0 is linear in v, so the guided x0 is x0_neg + w (x0_pos - x0_neg) of two plain rollouts."""
+    ctx, neg = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    one = dict(num_frames=2, frames_per_chunk=2, denoising_steps=[1000])
+    x_pos = rollout(tiny_model, ctx, [5], (4, 4, 4), RolloutConfig(**one))
+    x_neg = rollout(tiny_model, neg, [5], (4, 4, 4), RolloutConfig(**one))
+    x_cfg = rollout(tiny_model, ctx, [5], (4, 4, 4), RolloutConfig(**one, guidance_scale=2.5), negative_context=neg)
+    assert (x_pos - x_neg).abs().max() > 1e-3  # the two texts do lead to different videos
+    assert torch.allclose(x_cfg, x_neg + 2.5 * (x_pos - x_neg), atol=1e-5)
+
+
+def test_guided_rollout_runs_one_doubled_batch_per_forward(tiny_model):
+    shapes = []
+    tiny_model.register_forward_pre_hook(lambda mod, args: shapes.append(args[0].shape[0]))
+    cfg = RolloutConfig(num_frames=4, frames_per_chunk=2, guidance_scale=2.0)
+    rollout(tiny_model, torch.randn(3, 4, 8), [0, 1, 2], (4, 4, 4), cfg, negative_context=torch.zeros(3, 4, 8))
+    assert shapes == [6] * len(cfg.forward_infos())
+
+
+def test_guidance_without_negative_context_or_with_bad_settings_raises(tiny_model):
+    with pytest.raises(ValueError, match="negative_context"):
+        rollout(tiny_model, torch.randn(1, 4, 8), [0], (4, 4, 4), RolloutConfig(num_frames=2, frames_per_chunk=2, guidance_scale=2.0))
+    with pytest.raises(ValueError, match="guidance_scale"):
+        RolloutConfig(guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="sampler"):
+        RolloutConfig(sampler="ddpm")
+
+
+def test_euler_sampler_steps_the_flow_ode(tiny_model):
+    """Two steps of the Euler sampler: x_1 = x_0 + (s1 - s0) v(x_0, t0); output x_1 - s1 v(x_1, t1), no fresh noise."""
+    cfg = RolloutConfig(num_frames=2, frames_per_chunk=2, denoising_steps=[1000, 500], sampler="euler", shift=1.0)
+    ctx = torch.randn(1, 4, 8)
+    out = rollout(tiny_model, ctx, [9], (4, 4, 4), cfg)
+    x = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(9))[None]  # the rollout's noise draw
+    cache = tiny_model.new_cache(1, 2, 4, 4)
+    with torch.no_grad():
+        v0 = tiny_model(x.transpose(1, 2), torch.full((1, 2), 1000.0), ctx, cache=cache, frame_offset=0).transpose(1, 2)
+        x1 = x + (0.5 - 1.0) * v0
+        v1 = tiny_model(x1.transpose(1, 2), torch.full((1, 2), 500.0), ctx, cache=cache, frame_offset=0).transpose(1, 2)
+    assert torch.allclose(out, x1 - 0.5 * v1, atol=1e-5)

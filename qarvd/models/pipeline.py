@@ -54,7 +54,9 @@ class ARVDPipeline:
     ) -> torch.Tensor:
         """Latents [B, F, C, h, w] (float32, CPU); pass ``context`` to skip re-encoding the prompts."""
         ctx = self.encode_prompts(prompts) if context is None else context
-        return rollout(self.model, ctx, seeds, self.latent_shape, self.rollout_cfg, on_chunk=on_chunk)
+        rc = self.rollout_cfg
+        negative = self.encode_prompts([rc.negative_prompt] * len(ctx)) if rc.guided else None
+        return rollout(self.model, ctx, seeds, self.latent_shape, rc, on_chunk=on_chunk, negative_context=negative)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

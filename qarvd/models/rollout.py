@@ -2,8 +2,14 @@
 
 Per chunk: for each timestep of the (warped) denoising list the model predicts the flow of the noisy chunk,
 ``x0 = x_t - sigma_t * v`` (float64); unless it is the last step, ``x0`` is re-noised to the next timestep with
-fresh noise. Then the model runs once more on the clean ``x0`` at ``t = 0`` to write the chunk's clean K/V into
+fresh noise (``sampler: euler`` instead takes a deterministic Euler step of the flow ODE, ``x += (sigma_next -
+sigma) * v``, the sampler of an undistilled flow-matching model). Then the model runs once more on the clean ``x0`` at ``t = 0`` to write the chunk's clean K/V into
 the cache (the refresh pass). Every forward is published through :func:`qarvd.models.context.forward_context`.
+
+Classifier-free guidance (``guidance_scale != 1``, for undistilled models such as the embedded one; the distilled
+self-forcing / causal-forcing generators run without it): every forward runs the prompt and the negative prompt
+as one doubled batch, ``v = v_neg + w * (v_prompt - v_neg)``. Both halves keep their own K/V cache and both are
+refreshed with the same guided ``x0``, so the negative branch conditions on the video actually generated.
 
 Noise comes from one CPU generator per sample, seeded by that sample's seed, so an FP rollout and a quantized
 rollout of the same prompt see identical noise whatever else draws random numbers.
@@ -56,13 +62,24 @@ class RolloutConfig:
     shift: float = 5.0
     num_train_timesteps: int = 1000
     refresh_timestep: float = 0.0  # self-forcing's context_noise: timestep of the K/V refresh pass
+    guidance_scale: float = 1.0  # classifier-free guidance weight w (1: no guidance, one forward per step)
+    negative_prompt: str = ""  # prompt of the unconditional branch when guided
+    sampler: str = "renoise"  # renoise: x0 guess re-noised with fresh noise (self-forcing); euler: flow ODE step
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.frames_per_chunk < 1:
             raise ValueError("num_frames and frames_per_chunk must be >= 1")
+        if self.sampler not in ("renoise", "euler"):
+            raise ValueError(f"sampler must be 'renoise' (self-forcing) or 'euler' (flow ODE), got '{self.sampler}'")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {self.guidance_scale}")
         self.denoising_steps = list(self.denoising_steps)
         if self.first_chunk_steps is not None:
             self.first_chunk_steps = list(self.first_chunk_steps)
+
+    @property
+    def guided(self) -> bool:
+        return float(self.guidance_scale) != 1.0
 
     @property
     def num_chunks(self) -> int:
@@ -100,26 +117,38 @@ def rollout(
     latent_shape: Sequence[int],
     cfg: RolloutConfig,
     on_chunk: Optional[Callable[[int, torch.Tensor], None]] = None,
+    negative_context: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Generate latents [B, F, C, H, W] for text ``context`` [B, L, text_dim] with one seed per sample.
 
     ``latent_shape`` is (C, H, W) of one latent frame. ``on_chunk(c, x0)`` is called after each chunk is final.
+    ``negative_context`` (same shape as ``context``) is the unconditional branch; required when ``cfg.guided``.
     """
     if len(seeds) != context.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {context.shape[0]} prompts")
+    if cfg.guided and (negative_context is None or negative_context.shape != context.shape):
+        raise ValueError(f"guidance_scale={cfg.guidance_scale} needs a negative_context of shape {tuple(context.shape)}, "
+                         f"got {None if negative_context is None else tuple(negative_context.shape)}")
     c_, h_, w_ = latent_shape
     device = next(model.parameters()).device
     b = context.shape[0]
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     noise = _randn(gens, (cfg.num_frames, c_, h_, w_))  # self-forcing draws the whole video's noise first
     sched = FlowMatchSchedule(cfg.shift, cfg.num_train_timesteps)
-    cache = model.new_cache(b, cfg.num_frames, h_, w_)
+    copies = 2 if cfg.guided else 1  # guided: [prompt half | negative half] in one batch
+    cache = model.new_cache(copies * b, cfg.num_frames, h_, w_)
     out = torch.empty(b, cfg.num_frames, c_, h_, w_, dtype=torch.float32)
+    context = torch.cat([context, negative_context]) if cfg.guided else context
     context = context.to(device)
 
     def call(x: torch.Tensor, t: float, start: int) -> torch.Tensor:
-        tt = torch.full((b, x.shape[1]), float(t), device=device)
-        return model(x.transpose(1, 2).to(device), tt, context, cache=cache, frame_offset=start).transpose(1, 2)
+        x = x.to(device) if copies == 1 else x.to(device).repeat(copies, 1, 1, 1, 1)
+        tt = torch.full((copies * b, x.shape[1]), float(t), device=device)
+        v = model(x.transpose(1, 2), tt, context, cache=cache, frame_offset=start).transpose(1, 2)
+        if not cfg.guided:
+            return v
+        v_pos, v_neg = v.float().chunk(2)
+        return v_neg + cfg.guidance_scale * (v_pos - v_neg)
 
     for c, (start, n) in enumerate(cfg.chunk_frames()):
         x = noise[:, start : start + n].to(device)
@@ -133,8 +162,11 @@ def rollout(
             if i < len(ts) - 1:
                 t_next = ts[i + 1]
                 s_next = sched.sigma(t_next) if cfg.warp else t_next / cfg.num_train_timesteps
-                eps = _randn(gens, (n, c_, h_, w_)).to(device)
-                x = ((1 - s_next) * x0.double() + s_next * eps.double()).float()
+                if cfg.sampler == "euler":
+                    x = (x.double() + (s_next - sigma) * v.double()).float()
+                else:
+                    eps = _randn(gens, (n, c_, h_, w_)).to(device)
+                    x = ((1 - s_next) * x0.double() + s_next * eps.double()).float()
         with forward_context(ForwardInfo(c, len(ts), float(cfg.refresh_timestep), True, cfg.num_chunks)):
             call(x0, cfg.refresh_timestep, start)
         out[:, start : start + n] = x0.cpu()

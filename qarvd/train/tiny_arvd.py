@@ -6,6 +6,9 @@ refresh pass writes into the KV cache. Noisy chunk c attends to the clean chunks
 what denoising chunk c sees at inference. Every noisy chunk draws its own noise level (diffusion-forcing style),
 mostly one of the rollout's own warped timesteps (the 4-step list is all the model is ever asked at inference).
 
+Caption dropout (``train.caption_dropout``) trains the empty caption as the unconditional branch that the
+rollout's classifier-free guidance subtracts (``model.rollout.guidance_scale``).
+
 Self-forcing-style stage (the last part of training): with probability ``own_context.prob`` a video's clean context
 is replaced by the model's own last-step prediction of it (x0 predicted from the context noised to the final
 denoising timestep), so the model learns to continue the slightly imperfect chunks it produces itself, not only
@@ -110,6 +113,9 @@ def _loss_step(nets: TinyARVD, video: torch.Tensor, captions: list[str], rc: Rol
     eps = torch.randn(x0.shape, generator=gen, device=device)
     x_t = (1 - sigma[:, None, :, None, None]) * x0 + sigma[:, None, :, None, None] * eps
     ctx = x0[:, :, :n_ctx]
+    if tc.caption_dropout:
+        drop = (torch.rand(b, generator=gen, device=device) < tc.caption_dropout).tolist()
+        captions = ["" if d else c for c, d in zip(captions, drop)]
     with autocast(device, tc.amp):
         text = nets.encode(captions)
         if own_context:
