@@ -1,15 +1,17 @@
-"""Flash-attention forward over a KV cache in Triton, bf16 or FP8 (E4M3) operands: an evaluation kernel.
+"""Flash-attention forward over a KV cache in Triton with FP8 (E4M3) operands, or bf16 for comparison.
 
 Why: attention over the growing KV cache is the largest share of the DiT rollout (1.94 s of a batch-2 video at
-cuDNN's bf16 rate, kernels/NOTES.md); FP8 operands double the tensor-core rate on Hopper. Not wired into the
-rollout: ``scripts/bench_attention_fp8.py`` measures whether it beats cuDNN's bf16 attention at the rollout's
-shapes and how far its output moves; it would be wired in only if it wins.
+cuDNN's bf16 rate, kernels/NOTES.md); FP8 operands double the tensor-core rate on Hopper. Selected with
+``kernel.attention=triton_fp8`` (self-attention of the fused block; cross-attention over the 512 text tokens stays
+on SDPA); ``scripts/bench_attention_fp8.py`` times it against cuDNN at the rollout's shapes.
 
-Layouts: q [B, Lq, H, D] and k [B, Lk, H, D] (the cache's layout); v as [B, Lk, H, D] for bf16, and for FP8 as
-V^T [B, H, D, Lk_alloc] (the FP8 MMA needs both operands K-major: for P @ V the reduction runs over keys).
-FP8 uses per-tensor scales (q, k, v) and P scaled by 256 before its E4M3 cast, so probabilities down to 2^-17
-survive the cast (E4M3's smallest subnormal is 2^-9). Online softmax in float32 (FlashAttention-2), exp2 with the
-log2(e) factor folded into the score scale, keys past Lk masked in one last partial tile.
+Scales are per token and head (amax / 448), computed on the device, so nothing is calibrated and nothing syncs
+with the host (CUDA graphs capture it): ``s_q[i] * s_k[j]`` multiplies the scores; V's per-token scale is folded
+into P before P's E4M3 cast, ``P'[i, j] = p[i, j] * s_v[j] / max_tile(s_v) * 256`` (so probabilities down to
+2^-17 survive: E4M3's smallest subnormal is 2^-9), and the accumulator is kept in units of the tile's scale. Online
+softmax in float32 (FlashAttention-2), exp2 with log2(e) folded into the score scale, keys past Lk masked in one
+last partial tile. Layouts: q, k [B, L, H, D]; V^T [B, H, D, T] (the FP8 MMA needs K-major operands, and for
+P @ V the reduction runs over keys); scales [B, H, L]. bf16: q, k, v [B, L, H, D], no scales.
 """
 from __future__ import annotations
 
@@ -23,102 +25,140 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 P_SCALE = 256.0
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
+ALIGN = 16  # TMA: every stride but the last a multiple of 16 bytes -> V^T's token count padded to this
+CONFIG = (64, 128, 4, 3)  # BM, BN, warps, stages: fastest FP8 config at 32760 keys, batch 2 (h100_run5_attention)
 
 
 @triton.jit
-def _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, valid, FP8_P: tl.constexpr, P_MUL: tl.constexpr):
-    """One key tile: scores, online-softmax update, P @ V accumulated into acc (v given as [BN, D])."""
-    qk = tl.dot(q, tl.trans(k)) * qk_scale
+def _tile(q, k, v, sq, sk, sv, m_i, l_i, acc, c_i, qk_scale, valid, IS_FP8: tl.constexpr):
+    """One key tile: scores, online-softmax update, P @ V into acc (v as [BN, D]); c_i: acc's unit (FP8)."""
+    qk = tl.dot(q, tl.trans(k))
+    if IS_FP8:
+        qk = qk * (sq[:, None] * sk[None, :])
+    qk = qk * qk_scale
     if valid is not None:
         qk = tl.where(valid[None, :], qk, -float("inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     p = tl.math.exp2(qk - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    if FP8_P:
-        acc = tl.dot((p * P_MUL).to(tl.float8e4nv), v, acc)
+    if IS_FP8:
+        c_new = tl.maximum(tl.max(sv, 0), 1e-30) / 256.0
+        acc = acc * (alpha * (c_i / c_new))[:, None]
+        acc = tl.dot((p * (sv / c_new)[None, :]).to(tl.float8e4nv), v, acc)
+        c_i = c_new
     else:
+        acc = acc * alpha[:, None]
         acc = tl.dot(p.to(tl.bfloat16), v, acc)
-    return m_new, l_i, acc
+    return m_new, l_i, acc, c_i
 
 
 @triton.jit
-def _load_v(v_desc, b, bh, n0, h, D: tl.constexpr, BN: tl.constexpr, VT: tl.constexpr):
-    if VT:  # V^T tile [D, BN] -> [BN, D] view, keys contiguous (K-major for the FP8 MMA)
-        return tl.trans(v_desc.load([bh, 0, n0]).reshape(D, BN))
-    return v_desc.load([b, n0, h * D]).reshape(BN, D)
+def _kv(k_desc, v_desc, sk_ptr, sv_ptr, b, h, bh, n0, Lk, T, D: tl.constexpr, BN: tl.constexpr,
+        IS_FP8: tl.constexpr):
+    k = k_desc.load([b, n0, h * D]).reshape(BN, D)
+    cols = n0 + tl.arange(0, BN)
+    if IS_FP8:  # V^T tile [D, BN] viewed as [BN, D] with keys contiguous (K-major for the FP8 MMA)
+        v = tl.trans(v_desc.load([bh, 0, n0]).reshape(D, BN))
+        sk = tl.load(sk_ptr + bh * T + cols, mask=cols < Lk, other=0.0)
+        sv = tl.load(sv_ptr + bh * T + cols, mask=cols < Lk, other=0.0)
+    else:
+        v = v_desc.load([b, n0, h * D]).reshape(BN, D)
+        sk = None
+        sv = None
+    return k, v, sk, sv
 
 
 @triton.jit
-def _attn_kernel(q_desc, k_desc, v_desc, o_ptr, qk_scale, out_scale, Lq, Lk, H, stride_ob, stride_om,
-                 D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, IS_FP8: tl.constexpr, P_MUL: tl.constexpr):
+def _attn_kernel(q_desc, k_desc, v_desc, sq_ptr, sk_ptr, sv_ptr, o_ptr, qk_scale, Lq, Lk, T, H, stride_ob, stride_om,
+                 D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, IS_FP8: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
+    rows = pid_m * BM + tl.arange(0, BM)
     q = q_desc.load([b, pid_m * BM, h * D]).reshape(BM, D)
+    sq = tl.load(sq_ptr + bh * Lq + rows, mask=rows < Lq, other=0.0) if IS_FP8 else None
     m_i = tl.full([BM], -float("inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
+    c_i = 1.0
     n_full = (Lk // BN) * BN
     for n0 in range(0, n_full, BN):
-        k = k_desc.load([b, n0, h * D]).reshape(BN, D)
-        v = _load_v(v_desc, b, bh, n0, h, D, BN, IS_FP8)
-        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, None, IS_FP8, P_MUL)
+        k, v, sk, sv = _kv(k_desc, v_desc, sk_ptr, sv_ptr, b, h, bh, n0, Lk, T, D, BN, IS_FP8)
+        m_i, l_i, acc, c_i = _tile(q, k, v, sq, sk, sv, m_i, l_i, acc, c_i, qk_scale, None, IS_FP8)
     if n_full < Lk:
-        k = k_desc.load([b, n_full, h * D]).reshape(BN, D)
-        v = _load_v(v_desc, b, bh, n_full, h, D, BN, IS_FP8)
+        k, v, sk, sv = _kv(k_desc, v_desc, sk_ptr, sv_ptr, b, h, bh, n_full, Lk, T, D, BN, IS_FP8)
         valid = n_full + tl.arange(0, BN) < Lk
-        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, valid, IS_FP8, P_MUL)
-    out = acc * (out_scale / l_i)[:, None]
-    rows = pid_m * BM + tl.arange(0, BM)
+        m_i, l_i, acc, c_i = _tile(q, k, v, sq, sk, sv, m_i, l_i, acc, c_i, qk_scale, valid, IS_FP8)
+    out = acc * (c_i / l_i)[:, None]
     cols = tl.arange(0, D)
     ptr = o_ptr + b * stride_ob + rows[:, None] * stride_om + h * D + cols[None, :]
     tl.store(ptr, out.to(o_ptr.dtype.element_ty), mask=rows[:, None] < Lq)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scales=(1.0, 1.0, 1.0), bm: int = 128,
-              bn: int = 128, num_warps: int = 8, num_stages: int = 3, out_dtype=torch.bfloat16) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v for q [B, Lq, H, D], k [B, Lk, H, D] (views with unit last stride).
+def _desc3(x: torch.Tensor, shape: list, block: list) -> TensorDescriptor:
+    return TensorDescriptor(x, shape, list(x.stride()), block)
 
-    bf16: v [B, Lk, H, D]. FP8 (q.dtype float8_e4m3fn): v is V^T [B, H, D, >= Lk] and ``scales`` the per-tensor
-    dequantization scales of (q, k, v). Returns [B, Lq, H, D] in ``out_dtype``.
+
+def attention(q, k, v, lk: int, *, scales=None, config=None, out_dtype=torch.bfloat16) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v over the first ``lk`` keys; q [B, Lq, H, D], k [B, >= lk, H, D].
+
+    bf16 (``scales=None``): v [B, >= lk, H, D]. FP8: q, k codes, v = V^T codes [B, H, D, T], ``scales`` =
+    (s_q [B, H, Lq], s_k [B, H, T], s_v [B, H, T]) float32. Returns [B, Lq, H, D] in ``out_dtype``.
     """
+    bm, bn, warps, stages = config or CONFIG
     b, lq, h, d = q.shape
-    lk = k.shape[1]
-    fp8 = q.dtype == FP8
-    sq, sk, sv = scales if fp8 else (1.0, 1.0, 1.0)
-    q3 = q.reshape(b, lq, h * d) if q.is_contiguous() else q.flatten(2)
-    k3 = k[:, :lk].flatten(2)
-    q_desc = TensorDescriptor(q3, list(q3.shape), list(q3.stride()), [1, bm, d])
-    k_desc = TensorDescriptor(k3, [b, lk, h * d], list(k3.stride()), [1, bn, d])
+    fp8 = scales is not None
+    q3 = q.flatten(2)
+    k3 = k.flatten(2)
+    q_desc = _desc3(q3, [b, lq, h * d], [1, bm, d])
+    k_desc = _desc3(k3, [b, lk, h * d], [1, bn, d])
     if fp8:
-        vt = v.flatten(0, 1)  # [B*H, D, Lk_alloc]
-        v_desc = TensorDescriptor(vt, [b * h, d, lk], list(vt.stride()), [1, d, bn])
+        sq, sk, sv = scales
+        vt = v.flatten(0, 1)  # [B*H, D, T]
+        v_desc = _desc3(vt, [b * h, d, lk], [1, d, bn])
+        t = sk.shape[-1]
     else:
-        v3 = v.flatten(2)
-        v_desc = TensorDescriptor(v3, [b, lk, h * d], list(v3.stride()), [1, bn, d])
+        v_desc = _desc3(v.flatten(2), [b, lk, h * d], [1, bn, d])
+        sq, sk, sv = q, q, q
+        t = 0
     out = torch.empty((b, lq, h, d), dtype=out_dtype, device=q.device)
-    qk_scale = sq * sk / math.sqrt(d) * math.log2(math.e)
-    out_scale = sv / P_SCALE if fp8 else 1.0
     grid = (triton.cdiv(lq, bm), b * h)
-    _attn_kernel[grid](q_desc, k_desc, v_desc, out, qk_scale, out_scale, lq, lk, h, out.stride(0), out.stride(1),
-                       D=d, BM=bm, BN=bn, IS_FP8=fp8, P_MUL=P_SCALE if fp8 else 1.0, num_warps=num_warps,
-                       num_stages=num_stages)
+    _attn_kernel[grid](q_desc, k_desc, v_desc, sq, sk, sv, out, math.log2(math.e) / math.sqrt(d), lq, lk, t, h,
+                       out.stride(0), out.stride(1), D=d, BM=bm, BN=bn, IS_FP8=fp8, num_warps=warps,
+                       num_stages=stages)
     return out
 
 
-def to_fp8(x: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, float]:
-    """Per-tensor E4M3 quantization (scale = amax / 448 unless given): (codes, scale)."""
-    if scale is None:
-        scale = max(float(x.abs().amax()), 1e-12) / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, L, H, D] -> (E4M3 codes [B, L, H, D], scales [B, H, L] float32): one scale per token and head."""
+    s = x.float().abs().amax(-1).clamp_min(1e-12) / FP8_MAX
+    return (x.float() / s[..., None]).to(FP8), s.transpose(1, 2)
 
 
-def v_transposed(v8: torch.Tensor, align: int = 16) -> torch.Tensor:
-    """[B, Lk, H, D] -> V^T [B, H, D, Lk_alloc] with Lk_alloc a multiple of ``align`` (TMA's 16-byte stride rule)."""
-    b, lk, h, d = v8.shape
-    out = torch.zeros((b, h, d, -(-lk // align) * align), dtype=v8.dtype, device=v8.device)
-    out[..., :lk] = v8.permute(0, 2, 3, 1)
-    return out
+class Fp8KV:
+    """FP8 copy of one block's self-attention K/V cache (codes and per-token scales), written chunk by chunk."""
+
+    def __init__(self, batch: int, tokens: int, heads: int, head_dim: int, device) -> None:
+        t = -(-tokens // ALIGN) * ALIGN
+        self.k = torch.zeros((batch, t, heads, head_dim), dtype=FP8, device=device)
+        self.vt = torch.zeros((batch, heads, head_dim, t), dtype=FP8, device=device)
+        self.sk = torch.zeros((batch, heads, t), dtype=torch.float32, device=device)
+        self.sv = torch.zeros((batch, heads, t), dtype=torch.float32, device=device)
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        """Quantize the chunk's k, v [B, n, H, D] into positions start .. start + n."""
+        end = start + k.shape[1]
+        k8, sk = quantize_tokens(k)
+        v8, sv = quantize_tokens(v)
+        self.k[:, start:end] = k8
+        self.sk[:, :, start:end] = sk
+        self.vt[..., start:end] = v8.permute(0, 2, 3, 1)
+        self.sv[:, :, start:end] = sv
+
+    def attend(self, q: torch.Tensor, end: int, config=None) -> torch.Tensor:
+        """Attention of q [B, Lq, H, D] (bf16) over the first ``end`` cached tokens, bf16 out."""
+        q8, sq = quantize_tokens(q)
+        return attention(q8, self.k, self.vt, end, scales=(sq.contiguous(), self.sk, self.sv), config=config,
+                         out_dtype=q.dtype)

@@ -150,8 +150,9 @@ def test_fp8_module_matches_reference():
 
 
 def test_graphed_rollout_matches_eager_on_gpu():
-    """CUDA-graph replays (qarvd.deploy.graphs) against the eager fused forward: bf16, W8A8 and FP8, two videos
-    each (the second replays every signature), bit-identical latents; a graph really was captured."""
+    """CUDA-graph replays (qarvd.deploy.graphs) against the eager fused forward: bf16, W8A8 (with SDPA and with FP8
+    self-attention) and FP8, two videos each (the second replays every signature), bit-identical latents; a graph
+    really was captured."""
     from kernels.backends import Bf16Backend, Fp8Backend, TritonInt8Backend
     from qarvd.deploy import accelerate_, convert_to_real
     from qarvd.deploy.packing import minmax_spec
@@ -177,6 +178,7 @@ def test_graphed_rollout_matches_eager_on_gpu():
 
     for make_be in (lambda gr: Bf16Backend(attention="auto", graphs=gr),
                     lambda gr: TritonInt8Backend(attention="auto", weights="symmetric", graphs=gr),
+                    lambda gr: TritonInt8Backend(attention="triton_fp8", weights="symmetric", graphs=gr),
                     lambda gr: Fp8Backend(attention="auto", graphs=gr)):
         eager, graphed = build(make_be, False), build(make_be, True)
         for ctx in ctxs:
@@ -188,9 +190,11 @@ def test_graphed_rollout_matches_eager_on_gpu():
         assert len(store.graphs) == rc.num_chunks and all(v.graph is not None for v in store.graphs.values())
 
 
+
 @pytest.mark.parametrize("fp8", [False, True])
 def test_attention_kernel_matches_float64(fp8):
-    """kernels/attn_fp8.py on the GPU, odd query and key counts (partial tiles), a cache view as k."""
+    """kernels/attn_fp8.py on the GPU: odd query and key counts (partial tiles), a cache view as k and v, the FP8
+    cache written in two chunks; FP8 error bounded by its E4M3 casts (per-token scales)."""
     import torch.nn.functional as F
 
     from kernels import attn_fp8
@@ -203,10 +207,10 @@ def test_attention_kernel_matches_float64(fp8):
     ref = F.scaled_dot_product_attention(q.transpose(1, 2).double(), k.transpose(1, 2).double(),
                                          v.transpose(1, 2).double()).transpose(1, 2)
     if fp8:
-        (q8, sq), (k8, sk), (v8, sv) = (attn_fp8.to_fp8(x) for x in (q, k, v))
-        out = attn_fp8.attention(q8, k8, attn_fp8.v_transposed(v8), scales=(sq, sk, sv))
-        bound = 0.1
+        kv = attn_fp8.Fp8KV(b, lk + 77, h, d, "cuda")
+        kv.write(k[:, :600], v[:, :600], 0)
+        kv.write(k[:, 600:], v[:, 600:], 600)
+        out, bound = kv.attend(q, lk), 0.1
     else:
-        out = attn_fp8.attention(q, k, v)
-        bound = 1e-2
+        out, bound = attn_fp8.attention(q, cache[0], cache[1], lk), 1e-2
     assert torch.isfinite(out).all() and float((out.double() - ref).norm() / ref.norm()) < bound
