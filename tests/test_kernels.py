@@ -195,30 +195,34 @@ def test_tma_store_tile_falls_back_when_shared_memory_is_short():
 
 
 
+
 def test_fp8_attention_over_a_chunked_cache():
-    """kernels/attn_fp8.py (FP8 path; the interpreter cannot run its bf16 dots: GPU test), cache written in two
-    chunks, key count leaving a masked partial tile. Zero queries give uniform attention, and token amaxes that are
-    powers of two per 32-key tile make every P' code exact while the accumulator's unit changes per tile: the output
-    is then the mean of the dequantized values to float32 rounding. Random queries: bounded by the E4M3 casts
-    (the interpreter's float8 conversion also rounds a few values differently from torch's)."""
+    """kernels/attn_fp8.py in the interpreter: three uniform chunks (segments padded to 128 keys, a masked partial
+    tile each), read back at every cache length. Zero queries give uniform attention; P' = 256 is then exact and the
+    accumulator changes its unit per segment, so the output is the mean of the dequantized values to float32
+    rounding. Random queries: bounded by the E4M3 casts (the interpreter's float8 conversion also rounds a few
+    values differently from torch's)."""
     import torch.nn.functional as F
 
     from kernels import attn_fp8
 
     g = torch.Generator().manual_seed(0)
-    b, lq, lk, h, d = 2, 40, 100, 2, 32
-    k = torch.randn(b, lk, h, d, generator=g)
-    v = torch.randn(b, lk, h, d, generator=g)
-    v = v / v.abs().amax(-1, keepdim=True) * (2.0 ** (torch.arange(lk) // 32 - 1.0))[None, :, None, None]
-    kv = attn_fp8.Fp8KV(b, lk + 30, h, d, "cpu")
-    kv.write(k[:, :60], v[:, :60], 0)
-    kv.write(k[:, 60:], v[:, 60:], 60)
+    b, lq, h, d, n = 2, 40, 2, 32, 50
+    k, v = (torch.randn(b, 3 * n, h, d, generator=g) for _ in range(2))
+    v[:, n:2 * n] *= 8  # segments with different V scales
+    kv = attn_fp8.Fp8KV(b, 3 * n + 10, h, d, "cpu")
+    for s in range(3):
+        kv.write(k[:, s * n:(s + 1) * n], v[:, s * n:(s + 1) * n], s * n)
+    with pytest.raises(NotImplementedError, match="uniform chunks"):
+        kv.write(k[:, :10], v[:, :10], 25)
     cfg = (16, 32, 4, 1)
-    out = kv.attend(torch.zeros(b, lq, h, d), lk, config=cfg)
-    v8, sv = attn_fp8.quantize_tokens(v)
-    mean = (v8.float() * sv.transpose(1, 2)[..., None]).mean(1, keepdim=True).expand(b, lq, h, d)
-    assert float((out.float() - mean).norm() / mean.norm()) < 1e-6
+    deq = torch.cat([(c8.float() * sc[:, None, :, None]) for c8, sc in
+                     (attn_fp8.quantize_heads(v[:, s * n:(s + 1) * n]) for s in range(3))], 1)
+    for end in (3 * n, 2 * n, n - 7):
+        out = kv.attend(torch.zeros(b, lq, h, d), end, config=cfg)
+        mean = deq[:, :end].mean(1, keepdim=True).expand(b, lq, h, d)
+        assert float((out.float() - mean).norm() / mean.norm()) < 1e-6, end
     q = torch.randn(b, lq, h, d, generator=g)
-    out = kv.attend(q, lk, config=cfg)
+    out = kv.attend(q, 3 * n, config=cfg)
     ref = F.scaled_dot_product_attention(*(x.double().transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
     assert out.shape == (b, lq, h, d) and float((out.double() - ref).norm() / ref.norm()) < 0.15

@@ -150,8 +150,9 @@ def test_fp8_module_matches_reference():
 
 
 def test_graphed_rollout_matches_eager_on_gpu():
-    """CUDA-graph replays (qarvd.deploy.graphs) against the eager fused forward: bf16, W8A8 and FP8, two videos each
-    (the second replays every signature), bit-identical latents; a graph really was captured."""
+    """CUDA-graph replays (qarvd.deploy.graphs) against the eager fused forward: bf16, W8A8 (SDPA and FP8
+    self-attention) and FP8, two videos each (the second replays every signature), bit-identical latents; a graph
+    really was captured."""
     from kernels.backends import Bf16Backend, Fp8Backend, TritonInt8Backend
     from qarvd.deploy import accelerate_, convert_to_real
     from qarvd.deploy.packing import minmax_spec
@@ -177,6 +178,7 @@ def test_graphed_rollout_matches_eager_on_gpu():
 
     for make_be in (lambda gr: Bf16Backend(attention="auto", graphs=gr),
                     lambda gr: TritonInt8Backend(attention="auto", weights="symmetric", graphs=gr),
+                    lambda gr: TritonInt8Backend(attention="triton_fp8", weights="symmetric", graphs=gr),
                     lambda gr: Fp8Backend(attention="auto", graphs=gr)):
         eager, graphed = build(make_be, False), build(make_be, True)
         for ctx in ctxs:
@@ -192,7 +194,7 @@ def test_graphed_rollout_matches_eager_on_gpu():
 
 def test_fp8_attention_kernel_matches_float64():
     """kernels/attn_fp8.py on the GPU: odd query and key counts (partial tiles), the FP8 copy written in two chunks
-    from a cache view; error bounded by the E4M3 casts (per-token scales)."""
+    from a cache view; error bounded by the E4M3 casts."""
     import torch.nn.functional as F
 
     from kernels import attn_fp8
