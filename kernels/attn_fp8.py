@@ -1,9 +1,12 @@
 """Flash-attention forward over a chunk-wise KV cache in Triton with FP8 (E4M3) operands.
 
 Why: attention over the growing KV cache is the largest share of the DiT rollout (2.0 s of a batch-2 video at
-cuDNN's bf16 rate, kernels/NOTES.md) and FP8 operands double the tensor-core rate on Hopper. Selected with
-``kernel.attention=triton_fp8`` (self-attention of the fused block; cross-attention over the text stays on SDPA);
-``scripts/bench_attention_fp8.py`` times it against cuDNN at the rollout's shapes.
+cuDNN's bf16 rate, kernels/NOTES.md) and FP8 operands double the tensor-core rate on Hopper. An evaluation kernel,
+not wired in: ``scripts/bench_attention_fp8.py`` (benchmarks/results/h100_run6_attention.json) measured it 1.08x
+cuDNN's bf16 attention summed over the rollout's 7 chunk shapes (1.13x at 32760 keys, 0.80x at 4680), but writing
+each chunk's K/V into the FP8 copy with the torch ops of :meth:`Fp8KV.write` costs 0.6 ms per layer-forward, and
+the W8A8 rollout with it wired into the fused block (``attention=triton_fp8``, commit a071c8b) took 3.99 s against
+3.58 s with cuDNN (h100_run6.json). kernels/NOTES.md says what would have to change.
 
 Scales: one per (chunk, head) for K and V and one per head for the chunk's queries (amax / 448), computed on the
 device (no calibration, no host sync: CUDA graphs capture it). A per-token version (run5, commit 2f946d5) lost to

@@ -16,17 +16,15 @@ import torch
 from kernels import act_quant, fp8, glue, qgemm
 from kernels._common import triton_ok
 
-SDPA = ("auto", "cudnn", "flash", "efficient", "math")
-# triton_fp8: self-attention of the fused block through kernels/attn_fp8.py (FP8 K/V copy, per-token scales)
-ATTENTION = SDPA + ("triton_fp8",)
+ATTENTION = ("auto", "cudnn", "flash", "efficient", "math")
 DUAL = ("exact", "int_ratio")
 WEIGHTS = ("artifact", "symmetric")
 
 
 def sdpa_context(name: str):
     """Context restricting F.scaled_dot_product_attention to one backend ('auto' leaves PyTorch's choice)."""
-    if name not in SDPA:
-        raise ValueError(f"SDPA kernel {name!r}; choose from {SDPA}")
+    if name not in ATTENTION:
+        raise ValueError(f"attention={name!r}; choose from {ATTENTION}")
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -58,8 +56,7 @@ class KernelBackend:
         self.graphs = bool(graphs)  # accelerate_ then replays rollout forwards as CUDA graphs (qarvd.deploy.graphs)
 
     def sdpa(self):
-        """SDPA context of this backend's attention (triton_fp8: PyTorch's choice for what stays on SDPA)."""
-        return sdpa_context("auto" if self.attention == "triton_fp8" else self.attention)
+        return sdpa_context(self.attention)
 
     def check(self, *tensors: torch.Tensor) -> None:
         """Refuse to run Triton kernels where they cannot (never a silent fallback to another implementation)."""

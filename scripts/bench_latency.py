@@ -36,9 +36,8 @@ import torch.nn.functional as F
 TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_dim=64, text_len=16)
 ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_asymw", "w8a8_flash", "w8a8_dual_exact",
         "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8", "bf16_fused_graph", "w8a8_graph", "w4a8_graph",
-        "fp8_graph", "w8a8_fp8attn_graph", "fp8_fp8attn_graph"]
+        "fp8_graph"]
 GRAPH = "_graph"  # row suffix: the same row with backend graphs=true (each rollout forward replays a CUDA graph)
-FP8ATTN = "_fp8attn"  # row suffix (before _graph): self-attention through kernels/attn_fp8.py (attention=triton_fp8)
 
 # Tile configs swept by --tune: (bm, bn, bk, warps, stages, persistent, occupancy[, subtile[, tma_store]])
 SPACE = {
@@ -473,29 +472,26 @@ def build_row(name: str, base, fastest: str, device):
 
     graphs = name.endswith(GRAPH)
     name = name[: -len(GRAPH)] if graphs else name
-    fp8attn = name.endswith(FP8ATTN)
-    name = name[: -len(FP8ATTN)] if fp8attn else name
-    att = "flash" if name.endswith("_flash") else fastest  # the SDPA kernel of the timed region
-    be_att = "triton_fp8" if fp8attn else att
-    if (graphs or fp8attn) and (name.startswith("bf16_eager") or name == "torchao_int8"):
-        raise ValueError(f"row {name!r} has no {GRAPH}/{FP8ATTN} variant (only rows built through accelerate_)")
+    att = "flash" if name.endswith("_flash") else fastest
+    if graphs and (name.startswith("bf16_eager") or name == "torchao_int8"):
+        raise ValueError(f"row {name!r} has no {GRAPH} variant (only rows built through accelerate_)")
     if name.startswith("bf16_eager"):
         return base, name.rsplit("_", 1)[1] if device.type == "cuda" else "auto"
     if name == "bf16_fused":
         from qarvd.deploy import accelerate_
 
-        return accelerate_(copy.deepcopy(base), Bf16Backend(attention=be_att, graphs=graphs)), att
+        return accelerate_(copy.deepcopy(base), Bf16Backend(attention=att, graphs=graphs)), att
     if name.startswith("w8a8") or name == "w4a8":
         dual = "int_ratio" if name.endswith("int_ratio") else "exact"
         outliers = 128 if "dual" in name else 0
         if outliers and base.cfg.dim <= 256:
             outliers = 32
         asym = name == "w8a8_asymw" or ASYM_W8 or name == "w4a8"
-        be = TritonInt8Backend(attention=be_att, dual_mode=dual, weights="artifact" if asym else "symmetric",
+        be = TritonInt8Backend(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric",
                                graphs=graphs)
         return real_model(base, "int", be, w_bits=4 if name == "w4a8" else 8, outliers=outliers, asym_w=asym), att
     if name == "fp8":
-        return real_model(base, "fp8", Fp8Backend(attention=be_att, graphs=graphs)), att
+        return real_model(base, "fp8", Fp8Backend(attention=att, graphs=graphs)), att
     if name == "torchao_int8":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
         from torchao.quantization import quantize_ as ao_quantize_
@@ -637,8 +633,7 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
     ratios = {}
     for batch in args.batches:
         flash = by.get(("bf16_eager_flash", batch))
-        bf16 = {row: v for (row, b), v in by.items() if b == batch and v and row.startswith("bf16_")
-                and FP8ATTN not in row}
+        bf16 = {row: v for (row, b), v in by.items() if b == batch and v and row.startswith("bf16_")}
         strongest = min(bf16, key=bf16.get) if bf16 else None
         for (row, b), s in by.items():
             if b == batch and s:

@@ -49,26 +49,6 @@ class _Plan:
         self.ln1, self.ln2, self.ln3 = _ln(block.norm1), _ln(block.norm2), _ln(block.norm3)
         if not isinstance(block.norm3, torch.nn.LayerNorm):
             raise NotImplementedError("fused path needs cross_attn_norm=True")
-        self.fp8_kv: dict = {}  # attention=triton_fp8: FP8 copy of this block's K/V per cache shape
-
-    def self_attention(self, q, cache, layer, start, end):
-        """Attention of the chunk's q [B, n, H, D] over cached tokens [0, end) (the chunk's K/V already written).
-
-        ``triton_fp8``: the chunk's K/V are quantized into a persistent FP8 copy (one per cache shape, reused by
-        every video of that shape: one rollout per shape at a time, as with CUDA graphs) and attended there.
-        """
-        if self.be.attention != "triton_fp8":
-            with self.be.sdpa():
-                return attention(q, cache.k[layer][:, :end], cache.v[layer][:, :end])
-        from kernels.attn_fp8 import Fp8KV
-
-        k = cache.k[layer]
-        key = (tuple(k.shape), str(k.device))
-        if key not in self.fp8_kv:
-            self.fp8_kv[key] = Fp8KV(k.shape[0], k.shape[1], k.shape[2], k.shape[3], k.device)
-        kv = self.fp8_kv[key]
-        kv.write(k[:, start:end], cache.v[layer][:, start:end], start)
-        return kv.attend(q, end)
 
 
 class Bf16Plan(_Plan):
@@ -224,7 +204,8 @@ class FastWanAttentionBlock(WanAttentionBlock):
         q = be.qk_norm_rope(qkv, (0, d, 2 * d), d, n, wq=_norm_weight(sa.norm_q), wk=_norm_weight(sa.norm_k),
                             eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=cache.k[layer],
                             cache_v=cache.v[layer], start=token_start)
-        y = plan.self_attention(q.view(b, n, heads, hd), cache, layer, token_start, end)
+        with be.sdpa():
+            y = attention(q.view(b, n, heads, hd), cache.k[layer][:, :end], cache.v[layer][:, :end])
         x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
         qc = be.qk_norm_rope(plan.cross_q(x2), (0,), d, n, wq=_norm_weight(ca.norm_q), eps=getattr(ca.norm_q, "eps", 0.0))
         if cache.cross[layer] is None:

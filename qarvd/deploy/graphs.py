@@ -3,6 +3,8 @@
 Why: the fused W8A8 rollout is bound by the host at batch 1 (80-160 us of Python per ``qgemm()`` call, about ten
 per block: kernels/NOTES.md, run4). A replayed graph launches the whole forward with one call, so that cost is
 gone for every format; bf16 gets the same treatment, so speedups stay measured against an equally fast baseline.
+Measured on the H100 (benchmarks/results/h100_run5.json): W8A8 2.91 -> 1.90 s at batch 1, 4.04 -> 3.55 s at batch 2;
+bf16 fused 2.31 -> 2.09 s and 4.04 -> 3.93 s; the latents are bit-identical.
 
 ``graph_(model)`` switches the model's class to :class:`GraphedCausalWan` (a subclass: parameters, state dict and
 module names are unchanged; :func:`ungraph_` undoes it). A graph reads and writes fixed addresses, hence:
