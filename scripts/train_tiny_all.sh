@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Retrain both assets of the embedded model in one go, fitted to one GPU call (flat outputs, at most 8 files):
 # the domain feature network, then the tiny ARVD judged by it, then the sample grid and the frame sensitivity.
-# The v2 attempts (docs/experiments/tiny_v2_attempts.md) ran it; the shipped v1 bundle came from the README's
-# two-stage commands.
+# The shipped v3 bundle came from two calls (docs/experiments/tiny_v3.md):
+#   OUT=/tmp/s1 TINY_STEPS=1400 TINY_ARGS="train.first_chunk_batch=512 train.caption_dropout=0.1" bash scripts/train_tiny_all.sh
+#   OUT=/tmp/s2 FEATNET=/tmp/s1/featnet.safetensors TINY_STEPS=800 TINY_ARGS="seed=1 init_from=/tmp/s1/tiny_arvd.safetensors \
+#     train.lr=3e-4 train.warmup_steps=20 train.first_chunk_batch=512 train.caption_dropout=0.1 train.own_context.start_fraction=0.0" \
+#     bash scripts/train_tiny_all.sh
 #
 #   OUT=/tmp/tiny bash scripts/train_tiny_all.sh                  # GPU (an H100 takes about 8 minutes)
 #   OUT=/tmp/tiny DEVICE=cpu FEAT_STEPS=2 TINY_STEPS=2 EVAL_VIDEOS=8 SENS_PROMPTS=1 \

@@ -64,6 +64,17 @@ def test_method_runs_saves_and_reloads_bitwise(method, tmp_path):
     assert latent_mse_by_chunk(q, fp, pipe.rollout_cfg.chunk_frames()) == mse
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_method_runs_on_cuda_like_on_cpu(method, tmp_path):
+    """Calibration on the GPU (activation statistics gathered on the host meet CUDA weights in smoothing and the
+    outlier split): it runs, and its latent MSE is the CPU run's up to float summation order."""
+    extra = FORCE_OUTLIERS if method == "qarvd" else []
+    cpu = train_quant(tiny_cfg(f"method={method}", "bits=w4a8", *extra), tmp_path / "cpu")["latent_mse"]["overall"]
+    gpu = train_quant(tiny_cfg(f"method={method}", "bits=w4a8", "device=cuda", *extra), tmp_path / "cuda")
+    assert gpu["latent_mse"]["overall"] == pytest.approx(cpu, rel=0.25), (gpu["latent_mse"], cpu)
+
+
 @pytest.mark.parametrize("paper_weighting", [False, True])
 def test_dual_scale_frame_weight_switch(paper_weighting, tmp_path):
     """Release quirk: split layers get chunk weight 1; the paper weights every layer."""

@@ -127,10 +127,11 @@ class QuantLinear(nn.Module):
         if indices is None or len(indices) <= 1:
             self.groups = nn.ModuleList([self._group(None)])
             return
-        seen = torch.cat([torch.as_tensor(i).long() for i in indices]).sort().values
+        indices = [torch.as_tensor(i).long().cpu() for i in indices]  # outlier search may hand over CUDA indices
+        seen = torch.cat(indices).sort().values
         if not torch.equal(seen, torch.arange(self.in_features)):
             raise ValueError(f"{self.name}: column groups must partition the {self.in_features} input channels")
-        self.groups = nn.ModuleList([self._group(torch.as_tensor(i)) for i in indices])
+        self.groups = nn.ModuleList([self._group(i) for i in indices])
 
     # -- initialisation ---------------------------------------------------------------------------------
     @torch.no_grad()

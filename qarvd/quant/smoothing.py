@@ -28,11 +28,12 @@ def weight_input_absmax(weights: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def smoothing_factors(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SmoothQuant's ``s = max|X|^a / max|W|^(1-a)`` with its two clamps."""
+    """SmoothQuant's ``s = max|X|^a / max|W|^(1-a)`` with its two clamps, on the weights' device (activation
+    statistics are gathered on the host)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
     wmax = weight_max.float().clamp(min=CLAMP)
-    return (act_max.float().pow(alpha) / wmax.pow(1.0 - alpha)).clamp(min=CLAMP)
+    return (act_max.float().to(wmax.device).pow(alpha) / wmax.pow(1.0 - alpha)).clamp(min=CLAMP)
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
