@@ -80,7 +80,7 @@ def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str
         try:
             model = build_lpips(e.lpips.alexnet_path, bool(e.lpips.pnet_rand), e.metrics_device)
             frame_metrics["lpips_fp"] = LPIPSMetric(model, int(e.lpips.frames_per_batch))
-        except MissingWeightsError as err:
+        except (MissingWeightsError, ImportError) as err:  # no AlexNet file, or no lpips package
             if e.lpips.required:
                 raise
             unavailable["lpips_fp"] = str(err)

@@ -31,8 +31,15 @@ def default_alexnet_path() -> Path:
 
 
 def build_lpips(alexnet_path: Optional[str | os.PathLike] = None, pnet_rand: bool = False, device: str = "cpu"):
-    """LPIPS v0.1 (AlexNet) with the backbone from ``alexnet_path`` (default: torch.hub's cache), eval mode."""
-    import lpips
+    """LPIPS v0.1 (AlexNet) with the backbone from ``alexnet_path`` (default: torch.hub's cache), eval mode.
+
+    A missing ``lpips`` package raises ``ImportError`` naming the fix, so that ``eval.lpips.required=false`` can
+    record LPIPS-FP as unavailable (e.g. on a GPU image that lacks it) instead of losing the finished videos."""
+    try:
+        import lpips
+    except ImportError as err:
+        raise ImportError("LPIPS-FP needs the 'lpips' package: pip install lpips (it is in the project's "
+                          "install_requires), or set eval.lpips.enabled=false") from err
 
     if not pnet_rand:
         file = require_file(alexnet_path or default_alexnet_path(), "eval.lpips.alexnet_path", ALEXNET_PUBLISHED_AT)

@@ -74,3 +74,28 @@ def test_missing_alexnet_names_file_key_and_source(tmp_path, monkeypatch):
     assert ALEXNET_FILE in msg and str(tmp_path) in msg and "eval.lpips.alexnet_path" in msg and "torchvision model zoo" in msg
     assert not any(tmp_path.rglob("*.pth"))  # nothing was downloaded
     assert math.isfinite(build_lpips(pnet_rand=True)(torch.zeros(1, 3, 64, 64), torch.ones(1, 3, 64, 64)).item())
+
+
+def test_missing_lpips_package_is_named_and_optional_when_not_required(monkeypatch):
+    """Without the lpips package, build_lpips says how to fix it, and eval.lpips.required=false records LPIPS-FP as
+    unavailable while PSNR/SSIM are still computed (the H100 image has no lpips)."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from eval import evaluate as ev
+
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips now raises ImportError
+    with pytest.raises(ImportError, match="pip install lpips"):
+        build_lpips(pnet_rand=True)
+    seen = {}
+    monkeypatch.setattr(ev, "evaluate_pairs", lambda fp, q, metrics, backbone, device: seen.update(metrics) or
+                        {"metrics": {}, "per_video": {}})
+    cfg = OmegaConf.create({"eval": {"lpips": {"enabled": True, "required": False, "alexnet_path": None, "pnet_rand": True,
+                                               "frames_per_batch": 8},
+                                     "psnr": True, "ssim": True, "fvd": {"enabled": False}, "metrics_device": "cpu"}})
+    _, _, unavailable = ev.reference_metrics(cfg, "fp", "quant")
+    assert "pip install lpips" in unavailable["lpips_fp"] and set(seen) == {"psnr_fp", "ssim_fp"}
+    cfg.eval.lpips.required = True
+    with pytest.raises(ImportError):
+        ev.reference_metrics(cfg, "fp", "quant")
