@@ -83,9 +83,9 @@ def split_seed(split: str, index: int) -> int:
     return SPLIT_SEEDS[split] * 10**12 + int(index)
 
 
-def sample_spec(rng: random.Random, num_frames: int = 21) -> VideoSpec:
+def sample_spec(rng: random.Random) -> VideoSpec:
     """Draw one video: it starts within 1 px of the frame centre and moves outward, slowly enough to stay (mostly)
-    inside the frame for all 21 frames."""
+    inside the frame for a 21-frame video."""
     color, shape = rng.choice(COLORS), rng.choice(SHAPES)
     direction, speed = rng.choice(DIRECTIONS), rng.choice(SPEEDS)
     ppf = rng.uniform(*SPEED_RANGE[speed])
@@ -100,8 +100,8 @@ def sample_spec(rng: random.Random, num_frames: int = 21) -> VideoSpec:
     return VideoSpec(color, shape, direction, speed, start_x, start_y, ppf, rng.uniform(5.0, 6.5), background, tint, waves)
 
 
-def split_specs(split: str, indices: Sequence[int], num_frames: int = 21) -> list[VideoSpec]:
-    return [sample_spec(random.Random(split_seed(split, int(i))), num_frames) for i in indices]
+def split_specs(split: str, indices: Sequence[int]) -> list[VideoSpec]:
+    return [sample_spec(random.Random(split_seed(split, int(i)))) for i in indices]
 
 
 def _shape_sdf(shape_id: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -181,12 +181,12 @@ class ProceduralVideos(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.length:
             raise IndexError(i)
-        (spec,) = split_specs(self.split, [self.offset + i], self.num_frames)
+        (spec,) = split_specs(self.split, [self.offset + i])
         return {"video": render([spec], self.num_frames, self.size)[0], "caption": spec.caption, "labels": spec.labels}
 
     def batch(self, indices: Sequence[int], device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[str], dict]:
         """Render many items at once on ``device`` (the training loop's path: one vectorised call per batch)."""
-        specs = split_specs(self.split, [self.offset + int(i) for i in indices], self.num_frames)
+        specs = split_specs(self.split, [self.offset + int(i) for i in indices])
         return render(specs, self.num_frames, self.size, device), [s.caption for s in specs], labels_tensor(specs)
 
     def config(self) -> dict:
