@@ -57,13 +57,13 @@ def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, 
 
 @triton.jit(do_not_specialize=["M", "S"])
 def _norm_quant_kernel(
-    x_ptr, stride_xm, M, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr, eps,
+    x_ptr, stride_xm, M, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr, eps, in_scale_ptr, act_ptr,
     out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr, rs_ptr, lo, hi,
     C: tl.constexpr, LN: tl.constexpr, MOD: tl.constexpr, SHIFT: tl.constexpr, SCALE: tl.constexpr,
     PRE_GELU: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DIV: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DIV: tl.constexpr, IN_SCALED: tl.constexpr,
 ):
-    act_ty = x_ptr.dtype.element_ty
+    act_ty = act_ptr.dtype.element_ty  # the model's activation dtype (x itself may hold FP8 codes)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < M
     for k0 in range(0, D, BLOCK_D):  # one iteration when LN > 0 (BLOCK_D >= D)
@@ -71,6 +71,8 @@ def _norm_quant_kernel(
         cmask = cols < D
         mask = rmask[:, None] & cmask[None, :]
         h = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if IN_SCALED:  # FP8 codes (the FP8 attention's output): dequantize, round like the activation it stands for
+            h = (h * tl.load(in_scale_ptr)).to(act_ty).to(tl.float32)
         if LN > 0:
             mean = tl.sum(h, axis=1) / D
             hc = tl.where(mask, h - mean[:, None], 0.0)
@@ -109,8 +111,13 @@ def norm_quant(
     fp8_scale: Optional[torch.Tensor] = None,
     rowsum: bool = False,
     out: Optional[torch.Tensor] = None,
+    in_scale: Optional[torch.Tensor] = None,
+    act_dtype: Optional[torch.dtype] = None,
 ):
     """Run the producer on ``x`` [M, D] (rows = tokens, frames outermost within each sample).
+
+    ``in_scale`` (1-element float32 tensor): ``x`` holds FP8 codes of an activation of dtype ``act_dtype`` (the FP8
+    attention output); the producer reads ``x * in_scale`` rounded to ``act_dtype``.
 
     ``ln``: (weight or None, bias or None, eps); ``mod``: (mod [R, 6, D] float32, shift index, scale index,
     tokens per frame S), row m uses mod[m // S]. Output by mode: ``acts`` given -> (codes [C, M, Kp] int8, row sums
@@ -121,6 +128,9 @@ def norm_quant(
         x = x.contiguous()
     m, d = x.shape
     dev = x.device
+    if in_scale is not None and act_dtype is None:
+        raise ValueError("in_scale (FP8 codes in x) needs act_dtype, the dtype of the activation x stands for")
+    act_dtype = act_dtype or x.dtype
     dummy_f = dummy(torch.float32, dev)
     dummy_i = dummy(torch.int32, dev)
     lnw = lnb = dummy_f
@@ -145,15 +155,16 @@ def norm_quant(
         cs, cz, dest, kop, lo, hi, stride_oc, per_col = fp8_scale, dummy_f, dummy_i, dummy_i, 0, 0, 0, False
     else:
         c, mode = 1, 1
-        out = out if out is not None else torch.empty_like(x)
+        out = out if out is not None else torch.empty((m, d), dtype=act_dtype, device=dev)
         cs, cz, dest, kop, lo, hi, stride_oc, per_col = dummy_f, dummy_f, dummy_i, dummy_i, 0, 0, 0, False
     block_r, block_d, warps = _launch_cfg(m, d, ln is not None)
     _norm_quant_kernel[(triton.cdiv(m, block_r),)](
         x, x.stride(0), m, d, mod_t, stride_mr, tokens, lnw, lnb, float(eps),
+        in_scale if in_scale is not None else dummy_f, dummy(act_dtype, dev),
         out, stride_oc, out.stride(-2), cs, cz, dest, kop, rs if rs is not None else dummy_i, lo, hi,
         C=c, LN=ln_mode, MOD=mod is not None, SHIFT=shift_i, SCALE=scale_i, PRE_GELU=pre_gelu, OUT=mode,
         PER_COL=per_col, ROWSUM=rs is not None, BLOCK_R=block_r, BLOCK_D=block_d,
-        EXACT_DIV=_common.EXACT_DIVISION, num_warps=warps,
+        EXACT_DIV=_common.EXACT_DIVISION, IN_SCALED=in_scale is not None, num_warps=warps,
     )
     return (out, rs) if acts is not None else out
 
@@ -163,10 +174,13 @@ def _round_act(h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return h.to(dtype).to(h.dtype)
 
 
-def norm_act_ref(x: torch.Tensor, *, ln=None, mod=None, pre_gelu: bool = False) -> torch.Tensor:
+def norm_act_ref(x: torch.Tensor, *, ln=None, mod=None, pre_gelu: bool = False, in_scale=None,
+                 act_dtype=None) -> torch.Tensor:
     """The producer's float activation, as eager torch computes it (float32 math, rounded like the model)."""
-    dt = x.dtype
+    dt = act_dtype or x.dtype
     h = x.float()
+    if in_scale is not None:
+        h = _round_act(h * in_scale.float(), dt)
     if ln is not None:
         w, b, eps = ln
         h = torch.nn.functional.layer_norm(h, (h.shape[-1],), None if w is None else w.float(),
@@ -202,11 +216,11 @@ def fp8_ref(h: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def norm_quant_torch(x: torch.Tensor, acts: Optional[StackedAct] = None, *, ln=None, mod=None, pre_gelu: bool = False,
-                     fp8_scale: Optional[torch.Tensor] = None, rowsum: bool = False):
+                     fp8_scale: Optional[torch.Tensor] = None, rowsum: bool = False, in_scale=None, act_dtype=None):
     """:func:`norm_quant` in torch (same signature and results; pad columns are zero here)."""
-    h = norm_act_ref(x, ln=ln, mod=mod, pre_gelu=pre_gelu)
+    h = norm_act_ref(x, ln=ln, mod=mod, pre_gelu=pre_gelu, in_scale=in_scale, act_dtype=act_dtype)
     if acts is not None:
         return quantize_ref(h, acts, rowsum)
     if fp8_scale is not None:
         return fp8_ref(h, fp8_scale)
-    return h.to(x.dtype)
+    return h.to(act_dtype or x.dtype)

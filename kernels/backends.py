@@ -13,10 +13,12 @@ import contextlib
 
 import torch
 
-from kernels import act_quant, fp8, glue, qgemm
+from kernels import act_quant, attn_cudnn, fp8, glue, qgemm
 from kernels._common import triton_ok
 
-ATTENTION = ("auto", "cudnn", "flash", "efficient", "math")
+# cudnn_fp8: the fused block's self-attention in FP8 through cuDNN (kernels/attn_cudnn.py; torch_ref emulates its
+# numerics), with per-layer scales from qarvd.deploy.calibrate_attention_fp8_; other attention as "auto"
+ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", "cudnn_fp8")
 DUAL = ("exact", "int_ratio")
 WEIGHTS = ("artifact", "symmetric")
 
@@ -25,7 +27,7 @@ def sdpa_context(name: str):
     """Context restricting F.scaled_dot_product_attention to one backend ('auto' leaves PyTorch's choice)."""
     if name not in ATTENTION:
         raise ValueError(f"attention={name!r}; choose from {ATTENTION}")
-    if name == "auto":
+    if name in ("auto", "cudnn_fp8"):  # cudnn_fp8: the bf16 attentions left (cross-attention) run on PyTorch's choice
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -57,6 +59,17 @@ class KernelBackend:
 
     def sdpa(self):
         return sdpa_context(self.attention)
+
+    @property
+    def fp8_attention_on(self) -> bool:
+        return self.attention == "cudnn_fp8"
+
+    def fp8_attention(self, q8, k8, v8, scalars, scales):
+        """FP8 self-attention over the cache: codes in ([B, Lq, H, D] q, [B, Lk, H, D] k/v), output codes [B, Lq, H, D]
+        (``scalars``: the layer's attn_cudnn.fp8_scalars, ``scales``: its [4] steps)."""
+        if getattr(self, "_fp8_attn", None) is None:
+            self._fp8_attn = attn_cudnn.CudnnFp8Attention(q8.device)
+        return self._fp8_attn(q8, k8, v8, scalars)
 
     def check(self, *tensors: torch.Tensor) -> None:
         """Refuse to run Triton kernels where they cannot (never a silent fallback to another implementation)."""
@@ -106,6 +119,9 @@ class _TorchGlue:
 
     def check(self, *tensors: torch.Tensor) -> None:
         return None
+
+    def fp8_attention(self, q8, k8, v8, scalars, scales):
+        return attn_cudnn.fp8_attention_ref(q8, k8, v8, scales)
 
 
 class TorchRefBackend(_TorchGlue, TritonInt8Backend):

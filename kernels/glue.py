@@ -34,14 +34,27 @@ def _rms_rope(src_ptr, rows, even, odd, mask, w_ptr, pmask, eps, D, cos, sin,
     return x0.to(act_ty), x1.to(act_ty)
 
 
+@triton.jit
+def _out(x, s_ptr, FP8: tl.constexpr):
+    """The value to store (float32): x itself, or its E4M3 code x / s (saturated) with s read from s_ptr. Both
+    branches return float32: the compiler needs one return type (the interpreter does not check)."""
+    x = x.to(tl.float32)
+    if FP8:
+        x = tl.minimum(tl.maximum(x * (1.0 / tl.load(s_ptr)), -448.0), 448.0)
+    return x
+
+
 @triton.jit(do_not_specialize=["M", "L", "start"])
 def _qk_kernel(
     src_ptr, stride_s, q_off, k_off, v_off, M, D, L, start,
     wq_ptr, wk_ptr, eps, cos_ptr, sin_ptr, HALF_HD,
-    q_ptr, stride_q, kc_ptr, vc_ptr, stride_cb, stride_ct,
+    q_ptr, stride_q, kc_ptr, vc_ptr, stride_cb, stride_ct, sc_ptr,
     NORM: tl.constexpr, ROPE: tl.constexpr, HAS_KV: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    FP8: tl.constexpr,
 ):
-    act_ty = q_ptr.dtype.element_ty
+    act_ty = src_ptr.dtype.element_ty
+    q_ty = q_ptr.dtype.element_ty
+    kv_ty = kc_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     p = tl.arange(0, BLOCK_P)
     pmask = p < D // 2
@@ -53,30 +66,35 @@ def _qk_kernel(
     src = src_ptr + rows[:, None] * stride_s
     q0, q1 = _rms_rope(src + q_off, rows, even, odd, mask, wq_ptr, pmask, eps, D, cos, sin, NORM, ROPE, act_ty)
     dst = q_ptr + rows[:, None] * stride_q
-    tl.store(dst + even[None, :], q0, mask=mask)
-    tl.store(dst + odd[None, :], q1, mask=mask)
+    tl.store(dst + even[None, :], _out(q0, sc_ptr, FP8).to(q_ty), mask=mask)
+    tl.store(dst + odd[None, :], _out(q1, sc_ptr, FP8).to(q_ty), mask=mask)
     if HAS_KV:
         k0, k1 = _rms_rope(src + k_off, rows, even, odd, mask, wk_ptr, pmask, eps, D, cos, sin, NORM, ROPE, act_ty)
         crow = (rows // L) * stride_cb + (start + l) * stride_ct
-        tl.store(kc_ptr + crow[:, None] + even[None, :], k0, mask=mask)
-        tl.store(kc_ptr + crow[:, None] + odd[None, :], k1, mask=mask)
+        tl.store(kc_ptr + crow[:, None] + even[None, :], _out(k0, sc_ptr + 1, FP8).to(kv_ty), mask=mask)
+        tl.store(kc_ptr + crow[:, None] + odd[None, :], _out(k1, sc_ptr + 1, FP8).to(kv_ty), mask=mask)
         v0 = tl.load(src + v_off + even[None, :], mask=mask, other=0.0)
         v1 = tl.load(src + v_off + odd[None, :], mask=mask, other=0.0)
-        tl.store(vc_ptr + crow[:, None] + even[None, :], v0.to(act_ty), mask=mask)
-        tl.store(vc_ptr + crow[:, None] + odd[None, :], v1.to(act_ty), mask=mask)
+        tl.store(vc_ptr + crow[:, None] + even[None, :], _out(v0, sc_ptr + 2, FP8).to(kv_ty), mask=mask)
+        tl.store(vc_ptr + crow[:, None] + odd[None, :], _out(v1, sc_ptr + 2, FP8).to(kv_ty), mask=mask)
 
 
 def qk_norm_rope(
     src: torch.Tensor, offsets: tuple, dim: int, tokens: int, *, wq=None, wk=None, eps: float = 1e-6,
     cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None,
     cache_k: Optional[torch.Tensor] = None, cache_v: Optional[torch.Tensor] = None, start: int = 0,
+    fp8_scales: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """From the projection output ``src`` [M, *] (q at column offsets[0], k at [1], v at [2]; M = B * tokens):
     return q = rope(rmsnorm(q)) [M, dim]; when ``cache_k`` is given also write rope(rmsnorm(k)) and v into
     ``cache_k``/``cache_v`` [B, T, H, hd] at token positions ``start .. start + tokens``. ``wq=None``: no norm;
-    ``cos=None``: no rotation (cross-attention q)."""
+    ``cos=None``: no rotation (cross-attention q). ``fp8_scales`` (float32 [>=3]: steps of q, k, v): q is returned
+    and K/V are written as float8 E4M3 codes (x / step, saturated), the caches being float8 tensors."""
     m = src.shape[0]
-    q = torch.empty((m, dim), dtype=src.dtype, device=src.device)
+    fp8 = fp8_scales is not None
+    if fp8 and cache_k is not None and cache_k.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"fp8_scales needs float8_e4m3fn K/V caches, got {cache_k.dtype}")
+    q = torch.empty((m, dim), dtype=torch.float8_e4m3fn if fp8 else src.dtype, device=src.device)
     has_kv = cache_k is not None
     dmy = dummy(torch.float32, src.device)
     block_p = next_pow2(dim // 2)
@@ -87,8 +105,8 @@ def qk_norm_rope(
         wq if wq is not None else dmy, wk if wk is not None else dmy, float(eps),
         cos if cos is not None else dmy, sin if sin is not None else dmy, half_hd,
         q, q.stride(0), cache_k if has_kv else q, cache_v if has_kv else q,
-        cache_k.stride(0) if has_kv else 0, cache_k.stride(1) if has_kv else 0,
-        NORM=wq is not None, ROPE=cos is not None, HAS_KV=has_kv, BLOCK_R=block_r, BLOCK_P=block_p,
+        cache_k.stride(0) if has_kv else 0, cache_k.stride(1) if has_kv else 0, fp8_scales if fp8 else dmy,
+        NORM=wq is not None, ROPE=cos is not None, HAS_KV=has_kv, BLOCK_R=block_r, BLOCK_P=block_p, FP8=fp8,
         num_warps=4,
     )
     return q
@@ -108,10 +126,13 @@ def _rope_ref(x: torch.Tensor, cos, sin, tokens: int) -> torch.Tensor:
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).view(m, d).type_as(x)
 
 
+def _fp8_code(x: torch.Tensor, step) -> torch.Tensor:
+    return (x.float() * (1.0 / step)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+
+
 def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, cos=None, sin=None, cache_k=None,
-                     cache_v=None, start=0):
+                     cache_v=None, start=0, fp8_scales=None):
     """:func:`qk_norm_rope` in eager torch (the model's own formulas)."""
-    q_out = torch.empty((src.shape[0], dim), dtype=src.dtype, device=src.device)
 
     def one(off, w):
         x = src[:, off:off + dim]
@@ -119,11 +140,16 @@ def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, c
             x = _rms_ref(x, w, eps)
         return _rope_ref(x, cos, sin, tokens) if cos is not None else x
 
-    q_out.copy_(one(offsets[0], wq))
+    if fp8_scales is not None:
+        enc = lambda x, i: _fp8_code(x, fp8_scales[i].float())  # noqa: E731
+    else:
+        enc = lambda x, i: x.to(src.dtype)  # noqa: E731
+    q_out = enc(one(offsets[0], wq), 0).clone()
     if cache_k is not None:
         b = src.shape[0] // tokens
-        cache_k[:, start:start + tokens] = one(offsets[1], wk).view(b, tokens, *cache_k.shape[2:])
-        cache_v[:, start:start + tokens] = src[:, offsets[2]:offsets[2] + dim].reshape(b, tokens, *cache_v.shape[2:])
+        cache_k[:, start:start + tokens] = enc(one(offsets[1], wk), 1).view(b, tokens, *cache_k.shape[2:])
+        v = src[:, offsets[2]:offsets[2] + dim]
+        cache_v[:, start:start + tokens] = enc(v, 2).reshape(b, tokens, *cache_v.shape[2:])
     return q_out
 
 

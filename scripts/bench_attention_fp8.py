@@ -1,11 +1,12 @@
 """Does FP8 attention beat cuDNN's bf16 attention at the rollout's shapes? Time and error, one run.
 
-    python scripts/bench_attention_fp8.py --out benchmarks/results --name attention_fp8
+    python scripts/bench_attention_fp8.py --out benchmarks/results --name attention_fp8 [--impls triton cudnn]
 
 Self-attention of one DiT layer-forward per chunk c = 1..7 of a batch-2 video (queries: the chunk's 4680 tokens;
 keys: the 4680 * c cached ones; 12 heads of 128): cuDNN bf16 SDPA (the rollout's attention) against the FP8 E4M3
-Triton kernel of kernels/attn_fp8.py (per-chunk-and-head scales, V^T layout) at its fastest tile config at the largest
-cache. Error: relative Frobenius error to float64 attention on 256 query rows, inputs shaped like the model's
+Triton kernel of kernels/attn_fp8.py (``triton``: per-chunk-and-head scales, V^T layout, at its fastest tile config at
+the largest cache) and cuDNN's own FP8 SDPA through cudnn-frontend (``cudnn``: kernels/attn_cudnn.py, per-tensor
+scales from the inputs' amax, FP8 output; its time includes quantizing q, as the fused glue kernel would). Error: relative Frobenius error to float64 attention on 256 query rows, inputs shaped like the model's
 (q and k RMS-normalised with a spread of head scales so the softmax is not flat). FP8 times include quantizing q;
 writing the chunk's K/V into the FP8 copy (once per layer-forward, as the fused block does) is timed separately.
 """
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunks", type=int, default=7)
     p.add_argument("--tokens", type=int, default=4680, help="tokens per chunk and sample (3 x 30 x 52)")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--impls", nargs="+", choices=["triton", "cudnn"], default=["triton", "cudnn"])
     args = p.parse_args(argv)
     b, lq, h, d = args.batch, args.tokens, 12, 128
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -73,9 +75,9 @@ def main(argv=None) -> int:
 
     # tune at the largest cache
     q, k, v = inputs(b, lq, lq * args.chunks, h, d, g)
-    kv = fp8_cache(k, v)
+    kv = fp8_cache(k, v) if "triton" in args.impls else None
     best = None
-    for cfg in CONFIGS:
+    for cfg in CONFIGS if "triton" in args.impls else []:
         try:
             kv.attend(q, k.shape[1], config=cfg)
             t = ms(lambda: kv.attend(q, k.shape[1], config=cfg))
@@ -85,16 +87,23 @@ def main(argv=None) -> int:
         res["tuning"][str(cfg)] = t
         if best is None or t < best[1]:
             best = (cfg, t)
-    if best is None:
+    if best is None and "triton" in args.impls:
         raise RuntimeError(f"no FP8 attention config compiled: {res['tuning']}")
-    res["best"] = list(best[0])
+    res["best"] = list(best[0]) if best else None
+    cud = None
+    if "cudnn" in args.impls:
+        from kernels import attn_cudnn as C
+
+        cud = C.CudnnFp8Attention(torch.device("cuda"))
+        res["cudnn_frontend"] = C._cudnn().__version__ if hasattr(C._cudnn(), "__version__") else "?"
+        res["cudnn_backend"] = C._cudnn().backend_version()
     print("tuning", res["tuning"], flush=True)
 
-    tot = dict(cudnn=0.0, fp8=0.0, write=0.0)
+    tot = dict(cudnn=0.0, fp8=0.0, write=0.0, cudnn_fp8=0.0)
     flop_total = 0.0
     for c in range(1, args.chunks + 1):
         q, k, v = inputs(b, lq, lq * c, h, d, g)
-        kv = fp8_cache(k, v)
+        kv = fp8_cache(k, v) if "triton" in args.impls else None
         flop = 4 * b * h * lq * lq * c * d
         flop_total += flop
         row = dict(chunk=c, lk=lq * c)
@@ -106,27 +115,66 @@ def main(argv=None) -> int:
 
         row["cudnn_ms"] = ms(cudnn)
         row["cudnn_err"] = rel_err(cudnn(), q, k, v)
-        # the FP8 time includes quantizing q (attend); the chunk's K/V write is timed on its own
-        row["triton_fp8_ms"] = ms(lambda: kv.attend(q, k.shape[1], config=best[0]))
-        row["triton_fp8_err"] = rel_err(kv.attend(q, k.shape[1], config=best[0]), q, k, v)
-        row["write_chunk_ms"] = ms(lambda: kv.write(k[:, -lq:], v[:, -lq:], lq * (c - 1)))
-        for key, name in (("cudnn_ms", "cudnn"), ("triton_fp8_ms", "fp8"), ("write_chunk_ms", "write")):
+        timed = [("cudnn_ms", "cudnn")]
+        if kv is not None:  # the FP8 time includes quantizing q (attend); the chunk's K/V write is timed on its own
+            row["triton_fp8_ms"] = ms(lambda: kv.attend(q, k.shape[1], config=best[0]))
+            row["triton_fp8_err"] = rel_err(kv.attend(q, k.shape[1], config=best[0]), q, k, v)
+            row["write_chunk_ms"] = ms(lambda: kv.write(k[:, -lq:], v[:, -lq:], lq * (c - 1)))
+            timed += [("triton_fp8_ms", "fp8"), ("write_chunk_ms", "write")]
+        if cud is not None:
+            amax = [t.abs().amax().float() / C.FP8_MAX for t in (q, k, v)]
+            k8, v8 = C.quantize_fp8(k, amax[1]), C.quantize_fp8(v, amax[2])
+            o_scale = v.abs().amax().float() / C.FP8_MAX  # |o| <= max |v|
+            scalars = C.fp8_scalars(torch.stack(amax + [o_scale]))
+            out8 = torch.empty(q.shape, dtype=torch.float8_e4m3fn, device="cuda")
+
+            def cudnn_fp8():
+                return cud(C.quantize_fp8(q, amax[0]), k8, v8, scalars, out8)
+
+            row["cudnn_fp8_ms"] = ms(cudnn_fp8)
+            q8 = C.quantize_fp8(q, amax[0])
+            row["cudnn_fp8_kernel_ms"] = ms(lambda: cud(q8, k8, v8, scalars, out8))  # without quantizing q
+            row["cudnn_fp8_err"] = rel_err(cudnn_fp8().float() * o_scale, q, k, v)
+            ref = C.fp8_attention_ref(q[:, :256].float(), k.float(), v.float(), torch.stack(amax + [o_scale])).float() \
+                * o_scale
+            row["cudnn_fp8_vs_emulation"] = float((cudnn_fp8()[:, :256].float() * o_scale - ref).norm() / ref.norm())
+            if c == args.chunks:  # replay inside a CUDA graph: same output as the eager call
+                graph = torch.cuda.CUDAGraph()
+                s_ = torch.cuda.Stream()
+                s_.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s_):
+                    cudnn_fp8()
+                torch.cuda.current_stream().wait_stream(s_)
+                with torch.cuda.graph(graph):
+                    cudnn_fp8()
+                eager = out8.float().clone()
+                out8.zero_()
+                graph.replay()
+                torch.cuda.synchronize()
+                row["cudnn_fp8_graph_replay_equal"] = bool(torch.equal(out8.float(), eager))
+            timed += [("cudnn_fp8_ms", "cudnn_fp8")]
+        for key, name in timed:
             tot[name] += row[key]
-        row["tflops"] = {kk: flop / row[kk] / 1e9 for kk in ("cudnn_ms", "triton_fp8_ms")}
+        row["tflops"] = {kk: flop / row[kk] / 1e9 for kk, _ in timed if kk != "write_chunk_ms"}
         res["chunks"].append(row)
         print(row, flush=True)
     forwards = 5 * 30  # 4 denoising steps + refresh, 30 layers
     res["sum_ms"] = tot
-    res["tflops_sum"] = {kk: flop_total / tot[kk] / 1e9 for kk in ("cudnn", "fp8")}
+    res["tflops_sum"] = {kk: flop_total / tot[kk] / 1e9 for kk in ("cudnn", "fp8", "cudnn_fp8") if tot[kk]}
     res["est_video_s"] = {kk: v * forwards / 1e3 for kk, v in tot.items()}
-    res["fp8_speedup_vs_cudnn"] = tot["cudnn"] / tot["fp8"]
-    res["fp8_with_write_speedup_vs_cudnn"] = tot["cudnn"] / (tot["fp8"] + tot["write"])
-    res["err_median"] = {kk: statistics.median(r[f"{kk}_err"] for r in res["chunks"]) for kk in ("cudnn", "triton_fp8")}
+    if tot["fp8"]:
+        res["fp8_speedup_vs_cudnn"] = tot["cudnn"] / tot["fp8"]
+        res["fp8_with_write_speedup_vs_cudnn"] = tot["cudnn"] / (tot["fp8"] + tot["write"])
+    if tot["cudnn_fp8"]:
+        res["cudnn_fp8_speedup_vs_cudnn"] = tot["cudnn"] / tot["cudnn_fp8"]
+    res["err_median"] = {kk: statistics.median(r[f"{kk}_err"] for r in res["chunks"])
+                         for kk in ("cudnn", "triton_fp8", "cudnn_fp8") if f"{kk}_err" in res["chunks"][0]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps({k: res[k] for k in ("best", "sum_ms", "tflops_sum", "est_video_s", "fp8_speedup_vs_cudnn",
-                                          "fp8_with_write_speedup_vs_cudnn", "err_median")}, indent=1))
+    print(json.dumps({k: res.get(k) for k in ("best", "sum_ms", "tflops_sum", "est_video_s", "fp8_speedup_vs_cudnn",
+                                              "fp8_with_write_speedup_vs_cudnn", "cudnn_fp8_speedup_vs_cudnn",
+                                              "err_median")}, indent=1))
     return 0
 
 

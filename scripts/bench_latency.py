@@ -36,8 +36,10 @@ import torch.nn.functional as F
 TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_dim=64, text_len=16)
 ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_asymw", "w8a8_flash", "w8a8_dual_exact",
         "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8", "bf16_fused_graph", "w8a8_graph", "w4a8_graph",
-        "fp8_graph"]
+        "fp8_graph", "bf16_fused_fp8attn_graph", "w8a8_fp8attn_graph", "fp8_fp8attn_graph"]
 GRAPH = "_graph"  # row suffix: the same row with backend graphs=true (each rollout forward replays a CUDA graph)
+FP8ATTN = "_fp8attn"  # row infix: self-attention in FP8 through cuDNN (attention=cudnn_fp8), scales calibrated on
+# one rollout of the same inputs with bf16 attention (qarvd.deploy.calibrate_attention_fp8_)
 
 # Tile configs swept by --tune: (bm, bn, bk, warps, stages, persistent, occupancy[, subtile[, tma_store]])
 SPACE = {
@@ -472,7 +474,9 @@ def build_row(name: str, base, fastest: str, device):
 
     graphs = name.endswith(GRAPH)
     name = name[: -len(GRAPH)] if graphs else name
-    att = "flash" if name.endswith("_flash") else fastest
+    fp8attn = name.endswith(FP8ATTN)
+    name = name[: -len(FP8ATTN)] if fp8attn else name
+    att = "cudnn_fp8" if fp8attn else "flash" if name.endswith("_flash") else fastest
     if graphs and (name.startswith("bf16_eager") or name == "torchao_int8"):
         raise ValueError(f"row {name!r} has no {GRAPH} variant (only rows built through accelerate_)")
     if name.startswith("bf16_eager"):
@@ -505,31 +509,36 @@ def build_row(name: str, base, fastest: str, device):
     raise ValueError(f"unknown row {name!r}; choose from {ROWS}")
 
 
-def time_rollout(model, batch: int, attention: str, args, device) -> dict:
-    from kernels.backends import sdpa_context
+def rollout_once(model, batch: int, args):
+    """One rollout of the benchmark's inputs (random context, seeds 0..batch-1); returns the latents."""
     from qarvd.models.rollout import RolloutConfig, rollout
 
     rc = RolloutConfig(num_frames=args.frames, frames_per_chunk=args.frames_per_chunk,
                        denoising_steps=[1000, 750, 500, 250][: args.steps])
     g = torch.Generator().manual_seed(args.seed)
     ctx = torch.randn(batch, model.cfg.text_len, model.cfg.text_dim, generator=g).to(torch.bfloat16)
-    shape = (model.cfg.in_dim, args.height, args.width)
-    seeds = list(range(batch))
+    with torch.no_grad():
+        return rollout(model, ctx, list(range(batch)), (model.cfg.in_dim, args.height, args.width), rc)
+
+
+def time_rollout(model, batch: int, attention: str, args, device) -> dict:
+    from kernels.backends import sdpa_context
+
     times = []
     with sdpa_context(attention), torch.no_grad():
-        latents = rollout(model, ctx, seeds, shape, rc)  # warm-up (compiles, cuDNN plans)
+        latents = rollout_once(model, batch, args)  # warm-up (compiles, cuDNN plans)
         for _ in range(args.repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                rollout(model, ctx, seeds, shape, rc)
+                rollout_once(model, batch, args)
                 end.record()
                 torch.cuda.synchronize()
                 times.append(start.elapsed_time(end) / 1e3)
             else:
                 t = time.perf_counter()
-                rollout(model, ctx, seeds, shape, rc)
+                rollout_once(model, batch, args)
                 times.append(time.perf_counter() - t)
     return dict(seconds=statistics.median(times), runs=times, finite=bool(torch.isfinite(latents).all()),
                 latent_std=float(latents.float().std()), latents=latents)
@@ -602,6 +611,11 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
                 t0 = time.time()
                 model, att = build_row(name, base, fastest, device)
                 entry["attention"] = att
+                if att == "cudnn_fp8":
+                    from qarvd.deploy import calibrate_attention_fp8_
+
+                    amax = calibrate_attention_fp8_(model, lambda: rollout_once(model, batch, args))
+                    entry["fp8_attention_amax_median"] = amax.median(0).values.tolist()  # q, k, v, o
                 entry["build_s"] = time.time() - t0
                 if name in SIZE_ROWS and name not in sizes:
                     sizes[name] = dict(file_bytes=file_bytes(model), gpu_bytes=model_bytes(model))
@@ -633,7 +647,8 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
     ratios = {}
     for batch in args.batches:
         flash = by.get(("bf16_eager_flash", batch))
-        bf16 = {row: v for (row, b), v in by.items() if b == batch and v and row.startswith("bf16_")}
+        bf16 = {row: v for (row, b), v in by.items()  # bf16 baselines: bf16 linears and bf16 attention
+                if b == batch and v and row.startswith("bf16_") and FP8ATTN not in row}
         strongest = min(bf16, key=bf16.get) if bf16 else None
         for (row, b), s in by.items():
             if b == batch and s:
@@ -641,6 +656,43 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
                     seconds=s, speedup_vs_bf16_flash=(flash / s) if flash else None, strongest_bf16=strongest,
                     speedup_vs_strongest_bf16=(bf16[strongest] / s) if strongest else None)
     rep.put("rollout_ratios", ratios)
+
+
+def profile_section(args, base, fastest, device, rep: Report, top: int = 25) -> None:
+    """Where the GPU time of one rollout goes: CUDA kernel time summed by kernel name (torch.profiler), per row and
+    batch, eager forwards (kernels inside replayed CUDA graphs are the same kernels, but not attributed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kernels.backends import sdpa_context
+
+    if device.type != "cuda":
+        raise RuntimeError("the profile section times CUDA kernels: run it with --device cuda")
+    out = []
+    for name in args.profile_rows:
+        for batch in args.batches:
+            model, att = build_row(name, base, fastest, device)
+            if att == "cudnn_fp8":
+                from qarvd.deploy import calibrate_attention_fp8_
+
+                calibrate_attention_fp8_(model, lambda: rollout_once(model, batch, args))
+            with sdpa_context(att):
+                rollout_once(model, batch, args)  # warm-up
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    rollout_once(model, batch, args)
+                    torch.cuda.synchronize()
+            rows = [(e.key, e.device_time_total / 1e6, e.count) for e in prof.key_averages()
+                    if e.device_time_total > 0]
+            rows.sort(key=lambda r: -r[1])
+            total = sum(r[1] for r in rows)
+            entry = dict(row=name, batch=batch, attention=att, kernel_seconds=total,
+                         top=[dict(kernel=k[:160], seconds=t, share=t / total, calls=c) for k, t, c in rows[:top]])
+            out.append(entry)
+            rep.put("profile", out)
+            log("profile", {k: entry[k] for k in ("row", "batch", "kernel_seconds")})
+            del model
+            gc.collect()
+            torch.cuda.empty_cache()
 
 
 def markdown(rep: Report, out: Path, name: str) -> None:
@@ -694,6 +746,8 @@ def main(argv=None) -> int:
     p.add_argument("--sections", nargs="+", default=["gemm", "act_quant", "attention", "check", "rollout"])
     p.add_argument("--w8-weights", choices=["symmetric", "asymmetric"], default="symmetric",
                    help="int8 weights of the GEMM problems and w8a8 rows (w8a8_asymw is always asymmetric)")
+    p.add_argument("--profile-rows", nargs="+", default=["w8a8_fp8attn", "w8a8"],
+                   help="rows (without _graph) whose GPU kernel times the 'profile' section breaks down")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     global ASYM_W8
@@ -718,7 +772,8 @@ def main(argv=None) -> int:
     if "attention" in args.sections and device.type == "cuda":
         fastest = attention_section(args, device, rep, base.cfg)
     for section, fn in (("check", lambda: check_section(base, fastest, args, device, rep)),
-                        ("rollout", lambda: rollout_section(args, base, fastest, device, rep))):
+                        ("rollout", lambda: rollout_section(args, base, fastest, device, rep)),
+                        ("profile", lambda: profile_section(args, base, fastest, device, rep))):
         if section in args.sections:
             try:
                 fn()

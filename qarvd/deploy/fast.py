@@ -9,13 +9,21 @@ parameters and state dict are unchanged) and attaches a per-block plan for the b
   writes ffn.2's codes, o / cross o / ffn.2 epilogues apply the (gated) residual update;
 - ``fp8``: Triton producers write float8, torch._scaled_mm multiplies.
 
+With ``backend.attention == "cudnn_fp8"`` the self-attention runs in FP8 (kernels/attn_cudnn.py): the glue kernel
+writes q and the K/V cache as E4M3 codes with static per-layer scales, the attention output stays FP8 and its consumer
+(the o projection's producer) dequantizes it. The scales come from :func:`calibrate_attention_fp8_` (amax of q, k, v
+and the attention output over a rollout with bf16 attention); the K/V cache is then float8 (half the memory).
+
 Forwards without a cache or with an explicit mask (training-style full sequences) run the eager block unchanged.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+from kernels.attn_cudnn import FP8_MAX, fp8_scalars
 from kernels.layout import stack_acts
 from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, stack_group
 from qarvd.models.wan import WanAttentionBlock, WanRMSNorm, attention
@@ -50,6 +58,10 @@ class _Plan:
         if not isinstance(block.norm3, torch.nn.LayerNorm):
             raise NotImplementedError("fused path needs cross_attn_norm=True")
 
+    def _deq(self, attn2, in_scale, dtype):
+        """The attention output as the activation dtype (FP8 attention hands over codes and their step)."""
+        return attn2 if in_scale is None else self.be.norm_quant(attn2, in_scale=in_scale, act_dtype=dtype)
+
 
 class Bf16Plan(_Plan):
     def __init__(self, block, backend) -> None:
@@ -65,8 +77,8 @@ class Bf16Plan(_Plan):
         h = self.be.norm_quant(x2, ln=self.ln1, mod=(mod, 0, 1, s))
         return F.linear(h, self.w_qkv, self.b_qkv)
 
-    def self_out(self, attn2, x2, mod, s):
-        return self.be.residual(x2, self.o(attn2), mod[:, 2], s)
+    def self_out(self, attn2, x2, mod, s, in_scale=None):
+        return self.be.residual(x2, self.o(self._deq(attn2, in_scale, x2.dtype)), mod[:, 2], s)
 
     def cross_q(self, x2):
         return self.cq(self.be.norm_quant(x2, ln=self.ln3))
@@ -111,8 +123,8 @@ class IntPlan(_Plan):
         a, rs = self.be.norm_quant(x2, self.a_qkv, ln=self.ln1, mod=(mod, 0, 1, s), rowsum=self.g_qkv.has_wzp)
         return self.be.gemm(a, rs, self.g_qkv, x2.shape[0], out_dtype=x2.dtype)
 
-    def self_out(self, attn2, x2, mod, s):
-        a, rs = self._q(attn2, "o")
+    def self_out(self, attn2, x2, mod, s, in_scale=None):
+        a, rs = self._q(attn2, "o", in_scale=in_scale, act_dtype=x2.dtype)
         return self.be.gemm(a, rs, self.g["o"], x2.shape[0], out_dtype=x2.dtype, epilogue="residual", residual=x2,
                             gate=mod[:, 2], tokens_per_frame=s)
 
@@ -157,8 +169,9 @@ class Fp8Plan(_Plan):
         h8 = self.be.norm_quant(x2, ln=self.ln1, mod=(mod, 0, 1, s), fp8_scale=self.s_qkv)
         return self.be.fp8_linear(h8, self.w_qkv, self.s_qkv, self.ws_qkv, self.b_qkv, x2.dtype)
 
-    def self_out(self, attn2, x2, mod, s):
-        y = self._mm(self.be.norm_quant(attn2, fp8_scale=self.o.a_scale), self.o, x2.dtype)
+    def self_out(self, attn2, x2, mod, s, in_scale=None):
+        y = self._mm(self.be.norm_quant(attn2, fp8_scale=self.o.a_scale, in_scale=in_scale, act_dtype=x2.dtype),
+                     self.o, x2.dtype)
         return self.be.residual(x2, y, mod[:, 2], s)
 
     def cross_q(self, x2):
@@ -201,12 +214,27 @@ class FastWanAttentionBlock(WanAttentionBlock):
         x2 = x.reshape(m, d).contiguous()  # block 0 gets the transposed patch embedding
         be.check(x2)
         qkv = plan.qkv(x2, mod, s)
+        fp8 = be.fp8_attention_on
+        scales = getattr(self, "_qarvd_attn_scales", None)
+        if fp8 and (scales is None or cache.k[layer].dtype != torch.float8_e4m3fn):
+            raise RuntimeError("attention=cudnn_fp8 needs per-layer scales and a float8 KV cache: run "
+                               "qarvd.deploy.calibrate_attention_fp8_(model, run) after accelerate_")
         q = be.qk_norm_rope(qkv, (0, d, 2 * d), d, n, wq=_norm_weight(sa.norm_q), wk=_norm_weight(sa.norm_k),
                             eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=cache.k[layer],
-                            cache_v=cache.v[layer], start=token_start)
-        with be.sdpa():
-            y = attention(q.view(b, n, heads, hd), cache.k[layer][:, :end], cache.v[layer][:, :end])
-        x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
+                            cache_v=cache.v[layer], start=token_start, fp8_scales=scales if fp8 else None)
+        kv = (cache.k[layer][:, :end], cache.v[layer][:, :end])
+        if fp8:
+            y = be.fp8_attention(q.view(b, n, heads, hd), *kv, self._qarvd_attn_scalars, scales)
+            x2 = plan.self_out(y.reshape(m, d), x2, mod, s, in_scale=scales[3:4])
+        else:
+            with be.sdpa():
+                y = attention(q.view(b, n, heads, hd), *kv)
+            seen = getattr(self, "_qarvd_attn_amax", None)
+            if seen is not None:  # calibration: running amax of q, this chunk's k and v, the attention output
+                new = torch.stack([q.abs().amax(), kv[0][:, token_start:].abs().amax(),
+                                   kv[1][:, token_start:].abs().amax(), y.abs().amax()]).float()
+                torch.maximum(seen, new, out=seen)
+            x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
         qc = be.qk_norm_rope(plan.cross_q(x2), (0,), d, n, wq=_norm_weight(ca.norm_q), eps=getattr(ca.norm_q, "eps", 0.0))
         if cache.cross[layer] is None:
             cache.cross[layer] = ca.context_kv(context)
@@ -228,16 +256,68 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
     from qarvd.deploy.graphs import graph_, ungraph_
 
     set_backend_(model, backend)
+    planned = False
     if backend.fused:
         plan_cls = PLANS[backend.format]
+        planned = True
         for block in model.blocks:
             try:
                 plan = plan_cls(block, backend)
             except NotImplementedError:
                 plan = None
+            planned = planned and plan is not None
             block.__class__ = FastWanAttentionBlock
             block._qarvd_plan = plan
+    if backend.fp8_attention_on and not planned:
+        raise ValueError("attention=cudnn_fp8 runs inside the fused block forward: it needs fused=true and a plan "
+                         "for every block (no low-rank branches)")
+    # new caches are float8 once calibrate_attention_fp8_ has set the scales; bf16 (the parameters' dtype) before
+    model.kv_cache_dtype = torch.float8_e4m3fn if backend.fp8_attention_on and _calibrated(model) else None
     return graph_(model) if getattr(backend, "graphs", False) else ungraph_(model)
+
+
+def _calibrated(model) -> bool:
+    return all(getattr(b, "_qarvd_attn_scales", None) is not None for b in model.blocks)
+
+
+def calibrate_attention_fp8_(model: torch.nn.Module, run: Callable[[], object], margin: float = 1.0) -> torch.Tensor:
+    """Set the static FP8 scales of every block's self-attention from one calibration ``run()`` (a rollout).
+
+    ``model`` must be accelerated (``accelerate_``) with ``attention=cudnn_fp8``; ``run`` executes with bf16 cuDNN
+    attention while the fused blocks record the amax of q (after norm and RoPE), k, v and the attention output;
+    each scale is ``margin * amax / 448``. Afterwards new caches are float8 and the blocks attend in FP8 (CUDA graphs
+    captured before are dropped). Returns the amax, [layers, 4] (q, k, v, o), on the host.
+    """
+    from qarvd.deploy.graphs import graph_, ungraph_
+
+    blocks = list(model.blocks)
+    plans = [getattr(b, "_qarvd_plan", None) for b in blocks]
+    if any(p is None for p in plans) or not plans[0].be.fp8_attention_on:
+        raise ValueError("calibrate_attention_fp8_ needs a model accelerated with attention=cudnn_fp8 and a fused "
+                         "plan for every block")
+    be = plans[0].be
+    graphs = getattr(be, "graphs", False)
+    ungraph_(model)
+    device = next(model.parameters()).device
+    for b in blocks:
+        b._qarvd_attn_amax = torch.zeros(4, device=device)
+        b._qarvd_attn_scales = None
+    model.kv_cache_dtype = None
+    be.attention = "auto"  # bf16 SDPA, PyTorch's choice (cuDNN on Hopper); "auto" also runs on the CPU
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        be.attention = "cudnn_fp8"
+    amax = torch.stack([b._qarvd_attn_amax for b in blocks])
+    for b in blocks:
+        sc = (b._qarvd_attn_amax.clamp_min(1e-12) * (margin / FP8_MAX)).contiguous()
+        b._qarvd_attn_scales, b._qarvd_attn_scalars = sc, fp8_scalars(sc).contiguous()
+        b._qarvd_attn_amax = None
+    model.kv_cache_dtype = torch.float8_e4m3fn
+    if graphs:
+        graph_(model)
+    return amax.cpu()
 
 
 def restore_(model: torch.nn.Module) -> torch.nn.Module:
@@ -245,6 +325,7 @@ def restore_(model: torch.nn.Module) -> torch.nn.Module:
     from qarvd.deploy.graphs import ungraph_
 
     ungraph_(model)
+    model.kv_cache_dtype = None
     for block in model.blocks:
         if isinstance(block, FastWanAttentionBlock):
             block.__class__ = WanAttentionBlock

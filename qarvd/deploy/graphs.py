@@ -45,7 +45,7 @@ class _Store:
     """Persistent state of one (batch, tokens) shape: K/V storage, text buffers, graphs and their memory pool."""
 
     def __init__(self, model: CausalWanModel, batch: int, max_tokens: int) -> None:
-        base = RolloutCache(model.cfg, batch, max_tokens, *_dtype_device(model))
+        base = RolloutCache(model.cfg, batch, max_tokens, *model.cache_dtype_device())
         self.k, self.v, self.max_tokens = base.k, base.v, max_tokens
         self.text: dict = {}  # context length -> (embedded context, [cross K], [cross V])
         self.graphs: dict = {}  # signature -> None (seen once, eager) | _Graph

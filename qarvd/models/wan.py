@@ -359,9 +359,15 @@ class CausalWanModel(nn.Module):
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # b c f pt h ph w pw
         return out.reshape(b, c, frames * pt, h * ph, w * pw)
 
-    def new_cache(self, batch: int, max_frames: int, height: int, width: int) -> RolloutCache:
+    def cache_dtype_device(self) -> tuple:
+        """dtype and device of new KV caches: the parameters' unless a deployment backend set ``kv_cache_dtype``
+        (float8 codes for FP8 attention, qarvd.deploy.fast)."""
         p = next(self.parameters())
-        return RolloutCache(self.cfg, batch, max_frames * self.tokens_per_frame(height, width), p.dtype, p.device)
+        return getattr(self, "kv_cache_dtype", None) or p.dtype, p.device
+
+    def new_cache(self, batch: int, max_frames: int, height: int, width: int) -> RolloutCache:
+        return RolloutCache(self.cfg, batch, max_frames * self.tokens_per_frame(height, width),
+                            *self.cache_dtype_device())
 
 
 def chunk_causal_mask(frames: int, frames_per_chunk: int, tokens_per_frame: int, device=None) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""FP8 self-attention of the deployment path (kernels/attn_cudnn.py, qarvd.deploy.calibrate_attention_fp8_) on the CPU:
+torch_ref emulates cuDNN's FP8 numerics, so calibration, the float8 KV cache, the FP8 hand-over to the o projection
+and the quality cost are tested here; the cuDNN kernel itself against the emulation in test_kernels_gpu.py."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import attn_cudnn
+from kernels.backends import TorchRefBackend
+from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real, restore_
+from qarvd.deploy.packing import minmax_spec
+from qarvd.models.rollout import RolloutConfig, rollout
+from qarvd.models.wan import CausalWanModel, WanConfig
+from qarvd.quant.select import select_linears
+
+ARCH = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=16, text_dim=16, text_len=4, in_dim=4,
+            out_dim=4, patch_size=(1, 2, 2))
+RC = RolloutConfig(num_frames=6, frames_per_chunk=2, denoising_steps=[1000, 500])
+SHAPE = (4, 8, 8)
+
+
+def _attention_inputs(g, lq=24, lk=40, h=2, d=32):
+    q, k, v = (torch.randn(2, n, h, d, generator=g) for n in (lq, lk, lk))
+    return q * 2, k * 2, v
+
+
+def test_emulation_costs_a_few_percent_and_reuses_codes():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = _attention_inputs(g)
+    ref = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    steps = torch.stack([t.abs().amax() / attn_cudnn.FP8_MAX for t in (q, k, v)] + [v.abs().amax() / 448])
+    codes = attn_cudnn.fp8_attention_ref(q, k, v, steps)
+    assert codes.dtype == torch.float8_e4m3fn and codes.shape == q.shape
+    rel = float((codes.float() * steps[3] - ref).norm() / ref.norm())
+    assert 0.005 < rel < 0.1  # E4M3 on q, k, v, P and o: a few percent, not zero (the quantizers are on)
+    pre = [attn_cudnn.quantize_fp8(t, s) for t, s in zip((q, k, v), steps)]
+    assert torch.equal(attn_cudnn.fp8_attention_ref(*pre, steps).float(), codes.float())  # codes in = floats in
+
+
+def test_fp8_scalars_layout():
+    s = attn_cudnn.fp8_scalars(torch.tensor([0.1, 0.2, 0.3, 0.5]))
+    assert s.shape == (6, 1, 1, 1)
+    assert torch.allclose(s.flatten(), torch.tensor([0.1, 0.2, 0.3, 1 / 448, 448.0, 2.0]))
+
+
+@pytest.fixture(scope="module")
+def real():
+    torch.manual_seed(0)
+    fp = CausalWanModel(WanConfig(**ARCH)).eval().requires_grad_(False)
+    specs = {n: minmax_spec(fp.get_submodule(n).weight, fp.get_submodule(n).bias, act_range=(-4.0, 4.0))
+             for n in select_linears(fp)}
+    return convert_to_real(copy.deepcopy(fp), specs, TorchRefBackend())
+
+
+def _video(model, ctx):
+    return rollout(model, ctx, list(range(ctx.shape[0])), SHAPE, RC)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_calibrated_fp8_attention_rollout(real, graphs):
+    ctx = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
+    base = _video(accelerate_(copy.deepcopy(real), TorchRefBackend(graphs=graphs)), ctx)
+    model = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8", graphs=graphs))
+    assert model.kv_cache_dtype is None  # not calibrated yet: bf16/fp32 caches, and the forward refuses to run
+    with pytest.raises(RuntimeError, match="calibrate_attention_fp8_"):
+        _video(model, ctx)
+    amax = calibrate_attention_fp8_(model, lambda: _video(model, ctx))
+    assert amax.shape == (2, 4) and (amax > 0).all()
+    block = model.blocks[0]
+    assert torch.allclose(block._qarvd_attn_scales, amax[0] / 448)
+    assert model.new_cache(2, 6, 8, 8).k[0].dtype == torch.float8_e4m3fn
+    got = _video(model, ctx)
+    rel = float((got - base).norm() / base.norm())
+    assert 1e-4 < rel < 0.1, rel  # FP8 attention moves the latents a little, not a lot
+    # re-accelerating with bf16 attention keeps the scales but goes back to full-precision caches and numbers
+    back = accelerate_(model, TorchRefBackend(graphs=graphs))
+    assert back.kv_cache_dtype is None and torch.equal(_video(back, ctx), base)
+    restore_(back)
+    assert back.kv_cache_dtype is None
+
+
+def test_calibration_needs_fp8_backend(real):
+    model = accelerate_(copy.deepcopy(real), TorchRefBackend())
+    with pytest.raises(ValueError, match="cudnn_fp8"):
+        calibrate_attention_fp8_(model, lambda: None)
+    with pytest.raises(ValueError, match="fused=true"):
+        accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8", fused=False))
+
+
+needs_cudnn_fp8 = pytest.mark.skipif(not attn_cudnn.available(),
+                                     reason="cuDNN FP8 attention needs a Hopper GPU and nvidia-cudnn-frontend")
+
+
+@needs_cudnn_fp8
+def test_cudnn_matches_the_emulation_on_a_strided_cache():
+    """The kernel against its float32 emulation: q over a cache view [:, :end] of a longer buffer (the rollout's
+    layout), head dim 128; measured 1.0-1.4 % on the H200 at the Wan shapes (scripts/bench_attention_fp8.py)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 300, 4, 128, device="cuda", generator=g)
+    cache = torch.randn(2, 1000, 4, 128, device="cuda", generator=g)
+    k, v = cache[:, :700] * 2, cache[:, 300:1000]
+    steps = torch.stack([t.abs().amax() / 448 for t in (q, k, v, v)])
+    q8, k8, v8 = (attn_cudnn.quantize_fp8(t, s) for t, s in zip((q, k, v), steps))
+    kbuf = torch.zeros(2, 1000, 4, 128, device="cuda", dtype=torch.float8_e4m3fn)
+    vbuf = torch.zeros_like(kbuf)
+    kbuf[:, :700], vbuf[:, :700] = k8, v8
+    att = attn_cudnn.CudnnFp8Attention(torch.device("cuda"))
+    got = att(q8, kbuf[:, :700], vbuf[:, :700], attn_cudnn.fp8_scalars(steps)).float() * steps[3]
+    ref = attn_cudnn.fp8_attention_ref(q8, k8, v8, steps).float() * steps[3]
+    exact = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    assert float((got - ref).norm() / ref.norm()) < 0.03
+    assert float((got - exact).norm() / exact.norm()) < 0.1
+    x = torch.zeros(1, 8, 1, 64, device="cuda")
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        att(x, x, x, attn_cudnn.fp8_scalars(steps))
