@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from kernels import act_quant, attn_cudnn, fp8, glue, qgemm
+from kernels import act_quant, attn_cudnn, cutlass_gemm, fp8, glue, qgemm
 from kernels._common import triton_ok
 
 # cudnn_fp8: the fused block's self-attention in FP8 through cuDNN (kernels/attn_cudnn.py; torch_ref emulates its
@@ -108,6 +108,15 @@ class TritonInt8Backend(KernelBackend):
         if lr is not None:
             y = (y.float() + lr).to(x.dtype)
         return y.view(*x.shape[:-1], mod.out_features)
+
+
+class CutlassInt8Backend(TritonInt8Backend):
+    """W8A8 with the GEMMs in CUTLASS (kernels/cutlass_gemm.py: warp-specialized wgmma, dequantizing epilogue), the
+    producers and glue in Triton. Layers it cannot take (int4, dual scale, weight zero points, fp32) use the Triton
+    GEMM; ``weights: symmetric`` makes every int8 layer eligible."""
+
+    name = "cutlass_int8"
+    gemm = staticmethod(cutlass_gemm.qgemm_cutlass)
 
 
 class _TorchGlue:

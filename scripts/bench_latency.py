@@ -36,7 +36,8 @@ import torch.nn.functional as F
 TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_dim=64, text_len=16)
 ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_asymw", "w8a8_flash", "w8a8_dual_exact",
         "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8", "bf16_fused_graph", "w8a8_graph", "w4a8_graph",
-        "fp8_graph", "bf16_fused_fp8attn_graph", "w8a8_fp8attn_graph", "fp8_fp8attn_graph"]
+        "fp8_graph", "bf16_fused_fp8attn_graph", "w8a8_fp8attn_graph", "fp8_fp8attn_graph", "w8a8_cutlass_graph",
+        "w8a8_cutlass_fp8attn_graph"]
 GRAPH = "_graph"  # row suffix: the same row with backend graphs=true (each rollout forward replays a CUDA graph)
 FP8ATTN = "_fp8attn"  # row infix: self-attention in FP8 through cuDNN (attention=cudnn_fp8), scales calibrated on
 # one rollout of the same inputs with bf16 attention (qarvd.deploy.calibrate_attention_fp8_)
@@ -470,7 +471,7 @@ def real_model(base, kind: str, backend, w_bits: int = 8, outliers: int = 0, asy
 
 
 def build_row(name: str, base, fastest: str, device):
-    from kernels.backends import Bf16Backend, Fp8Backend, TritonInt8Backend
+    from kernels.backends import Bf16Backend, CutlassInt8Backend, Fp8Backend, TritonInt8Backend
 
     graphs = name.endswith(GRAPH)
     name = name[: -len(GRAPH)] if graphs else name
@@ -491,8 +492,8 @@ def build_row(name: str, base, fastest: str, device):
         if outliers and base.cfg.dim <= 256:
             outliers = 32
         asym = name == "w8a8_asymw" or ASYM_W8 or name == "w4a8"
-        be = TritonInt8Backend(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric",
-                               graphs=graphs)
+        be_cls = CutlassInt8Backend if name.startswith("w8a8_cutlass") else TritonInt8Backend
+        be = be_cls(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric", graphs=graphs)
         return real_model(base, "int", be, w_bits=4 if name == "w4a8" else 8, outliers=outliers, asym_w=asym), att
     if name == "fp8":
         return real_model(base, "fp8", Fp8Backend(attention=att, graphs=graphs)), att
