@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny random CausalWan model and Hydra composition helpers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # before any test module imports kernels: Triton fixes the mode at decoration
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
 from qarvd.models.wan import CausalWanModel, WanConfig

@@ -186,7 +186,7 @@ def test_kernel_configs_instantiate():
     from conftest import CONF_DIR
 
     names = sorted(p.stem for p in (__import__("pathlib").Path(CONF_DIR) / "kernel").glob("*.yaml"))
-    assert names == ["bf16", "fp8", "torch_ref", "triton_int8"]
+    assert names == ["bf16", "cutlass_int8", "fp8", "torch_ref", "triton_int8"]
     for n in names:
         be = instantiate(OmegaConf.load(f"{CONF_DIR}/kernel/{n}.yaml"))
         assert be.name == n and be.attention in ("auto", "cudnn")
