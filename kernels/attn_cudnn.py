@@ -10,8 +10,9 @@ cuDNN 9.13+): the consumer (the attention output projection's quantizer) multipl
 Layout: q [B, Lq, H, D] and the K/V caches [B, T, H, D] (BSHD, any row stride), as the rollout stores them. One
 cuDNN graph per (B, Lq, Lk, H, D, strides) is built on first use and cached: a rollout has 7 chunk shapes.
 
-The frontend package (``nvidia-cudnn-frontend``) is optional: :func:`available` says whether it imports and the
-cuDNN library supports the graph on this GPU; callers fall back to bf16 attention otherwise.
+The frontend package (``nvidia-cudnn-frontend``) is optional: :func:`available` says whether it imports and the GPU
+is Hopper or newer; without it the first FP8 attention call raises an ImportError naming the package (no silent
+fallback to bf16 attention).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Optional
 
 import torch
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
+from kernels.act_quant import FP8_MAX
+from kernels.act_quant import fp8_ref as quantize_fp8  # x / step rounded to E4M3, saturated: x = code * step
 # Softmax probabilities lie in [0, 1]: scale_s maps 1 to the E4M3 maximum, as Transformer Engine does.
 SCALE_S = FP8_MAX
 
@@ -122,11 +124,6 @@ class CudnnFp8Attention:
         pack.update({t: scalars[i] for i, t in enumerate(sc)})
         g.execute(pack, self.workspace, handle=self.handle)
         return out
-
-
-def quantize_fp8(x: torch.Tensor, scale) -> torch.Tensor:
-    """x / scale rounded to E4M3, saturated at +-448 (the convention of every FP8 tensor here: x = code * scale)."""
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
 
 
 def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

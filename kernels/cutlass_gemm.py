@@ -85,7 +85,11 @@ def library():
                                         ctypes.c_void_p]
         lib.qarvd_int8_gemm_workspace.restype = ctypes.c_size_t
         lib.qarvd_int8_gemm_workspace.argtypes = [ctypes.c_int] * 4
+        lib.qarvd_int8_gemm_configs.restype = ctypes.c_int
         lib.qarvd_int8_gemm_error.restype = ctypes.c_char_p
+        if lib.qarvd_int8_gemm_configs() != len(CONFIGS):  # a prebuilt library from another source version
+            raise RuntimeError(f"{path} has {lib.qarvd_int8_gemm_configs()} GEMM configs, this source {len(CONFIGS)}: "
+                               f"rebuild it (kernels.cutlass_gemm.build) or unset QARVD_INT8_GEMM_LIB")
         _LIB = lib
     return _LIB
 
@@ -131,7 +135,6 @@ def int8_gemm_ref(a, w, col_scale, col_bias=None) -> torch.Tensor:
 # Config per (K, N) measured on the H200 (benchmarks/results/h200_cutlass_gemm.json, M = 9360): 128x128 ping-pong,
 # with a 2x1 cluster (TMA multicast of the weight tile) on the two ffn shapes.
 CONFIG_BY_SHAPE = {(1536, 8960): 3, (8960, 1536): 3}
-_COLS: dict = {}
 
 
 def supports(lin, out_dtype: torch.dtype) -> bool:
@@ -140,17 +143,18 @@ def supports(lin, out_dtype: torch.dtype) -> bool:
 
 
 def _columns(lin, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(col_scale, col_bias) of stacked linear g, float32, cached per packed layer: scale = a_scale * w_scale[n],
-    bias' = bias + scale * corr[n] (the activation zero point's exact integer correction, folded into the bias)."""
-    key = (lin.weight.data_ptr(), g)
-    if key not in _COLS:
+    """(col_scale, col_bias) of stacked linear g, float32, cached on the packed layer (computed at its first, eager
+    call; graph replays read the cached tensors): scale = a_scale * w_scale[n], bias' = bias + scale * corr[n] (the
+    activation zero point's exact integer correction, folded into the bias)."""
+    cols = lin.__dict__.setdefault("_cutlass_cols", {})
+    if g not in cols:
         sl = slice(g * lin.n, (g + 1) * lin.n)
         scale = (lin.a_scale[g, 1] * lin.w_scale[1, sl]).float().contiguous()
         bias = lin.bias[sl].float() if lin.bias is not None else torch.zeros_like(scale)
         if lin.has_corr:
             bias = bias + scale * lin.corr[1, sl].float()
-        _COLS[key] = (scale, bias.contiguous())
-    return _COLS[key]
+        cols[g] = (scale, bias.contiguous())
+    return cols[g]
 
 
 def qgemm_cutlass(a, rowsums, lin, m: int, *, out_dtype=torch.bfloat16, epilogue: str = "store", out=None,

@@ -127,6 +127,7 @@ def _rope_ref(x: torch.Tensor, cos, sin, tokens: int) -> torch.Tensor:
 
 
 def _fp8_code(x: torch.Tensor, step) -> torch.Tensor:
+    """E4M3 code as the glue kernel computes it: x times the float32 reciprocal of the step (not x / step)."""
     return (x.float() * (1.0 / step)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
 
 

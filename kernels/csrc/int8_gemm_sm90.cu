@@ -108,7 +108,8 @@ struct Int8Gemm {
 
 using namespace cutlass::gemm;
 using namespace cutlass::epilogue;
-// The configs the frozen table (kernels/configs_sm90.py) chooses from; the index is the C API's `config`.
+// The configs kernels/cutlass_gemm.py names (CONFIGS) and picks per shape (CONFIG_BY_SHAPE); the index is the
+// C API's `config`, qarvd_int8_gemm_configs() their count (checked when the library loads).
 using Cfg0 = Int8Gemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, KernelTmaWarpSpecializedPingpong, TmaWarpSpecialized>;
 using Cfg1 = Int8Gemm<Shape<_128, _256, _128>, Shape<_1, _1, _1>, KernelTmaWarpSpecializedCooperative,
                       TmaWarpSpecializedCooperative>;

@@ -283,8 +283,8 @@ def _calibrated(model) -> bool:
 def calibrate_attention_fp8_(model: torch.nn.Module, run: Callable[[], object], margin: float = 1.0) -> torch.Tensor:
     """Set the static FP8 scales of every block's self-attention from one calibration ``run()`` (a rollout).
 
-    ``model`` must be accelerated (``accelerate_``) with ``attention=cudnn_fp8``; ``run`` executes with bf16 cuDNN
-    attention while the fused blocks record the amax of q (after norm and RoPE), k, v and the attention output;
+    ``model`` must be accelerated (``accelerate_``) with ``attention=cudnn_fp8``; ``run`` executes with bf16
+    attention (SDPA's own choice, cuDNN on Hopper) while the fused blocks record the amax of q (after norm and RoPE), k, v and the attention output;
     each scale is ``margin * amax / 448``. Afterwards new caches are float8 and the blocks attend in FP8 (CUDA graphs
     captured before are dropped). Returns the amax, [layers, 4] (q, k, v, o), on the host.
     """
