@@ -1,0 +1,111 @@
+"""Which part of FP8 self-attention costs the quality on the embedded model? (diagnostic, CPU, torch_ref)
+
+    OMP_NUM_THREADS=2 python docs/experiments/fp8_attention_ablation.py <train_quant run dir> 32 "q+k+v+p+o,q,k,v,p,o,kmean+vmean+q+k+v+p+o"
+
+Converts the run's W8A8 artifact to the real torch_ref model (bf16-path attention), then swaps the self-attention
+for a float32 version that rounds only the named operands to E4M3 with static per-layer per-tensor scales (amax of one
+calibration rollout / 448, as qarvd.deploy.calibrate_attention_fp8_): q, k, v, p (unnormalised probabilities, step
+1/448), o (output). ``kmean``/``vmean`` subtract the calibrated per-channel mean of k / v first (softmax-invariant
+for k; the v mean is added back to the output). Prints each variant's latent MSE to FP as a ratio to the real
+model's. A research probe, not a deployment path: it patches qarvd.deploy.fast.attention.
+"""
+import copy, json, sys, math
+import torch
+from omegaconf import OmegaConf
+import qarvd.deploy.fast as fast
+from kernels.act_quant import fp8_ref
+from kernels.backends import TorchRefBackend
+from qarvd.deploy import accelerate_, convert_to_real
+from qarvd.deploy.from_quant import real_specs
+from qarvd.methods.runner import calibration_prompts
+from qarvd.models.pipeline import build_pipeline
+from qarvd.quant.artifact import load_artifact
+from qarvd.quant.sensitivity import generate, latent_mse_by_chunk
+
+run = sys.argv[1]; nprompt = int(sys.argv[2]); variants = sys.argv[3].split(",")
+cfg = OmegaConf.load(f"{run}/resolved_config.yaml")
+calib_prompts, _, prompts = calibration_prompts(cfg)
+prompts = prompts[:nprompt]
+seeds = [int(cfg.seed) + i for i in range(len(prompts))]
+cseeds = [int(cfg.seed) + i for i in range(len(calib_prompts))]
+pipe = build_pipeline(cfg.model, "cpu")
+chunks = pipe.rollout_cfg.chunk_frames()
+gen = lambda ps, ss: generate(pipe, ps, ss, 16).cpu()
+with torch.no_grad():
+    fp = gen(prompts, seeds)
+    load_artifact(pipe.model, run)
+    qm = pipe.model
+    be = TorchRefBackend(attention="auto", dual_mode="exact", weights="artifact")
+    pipe.model = accelerate_(convert_to_real(copy.deepcopy(qm), real_specs(qm), be), be)
+    real = gen(prompts, seeds)
+base = latent_mse_by_chunk(real, fp, chunks)
+print("real", base["overall"], flush=True)
+
+blocks = list(pipe.model.blocks)
+state = dict(layer=None, call=0, mode="off", var=None)
+stats = {}
+for i, b in enumerate(blocks):
+    def hook(mod, args, i=i):
+        state["layer"], state["call"] = i, 0
+    b.register_forward_pre_hook(hook)
+orig = fast.attention
+
+def q8(t, amax):
+    step = amax / 448.0
+    return fp8_ref(t.float(), step).float() * step
+
+def patched(q, k, v, mask=None):
+    state["call"] += 1
+    if state["call"] != 1 or state["mode"] == "off":
+        return orig(q, k, v, mask)
+    st = stats.setdefault(state["layer"], dict(amax=torch.zeros(4), ksum=0, vsum=0, n=0, qsum=0, nq=0))
+    if state["mode"] == "calib":
+        o = orig(q, k, v, mask)
+        kf, vf, qf = k.float(), v.float(), q.float()
+        st["ksum"] = st["ksum"] + kf.sum((0, 1)); st["vsum"] = st["vsum"] + vf.sum((0, 1)); st["n"] += kf.shape[0] * kf.shape[1]
+        st["qsum"] = st["qsum"] + qf.sum((0, 1)); st["nq"] += qf.shape[0] * qf.shape[1]
+        st["amax"] = torch.maximum(st["amax"], torch.stack([q.abs().amax(), k.abs().amax(), v.abs().amax(), o.abs().amax()]).float())
+        return o
+    var = state["var"]
+    qf, kf, vf = q.float(), k.float(), v.float()
+    kbar = st["ksum"] / st["n"] if "kmean" in var else 0
+    vbar = st["vsum"] / st["n"] if "vmean" in var else 0
+    a = st["camax"] if ("kmean" in var or "vmean" in var) else st["amax"]
+    if "q" in var.split("+"): qf = q8(qf, a[0])
+    kc = kf - kbar
+    if "k" in var.split("+"): kc = q8(kc, a[1])
+    vc = vf - vbar
+    if "v" in var.split("+"): vc = q8(vc, a[2])
+    logits = torch.einsum("bqhd,bkhd->bhqk", qf, kc) / math.sqrt(q.shape[-1])
+    m = logits.amax(-1, keepdim=True); p = torch.exp(logits - m); den = p.sum(-1, keepdim=True)
+    if "p" in var.split("+"): p = fp8_ref(p, 1 / 448.0).float() / 448.0
+    o = torch.einsum("bhqk,bkhd->bqhd", p, vc) / den.permute(0, 2, 1, 3)
+    if "o" in var.split("+"): o = q8(o, a[3])
+    return (o + vbar).to(q.dtype)
+
+fast.attention = patched
+with torch.no_grad():
+    state["mode"] = "calib"; gen(calib_prompts, cseeds)
+    # centred amax pass
+    for s in stats.values():
+        s["kbar"] = s["ksum"] / s["n"]; s["vbar"] = s["vsum"] / s["n"]
+    def calib2(q, k, v, mask=None):
+        state["call"] += 1
+        if state["call"] != 1: return orig(q, k, v, mask)
+        st = stats[state["layer"]]
+        o = orig(q, k, v, mask)
+        c = torch.stack([q.abs().amax(), (k.float() - st["kbar"]).abs().amax(), (v.float() - st["vbar"]).abs().amax(), (o.float() - st["vbar"]).abs().amax()]).float()
+        st["camax"] = torch.maximum(st.get("camax", torch.zeros(4)), c)
+        return o
+    fast.attention = calib2; gen(calib_prompts, cseeds); fast.attention = patched
+    for i, s in stats.items():
+        print(i, "amax", s["amax"].tolist(), "camax", s["camax"].tolist(), "|kbar|", s["kbar"].norm().item(), flush=True)
+    res = {}
+    state["mode"] = "quant"
+    for var in variants:
+        state["var"] = var
+        lat = gen(prompts, seeds)
+        mse = latent_mse_by_chunk(lat, fp, chunks)
+        res[var] = mse["overall"] / base["overall"]
+        print(var, mse["overall"], "x real", res[var], [round(a / b, 2) for a, b in zip(mse["chunks"], base["chunks"])] if "chunks" in mse else "", flush=True)
+print(json.dumps(res))
