@@ -149,10 +149,14 @@ def log_record(logger, record: dict, fps: float, sample_videos: int, output_dir:
         logger.log_videos(videos, fps)
 
 
-def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None) -> Callable[[object], None]:
+def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None, cfg: Optional[DictConfig] = None,
+                       ) -> Callable[[object], None]:
     """``quantize(pipe)`` that loads a saved quantized artifact (scripts/train_quant.py output) into the DiT in place.
 
     The one place where evaluation reaches into the quantization core. ``info`` receives the model's weight memory.
+    With ``cfg.eval.deploy`` the fake-quant model is then converted to real low-bit modules run by ``cfg.kernel``
+    (the videos a deployment would make); ``attention=cudnn_fp8`` first calibrates its static FP8 scales with one
+    rollout of the config's calibration prompts (not the evaluation prompts).
     """
     def apply(pipe) -> None:
         from qarvd.quant.artifact import load_artifact
@@ -160,8 +164,27 @@ def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None) -> 
         load_artifact(pipe.model, path)
         if info is not None:
             info["weight_bytes"] = weight_bytes(pipe.model)
+        if cfg is not None and cfg.eval.deploy:
+            pipe.model = deploy_real(pipe, cfg)
 
     return apply
+
+
+def deploy_real(pipe, cfg: DictConfig) -> torch.nn.Module:
+    """The pipeline's fake-quant DiT converted to real modules of backend ``cfg.kernel`` and accelerated."""
+    from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
+    from qarvd.deploy.from_quant import real_specs
+    from qarvd.methods.runner import calib_prompts
+    from qarvd.quant.sensitivity import generate as rollout
+
+    backend = instantiate(cfg.kernel)
+    model = accelerate_(convert_to_real(pipe.model, real_specs(pipe.model), backend), backend)
+    if backend.fp8_attention_on:
+        prompts = calib_prompts(cfg)
+        seeds = [int(cfg.seed) + i for i in range(len(prompts))]
+        pipe.model = model
+        calibrate_attention_fp8_(model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.batch_size)))
+    return model
 
 
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:

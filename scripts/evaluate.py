@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> Optional[float]:
             extra["artifact"] = str(artifact)
             with open_dict(cfg):
                 cfg.eval.video_dir = from_rank0(str(e.video_dir))
-            dirs = generate(cfg, artifact_quantizer(artifact, extra))["dirs"]
+            dirs = generate(cfg, artifact_quantizer(artifact, extra, cfg))["dirs"]
             barrier()
         if rank != 0:
             return None

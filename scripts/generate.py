@@ -2,6 +2,7 @@
 
     python scripts/generate.py                                     # FP videos of the embedded model's eval prompts
     python scripts/generate.py eval.artifact=<train_quant run dir>  # + the quantized model's videos, same names/seeds
+    python scripts/generate.py eval.artifact=<dir> eval.deploy=true kernel=triton_int8 device=cuda  # real kernels
     torchrun --nproc_per_node=4 scripts/generate.py model=self_forcing eval.artifact=...   # prompts sharded by RANK
 
 Resumable: rerun the same command with eval.video_dir=<the folder> and finished videos are skipped. Rank 0 writes
@@ -23,7 +24,7 @@ def main(cfg: DictConfig) -> None:
     with process_group():
         with open_dict(cfg):
             cfg.eval.video_dir = from_rank0(str(cfg.eval.video_dir))  # one folder for all ranks
-        out = generate(cfg, artifact_quantizer(cfg.eval.artifact) if cfg.eval.artifact else None)
+        out = generate(cfg, artifact_quantizer(cfg.eval.artifact, cfg=cfg) if cfg.eval.artifact else None)
         ranks = gather(out["counts"])
         barrier()
     if out["rank"] == 0:

@@ -135,3 +135,27 @@ def test_shared_fp_folder_is_keyed_by_what_fp_videos_depend_on():
     for change in ("seed=1", "model.arch.num_layers=2", "eval.video.crf=10", "eval.samples_per_prompt=2"):
         assert fp_folder(compose([*base, change])) != folder, change
     assert fp_folder(compose([*wiring(), *SMALL])) is None  # not shared: <video_dir>/fp
+
+
+@pytest.mark.parametrize("attention", ["auto", "cudnn_fp8"])
+def test_deployed_real_model_makes_the_quantized_videos(videos, artifact, tmp_path, attention):
+    """eval.deploy=true: the quantized videos come from the real integer model (kernel=torch_ref) instead of fake
+    quantization. With the same artifact they stay close to the fake-quant videos (the rounding flips of real vs fake
+    arithmetic) and the FP videos are the same bytes; cudnn_fp8 attention
+    (emulated) calibrates its scales on the calibration prompts first and moves the videos further."""
+    from eval.video_io import list_videos, read_video
+
+    _run([sys.executable, str(REPO / "scripts" / "generate.py"), *wiring(), *SMALL, f"eval.artifact={artifact}",
+          "eval.strip.scale=1", "eval.deploy=true", "kernel=torch_ref", f"kernel.attention={attention}",
+          f"hydra.run.dir={tmp_path}"], REPO)
+    ref, new = videos / "one" / "videos", tmp_path / "videos"
+    assert _digests(new / "fp") == _digests(ref / "fp")
+    fake, real = list_videos(ref / "quant"), list_videos(new / "quant")
+    assert sorted(real) == sorted(fake) and len(real) == 5
+    gap = torch.stack([(read_video(real[k]).float() - read_video(fake[k]).float()).abs().mean() for k in real])
+    fp_gap = torch.stack([(read_video(list_videos(ref / "fp")[k]).float() - read_video(fake[k]).float()).abs().mean()
+                          for k in real])
+    assert gap.mean() < 0.5 * fp_gap.mean(), (gap, fp_gap)  # real ~ fake, both away from FP (~8e-3 here)
+    # the real model ran: integer arithmetic flips a few roundings (2 of 5 videos differ, by <1e-4, measured); FP8
+    # attention moves every video (~1.1e-3)
+    assert gap.max() > 0 if attention == "auto" else gap.min() > 3e-4, gap

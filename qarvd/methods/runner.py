@@ -64,12 +64,17 @@ def weights_identity(cfg: DictConfig) -> dict:
     return out
 
 
+def calib_prompts(cfg: DictConfig) -> list[str]:
+    """The calibration prompts alone (also what a deployment calibrates its FP8 attention scales on)."""
+    return select(instantiate(cfg.model.prompts.calib), int(cfg.calib.prompt_start), int(cfg.calib.num_prompts))
+
+
 def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str]]:
     """(calibration, sensitivity, held-out evaluation) prompts."""
     calib_pool = instantiate(cfg.model.prompts.calib)
     eval_pool = instantiate(cfg.model.prompts.eval)
     c = cfg.calib
-    calib = select(calib_pool, int(c.prompt_start), int(c.num_prompts))
+    calib = calib_prompts(cfg)
     sens = select(calib_pool, int(c.prompt_start), min(int(c.sensitivity_prompts), len(calib_pool) - int(c.prompt_start)))
     return calib, sens, select(eval_pool, 0, int(c.eval_prompts))
 
