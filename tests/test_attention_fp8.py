@@ -117,3 +117,22 @@ def test_cudnn_matches_the_emulation_on_a_strided_cache():
     x = torch.zeros(1, 8, 1, 64, device="cuda")
     with pytest.raises(ValueError, match="float8_e4m3fn"):
         att(x, x, x, attn_cudnn.fp8_scalars(steps))
+
+
+def test_saved_model_keeps_its_fp8_attention_scales(real, tmp_path):
+    """save_real stores the calibrated scales next to the weights; load_real + accelerate_(cudnn_fp8) attends in FP8
+    with them at once (same latents as the calibrated model, no recalibration); an uncalibrated save has none."""
+    from qarvd.deploy import load_real, save_real
+
+    ctx = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(2))
+    model = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8"))
+    calibrate_attention_fp8_(model, lambda: _video(model, ctx))
+    want = _video(model, ctx)
+    save_real(restore_(model), tmp_path / "fp8")
+    loaded = accelerate_(load_real(tmp_path / "fp8", TorchRefBackend()), TorchRefBackend(attention="cudnn_fp8"))
+    assert loaded.kv_cache_dtype == torch.float8_e4m3fn
+    assert torch.equal(loaded.blocks[1]._qarvd_attn_scales, model.blocks[1]._qarvd_attn_scales)
+    assert torch.equal(_video(loaded, ctx), want)
+    save_real(copy.deepcopy(real), tmp_path / "plain")
+    plain = accelerate_(load_real(tmp_path / "plain", TorchRefBackend()), TorchRefBackend(attention="cudnn_fp8"))
+    assert plain.kv_cache_dtype is None  # not calibrated: the fused forward will ask for calibrate_attention_fp8_

@@ -311,13 +311,32 @@ def calibrate_attention_fp8_(model: torch.nn.Module, run: Callable[[], object], 
         be.attention = "cudnn_fp8"
     amax = torch.stack([b._qarvd_attn_amax for b in blocks])
     for b in blocks:
-        sc = (b._qarvd_attn_amax.clamp_min(1e-12) * (margin / FP8_MAX)).contiguous()
-        b._qarvd_attn_scales, b._qarvd_attn_scalars = sc, fp8_scalars(sc).contiguous()
         b._qarvd_attn_amax = None
-    model.kv_cache_dtype = torch.float8_e4m3fn
+    set_attention_fp8_scales_(model, amax.clamp_min(1e-12) * (margin / FP8_MAX))
     if graphs:
         graph_(model)
     return amax.cpu()
+
+
+def attention_fp8_scales(model: torch.nn.Module):
+    """The blocks' FP8 attention steps [layers, 4] (q, k, v, o), or None when they are not calibrated."""
+    return torch.stack([b._qarvd_attn_scales for b in model.blocks]) if _calibrated(model) else None
+
+
+def set_attention_fp8_scales_(model: torch.nn.Module, scales: torch.Tensor) -> torch.nn.Module:
+    """Give every block its static FP8 attention steps (``scales`` [layers, 4]: q, k, v, o; from
+    :func:`calibrate_attention_fp8_` or a saved model); new caches are float8 once the model attends in FP8."""
+    blocks = list(model.blocks)
+    if tuple(scales.shape) != (len(blocks), 4):
+        raise ValueError(f"FP8 attention scales must be [{len(blocks)}, 4] (layers x q/k/v/o), got {tuple(scales.shape)}")
+    device = next(model.parameters()).device
+    for b, sc in zip(blocks, scales.float().to(device)):
+        sc = sc.contiguous()
+        b._qarvd_attn_scales, b._qarvd_attn_scalars = sc, fp8_scalars(sc).contiguous()
+    plan = getattr(blocks[0], "_qarvd_plan", None)
+    if plan is not None and plan.be.fp8_attention_on:  # otherwise accelerate_ with cudnn_fp8 switches the caches
+        model.kv_cache_dtype = torch.float8_e4m3fn
+    return model
 
 
 def restore_(model: torch.nn.Module) -> torch.nn.Module:
