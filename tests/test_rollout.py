@@ -34,6 +34,22 @@ def test_five_forwards_per_chunk_with_published_sequence(tiny_model):
     assert current_forward() is None
 
 
+def test_skipping_the_last_refresh_keeps_the_video(tiny_model):
+    """refresh_last=False drops exactly the last chunk's refresh forward (34 of 35), and the latents are identical:
+    no chunk reads the cache it would write."""
+    ctx = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(5))
+    full, short = RolloutConfig(num_frames=21, frames_per_chunk=3), RolloutConfig(num_frames=21, frames_per_chunk=3,
+                                                                                  refresh_last=False)
+    seen = _record(tiny_model)
+    want = rollout(tiny_model, ctx, [0, 1], (4, 4, 4), full)
+    n_full = len(seen)
+    got = rollout(tiny_model, ctx, [0, 1], (4, 4, 4), short)
+    skipped = seen[n_full:]
+    assert (n_full, len(skipped)) == (35, 34) == (len(full.forward_infos()), len(short.forward_infos()))
+    assert [f.refresh for f in skipped].count(True) == 6 and not skipped[-1].refresh
+    assert torch.equal(got, want)
+
+
 def test_framewise_mode_has_21_chunks(tiny_model):
     cfg = RolloutConfig(num_frames=21, frames_per_chunk=1)
     seen = _record(tiny_model)

@@ -62,6 +62,7 @@ class RolloutConfig:
     shift: float = 5.0
     num_train_timesteps: int = 1000
     refresh_timestep: float = 0.0  # self-forcing's context_noise: timestep of the K/V refresh pass
+    refresh_last: bool = True  # refresh the last chunk too, as self-forcing's code does; nothing reads that cache
     guidance_scale: float = 1.0  # classifier-free guidance weight w (1: no guidance, one forward per step)
     negative_prompt: str = ""  # prompt of the unconditional branch when guided
     sampler: str = "renoise"  # renoise: x0 guess re-noised with fresh noise (self-forcing); euler: flow ODE step
@@ -95,13 +96,19 @@ class RolloutConfig:
             return [float(s) for s in steps]
         return FlowMatchSchedule(self.shift, self.num_train_timesteps).warp(steps)
 
+    def refreshes(self, chunk: int) -> bool:
+        """Whether chunk ``chunk`` gets its K/V refresh pass (every chunk but, with refresh_last=False, the last:
+        its clean K/V would only serve a chunk that never comes, so skipping it leaves the video unchanged)."""
+        return self.refresh_last or chunk < self.num_chunks - 1
+
     def forward_infos(self) -> list[ForwardInfo]:
         """The sequence of forwards a rollout makes: every denoising step of every chunk, then its refresh."""
         infos = []
         for c in range(self.num_chunks):
             ts = self.timesteps(c)
             infos += [ForwardInfo(c, i, t, False, self.num_chunks) for i, t in enumerate(ts)]
-            infos.append(ForwardInfo(c, len(ts), float(self.refresh_timestep), True, self.num_chunks))
+            if self.refreshes(c):
+                infos.append(ForwardInfo(c, len(ts), float(self.refresh_timestep), True, self.num_chunks))
         return infos
 
 
@@ -167,8 +174,9 @@ def rollout(
                 else:
                     eps = _randn(gens, (n, c_, h_, w_)).to(device)
                     x = ((1 - s_next) * x0.double() + s_next * eps.double()).float()
-        with forward_context(ForwardInfo(c, len(ts), float(cfg.refresh_timestep), True, cfg.num_chunks)):
-            call(x0, cfg.refresh_timestep, start)
+        if cfg.refreshes(c):
+            with forward_context(ForwardInfo(c, len(ts), float(cfg.refresh_timestep), True, cfg.num_chunks)):
+                call(x0, cfg.refresh_timestep, start)
         out[:, start : start + n] = x0.cpu()
         if on_chunk is not None:
             on_chunk(c, x0)
