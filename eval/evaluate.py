@@ -165,26 +165,24 @@ def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None, cfg
         if info is not None:
             info["weight_bytes"] = weight_bytes(pipe.model)
         if cfg is not None and cfg.eval.deploy:
-            pipe.model = deploy_real(pipe, cfg)
+            deploy_real_(pipe, cfg)
 
     return apply
 
 
-def deploy_real(pipe, cfg: DictConfig) -> torch.nn.Module:
-    """The pipeline's fake-quant DiT converted to real modules of backend ``cfg.kernel`` and accelerated."""
+def deploy_real_(pipe, cfg: DictConfig) -> None:
+    """Replace the pipeline's fake-quant DiT by its real modules of backend ``cfg.kernel``, accelerated (in place)."""
     from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
     from qarvd.deploy.from_quant import real_specs
     from qarvd.methods.runner import calib_prompts
     from qarvd.quant.sensitivity import generate as rollout
 
     backend = instantiate(cfg.kernel)
-    model = accelerate_(convert_to_real(pipe.model, real_specs(pipe.model), backend), backend)
+    pipe.model = accelerate_(convert_to_real(pipe.model, real_specs(pipe.model), backend), backend)
     if backend.fp8_attention_on:
         prompts = calib_prompts(cfg)
         seeds = [int(cfg.seed) + i for i in range(len(prompts))]
-        pipe.model = model
-        calibrate_attention_fp8_(model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.batch_size)))
-    return model
+        calibrate_attention_fp8_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.batch_size)))
 
 
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:

@@ -58,12 +58,11 @@ def patched(q, k, v, mask=None):
     state["call"] += 1
     if state["call"] != 1 or state["mode"] == "off":
         return orig(q, k, v, mask)
-    st = stats.setdefault(state["layer"], dict(amax=torch.zeros(4), ksum=0, vsum=0, n=0, qsum=0, nq=0))
+    st = stats.setdefault(state["layer"], dict(amax=torch.zeros(4), ksum=0, vsum=0, n=0))
     if state["mode"] == "calib":
         o = orig(q, k, v, mask)
-        kf, vf, qf = k.float(), v.float(), q.float()
+        kf, vf = k.float(), v.float()
         st["ksum"] = st["ksum"] + kf.sum((0, 1)); st["vsum"] = st["vsum"] + vf.sum((0, 1)); st["n"] += kf.shape[0] * kf.shape[1]
-        st["qsum"] = st["qsum"] + qf.sum((0, 1)); st["nq"] += qf.shape[0] * qf.shape[1]
         st["amax"] = torch.maximum(st["amax"], torch.stack([q.abs().amax(), k.abs().amax(), v.abs().amax(), o.abs().amax()]).float())
         return o
     var = state["var"]
