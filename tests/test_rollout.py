@@ -48,6 +48,8 @@ def test_skipping_the_last_refresh_keeps_the_video(tiny_model):
     assert (n_full, len(skipped)) == (35, 34) == (len(full.forward_infos()), len(short.forward_infos()))
     assert [f.refresh for f in skipped].count(True) == 6 and not skipped[-1].refresh
     assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="refresh_last"):
+        RolloutConfig(refresh_last="no")
 
 
 def test_framewise_mode_has_21_chunks(tiny_model):

@@ -72,6 +72,8 @@ class RolloutConfig:
             raise ValueError("num_frames and frames_per_chunk must be >= 1")
         if self.sampler not in ("renoise", "euler"):
             raise ValueError(f"sampler must be 'renoise' (self-forcing) or 'euler' (flow ODE), got '{self.sampler}'")
+        if not isinstance(self.refresh_last, bool):
+            raise ValueError(f"refresh_last must be true or false, got {self.refresh_last!r}")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {self.guidance_scale}")
         self.denoising_steps = list(self.denoising_steps)
