@@ -21,6 +21,9 @@ from qarvd.utils.io import atomic_write_json
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    if cfg.eval.deploy and not cfg.eval.artifact:  # else it would make FP videos only, which is not what was asked
+        raise ValueError("eval.deploy=true deploys a quantized artifact: set eval.artifact=<scripts/train_quant.py "
+                         "run dir>")
     with process_group():
         with open_dict(cfg):
             cfg.eval.video_dir = from_rank0(str(cfg.eval.video_dir))  # one folder for all ranks

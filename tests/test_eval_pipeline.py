@@ -159,3 +159,12 @@ def test_deployed_real_model_makes_the_quantized_videos(videos, artifact, tmp_pa
     # the real model ran: integer arithmetic flips a few roundings (2 of 5 videos differ, by <1e-4, measured); FP8
     # attention moves every video (~1.1e-3)
     assert gap.max() > 0 if attention == "auto" else gap.min() > 3e-4, gap
+
+
+def test_deploy_without_an_artifact_is_refused(tmp_path):
+    """eval.deploy=true has nothing to deploy without eval.artifact: an error naming the key, no FP-only videos."""
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "generate.py"), *wiring(), *SMALL, "eval.deploy=true",
+                          f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0 and "set eval.artifact=" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "videos").exists()
