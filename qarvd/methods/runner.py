@@ -10,6 +10,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from hydra.utils import instantiate
@@ -64,9 +65,11 @@ def weights_identity(cfg: DictConfig) -> dict:
     return out
 
 
-def calib_prompts(cfg: DictConfig) -> list[str]:
-    """The calibration prompts alone (also what a deployment calibrates its FP8 attention scales on)."""
-    return select(instantiate(cfg.model.prompts.calib), int(cfg.calib.prompt_start), int(cfg.calib.num_prompts))
+def calib_prompts(cfg: DictConfig, pool: Optional[list[str]] = None) -> list[str]:
+    """The calibration prompts alone (also what a deployment calibrates its FP8 attention scales on); ``pool``: the
+    calibration prompt file's contents when the caller has read it already."""
+    pool = instantiate(cfg.model.prompts.calib) if pool is None else pool
+    return select(pool, int(cfg.calib.prompt_start), int(cfg.calib.num_prompts))
 
 
 def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str]]:
@@ -74,7 +77,7 @@ def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str
     calib_pool = instantiate(cfg.model.prompts.calib)
     eval_pool = instantiate(cfg.model.prompts.eval)
     c = cfg.calib
-    calib = calib_prompts(cfg)
+    calib = calib_prompts(cfg, calib_pool)
     sens = select(calib_pool, int(c.prompt_start), min(int(c.sensitivity_prompts), len(calib_pool) - int(c.prompt_start)))
     return calib, sens, select(eval_pool, 0, int(c.eval_prompts))
 
