@@ -116,7 +116,18 @@ class CutlassInt8Backend(TritonInt8Backend):
     GEMM; ``weights: symmetric`` makes every int8 layer eligible."""
 
     name = "cutlass_int8"
-    gemm = staticmethod(cutlass_gemm.qgemm_cutlass)
+
+    def __init__(self, *args, fuse_epilogues: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(fuse_epilogues, bool):
+            raise ValueError(f"fuse_epilogues={fuse_epilogues!r}: true or false")
+        self.fuse_epilogues = fuse_epilogues  # false: CUTLASS stores bf16, Triton applies GELU->int8 / residual
+
+    def gemm(self, *args, **kwargs):
+        return cutlass_gemm.qgemm_cutlass(*args, fuse=self.fuse_epilogues, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, fuse_epilogues={self.fuse_epilogues})"
 
 
 class _TorchGlue:

@@ -1,5 +1,6 @@
 """CUTLASS 3 INT8 GEMM for Hopper (kernels/csrc/int8_gemm_sm90.cu) through ctypes: ``y = col_scale * (a @ w.T) +
-col_bias`` in bf16, int32 accumulation on the wgmma tensor cores, warp-specialized TMA mainloop and epilogue.
+col_bias`` in bf16, int32 accumulation on the wgmma tensor cores, warp-specialized TMA mainloop and epilogue, with
+the layer's consumer fused into the epilogue: the (gated) residual update, or GELU -> the next layer's int8 codes.
 
 Why next to the Triton kernel (kernels/qgemm.py): at the Wan shapes Triton's int8 kernel reaches 1.15-1.4x of cuBLAS
 bf16 while cuBLAS's own FP8 GEMM (same tensor-core rate as int8 on Hopper) reaches 1.6-1.95x (kernels/NOTES.md); the
@@ -23,7 +24,24 @@ import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "int8_gemm_sm90.cu"
 CONFIGS = ("pingpong_128x128", "coop_128x256", "coop_256x128", "pingpong_128x128_c2x1")
+EPILOGUES = ("store", "residual", "gelu_quant")  # the C API's epilogue kind is the index
+# (config, epilogue) pairs the library instantiates: every config stores; the fused kinds only where CONFIG_BY_SHAPE
+# (or its default 0) sends them, since each instance adds ~20 s of nvcc. Checked against the library when it loads.
+INSTANCES = frozenset([(c, "store") for c in range(len(CONFIGS))]
+                      + [(c, e) for c in (0, 3) for e in ("residual", "gelu_quant")])
 _LIB = None
+
+
+class GemmArgs(ctypes.Structure):
+    """Mirror of ``QarvdGemmArgs`` in the .cu (its size is checked when the library loads). ``m`` is the rows of one
+    batch; batch l covers rows [l*m, (l+1)*m) of A, C and D and reads gate row ``gate + l * gate_stride``."""
+
+    _fields_ = [("a", ctypes.c_void_p), ("lda", ctypes.c_int64), ("w", ctypes.c_void_p), ("ldw", ctypes.c_int64),
+                ("d", ctypes.c_void_p), ("ldd", ctypes.c_int64), ("col_scale", ctypes.c_void_p),
+                ("col_bias", ctypes.c_void_p), ("c", ctypes.c_void_p), ("ldc", ctypes.c_int64),
+                ("gate", ctypes.c_void_p), ("gate_stride", ctypes.c_int64), ("q_scale", ctypes.c_void_p),
+                ("q_zero", ctypes.c_void_p), ("q_lo", ctypes.c_float), ("q_hi", ctypes.c_float),
+                ("m", ctypes.c_int), ("n", ctypes.c_int), ("k", ctypes.c_int), ("batches", ctypes.c_int)]
 
 
 def cutlass_include() -> list[Path]:
@@ -46,7 +64,8 @@ def cutlass_include() -> list[Path]:
 
 
 def build(out: Path) -> Path:
-    """Compile the shared library to ``out`` (atomic: a temp file renamed into place). Takes ~1.5 min."""
+    """Compile the shared library to ``out`` (atomic: a temp file renamed into place). Takes ~2 min (8 kernel
+    instances, nvcc on 2 cores)."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise RuntimeError("building the CUTLASS INT8 GEMM needs nvcc (CUDA >= 12.3) on PATH")
@@ -78,52 +97,113 @@ def library():
         if not Path(path).exists():
             raise FileNotFoundError(f"QARVD_INT8_GEMM_LIB names {path}, which does not exist")
         lib = ctypes.CDLL(str(path))
+        args_p = ctypes.POINTER(GemmArgs)
         lib.qarvd_int8_gemm.restype = ctypes.c_int
-        lib.qarvd_int8_gemm.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                        ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                                        ctypes.c_void_p]
+        lib.qarvd_int8_gemm.argtypes = [ctypes.c_int, ctypes.c_int, args_p, ctypes.c_void_p, ctypes.c_void_p]
         lib.qarvd_int8_gemm_workspace.restype = ctypes.c_size_t
-        lib.qarvd_int8_gemm_workspace.argtypes = [ctypes.c_int] * 4
-        lib.qarvd_int8_gemm_configs.restype = ctypes.c_int
+        lib.qarvd_int8_gemm_workspace.argtypes = [ctypes.c_int, ctypes.c_int, args_p]
+        for name in ("qarvd_int8_gemm_configs", "qarvd_int8_gemm_has"):
+            getattr(lib, name).restype = ctypes.c_int
+        lib.qarvd_int8_gemm_has.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.qarvd_int8_gemm_args_size.restype = ctypes.c_size_t
         lib.qarvd_int8_gemm_error.restype = ctypes.c_char_p
-        if lib.qarvd_int8_gemm_configs() != len(CONFIGS):  # a prebuilt library from another source version
-            raise RuntimeError(f"{path} has {lib.qarvd_int8_gemm_configs()} GEMM configs, this source {len(CONFIGS)}: "
-                               f"rebuild it (kernels.cutlass_gemm.build) or unset QARVD_INT8_GEMM_LIB")
+        _check_library(lib, path)
         _LIB = lib
     return _LIB
+
+
+def _check_library(lib, path) -> None:
+    """A prebuilt library from another source version fails here, not with wrong results: same config count, same
+    argument struct, same (config, epilogue) instances."""
+    if lib.qarvd_int8_gemm_configs() != len(CONFIGS):
+        raise RuntimeError(f"{path} has {lib.qarvd_int8_gemm_configs()} GEMM configs, this source {len(CONFIGS)}: "
+                           f"rebuild it (kernels.cutlass_gemm.build) or unset QARVD_INT8_GEMM_LIB")
+    has = {(c, e) for c in range(len(CONFIGS)) for i, e in enumerate(EPILOGUES) if lib.qarvd_int8_gemm_has(c, i)}
+    if lib.qarvd_int8_gemm_args_size() != ctypes.sizeof(GemmArgs) or has != INSTANCES:
+        raise RuntimeError(f"{path} was built from another version of {SOURCE.name} (argument struct or epilogue "
+                           f"instances differ): rebuild it (kernels.cutlass_gemm.build) or unset QARVD_INT8_GEMM_LIB")
 
 
 _WORKSPACE: dict = {}
 
 
 def int8_gemm(a: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor, col_bias: Optional[torch.Tensor] = None,
-              out: Optional[torch.Tensor] = None, config: int = 0) -> torch.Tensor:
-    """bf16 [M, N] = col_scale[n] * (a [M, K] int8 @ w [N, K] int8 ^T) + col_bias[n]; ``out`` may be a column slice
-    of a wider row-major tensor. K must be a multiple of 16 and N of 8 (TMA alignment)."""
+              out: Optional[torch.Tensor] = None, config: int = 0, *, residual: Optional[torch.Tensor] = None,
+              gate: Optional[torch.Tensor] = None, tokens_per_frame: int = 1, quant: Optional[tuple] = None
+              ) -> torch.Tensor:
+    """y = bf16(col_scale[n] * (a [M, K] int8 @ w [N, K] int8 ^T) + col_bias[n]) and its consumer, by arguments:
+
+    - neither ``residual`` nor ``quant``: returns y [M, N] bf16;
+    - ``residual`` (bf16 [M, N], row-major): returns residual + bf16(gate[m // S] * y), or residual + y without a
+      ``gate`` (float32 [>= M/S, N] view, unit column stride, S = ``tokens_per_frame`` dividing M: one batch per
+      frame); ``out`` may be ``residual`` itself (in place);
+    - ``quant`` = (step, zero point, lo, hi) of the next layer (per-tensor float32 device scalars, their first
+      element read at run time, and the clamp range): returns its int8 codes
+      clamp(rint(bf16(gelu_tanh(y)) * (1 / step)) + zero, lo, hi) [M, N].
+
+    ``out`` may be a column slice of a wider row-major tensor. K must be a multiple of 16, N of 8 (16 for codes)."""
     if a.dtype != torch.int8 or w.dtype != torch.int8 or a.shape[1] != w.shape[1]:
         raise ValueError(f"int8_gemm takes int8 a [M, K] and w [N, K], got {a.dtype} {tuple(a.shape)}, "
                          f"{w.dtype} {tuple(w.shape)}")
     if a.stride(1) != 1 or w.stride(1) != 1 or col_scale.dtype != torch.float32:
         raise ValueError("a and w must be K-contiguous and col_scale float32")
+    if residual is not None and quant is not None:
+        raise ValueError("int8_gemm fuses one consumer: residual or quant, not both")
     m, k = a.shape
     n = w.shape[0]
-    out = out if out is not None else torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
-    if out.dtype != torch.bfloat16 or out.stride(1) != 1 or tuple(out.shape) != (m, n):
-        raise ValueError(f"out must be a row-major bf16 [{m}, {n}] view")
-    lib = library()
-    size = lib.qarvd_int8_gemm_workspace(config, m, n, k)
+    epilogue = "gelu_quant" if quant is not None else "residual" if residual is not None else "store"
+    dtype = torch.int8 if quant is not None else torch.bfloat16
+    if out is None:
+        out = torch.empty_like(residual) if residual is not None else torch.empty((m, n), dtype=dtype, device=a.device)
+    if out.dtype != dtype or out.stride(1) != 1 or tuple(out.shape) != (m, n):
+        raise ValueError(f"out must be a row-major {dtype} [{m}, {n}] view")
+    args = GemmArgs(a=a.data_ptr(), lda=a.stride(0), w=w.data_ptr(), ldw=w.stride(0), d=out.data_ptr(),
+                    ldd=out.stride(0), col_scale=col_scale.data_ptr(),
+                    col_bias=col_bias.data_ptr() if col_bias is not None else None, m=m, n=n, k=k, batches=1)
+    if residual is not None:
+        _residual_args(args, residual, gate, tokens_per_frame)
+    if quant is not None:
+        step, zero, args.q_lo, args.q_hi = quant
+        if step.dtype != torch.float32 or zero.dtype != torch.float32:
+            raise ValueError("the next layer's step and zero point must be float32")
+        args.q_scale, args.q_zero = step.data_ptr(), zero.data_ptr()
+    lib, kind = library(), EPILOGUES.index(epilogue)
+    if (config, epilogue) not in INSTANCES:
+        raise ValueError(f"config {CONFIGS[config]} has no {epilogue!r} epilogue in the library (INSTANCES)")
+    size = lib.qarvd_int8_gemm_workspace(config, kind, ctypes.byref(args))
     key = (a.device, size)
     if size and key not in _WORKSPACE:
         _WORKSPACE[key] = torch.empty(size, dtype=torch.uint8, device=a.device)
     ws = _WORKSPACE[key].data_ptr() if size else None
-    rc = lib.qarvd_int8_gemm(config, a.data_ptr(), a.stride(0), w.data_ptr(), w.stride(0), out.data_ptr(),
-                             out.stride(0), col_scale.data_ptr(),
-                             col_bias.data_ptr() if col_bias is not None else None, m, n, k, ws,
-                             torch.cuda.current_stream(a.device).cuda_stream)
+    rc = lib.qarvd_int8_gemm(config, kind, ctypes.byref(args), ws, torch.cuda.current_stream(a.device).cuda_stream)
     if rc:
-        raise RuntimeError(f"CUTLASS int8 GEMM (config {CONFIGS[config]}): {lib.qarvd_int8_gemm_error().decode()}")
+        raise RuntimeError(f"CUTLASS int8 GEMM (config {CONFIGS[config]}, {epilogue}): "
+                           f"{lib.qarvd_int8_gemm_error().decode()}")
     return out
+
+
+def _residual_args(args: GemmArgs, residual: torch.Tensor, gate: Optional[torch.Tensor], s: int) -> None:
+    """Fill the residual operands; with a gate, batched mode with one batch of S rows per frame, so the gate is one
+    row vector per batch (CUTLASS's row broadcast with a batch stride)."""
+    m, n = args.m, args.n
+    if residual.dtype != torch.bfloat16 or residual.stride(1) != 1 or tuple(residual.shape) != (m, n):
+        raise ValueError(f"the residual must be a row-major bf16 [{m}, {n}] view")
+    args.c, args.ldc = residual.data_ptr(), residual.stride(0)
+    if gate is None:
+        return
+    reason = _gate_unsupported(gate, m, n, s)
+    if reason:
+        raise ValueError(f"gate: {reason}")
+    args.gate, args.gate_stride, args.m, args.batches = gate.data_ptr(), gate.stride(0), s, m // s
+
+
+def _gate_unsupported(gate: torch.Tensor, m: int, n: int, s: int) -> Optional[str]:
+    """Why the fused epilogue cannot read this gate (None when it can): float32 row vectors, whole frames."""
+    if gate.dtype != torch.float32 or gate.stride(1) != 1 or gate.shape[1] != n:
+        return f"needs a float32 [R, {n}] view with unit column stride, got {gate.dtype} {tuple(gate.shape)}"
+    if m % s or gate.shape[0] < m // s:
+        return f"needs whole frames: M={m} rows, {s} tokens per frame, {gate.shape[0]} gate rows"
+    return None
 
 
 def int8_gemm_ref(a, w, col_scale, col_bias=None) -> torch.Tensor:
@@ -132,9 +212,23 @@ def int8_gemm_ref(a, w, col_scale, col_bias=None) -> torch.Tensor:
     return y + col_bias.double() if col_bias is not None else y
 
 
-# Config per (K, N) measured on the H200 (benchmarks/results/h200_cutlass_gemm.json, M = 9360): 128x128 ping-pong,
-# with a 2x1 cluster (TMA multicast of the weight tile) on the two ffn shapes.
-CONFIG_BY_SHAPE = {(1536, 8960): 3, (8960, 1536): 3}
+# Config per (epilogue, K, N), default 0. The store rows were measured on the H200
+# (benchmarks/results/h200_cutlass_gemm.json, M = 9360): 128x128 ping-pong, with a 2x1 cluster (TMA multicast of the
+# weight tile) on the two ffn shapes; gelu_quant reuses ffn.0's store config. The gated residual runs batched (one
+# batch per 1560-token frame, 13 M tiles of which the last holds 24 rows), where the 2x1 cluster would round each
+# frame up to 14 tiles: it keeps config 0 until scripts/bench_cutlass_gemm.py says otherwise.
+CONFIG_BY_SHAPE = {("store", 1536, 8960): 3, ("store", 8960, 1536): 3, ("gelu_quant", 1536, 8960): 3}
+
+# Largest M at which the fused epilogue of (epilogue, K, N) beat CUTLASS store + the Triton pass, where it does not
+# win at every measured M (benchmarks/results/h200_cutlass_epilogues.json, H200, same run): ffn.0 GELU->int8 1.08x at
+# M = 4680, 0.99x at 9360 (the GELU math in the epilogue stops hiding behind the other ping-pong warp group's
+# mainloop); the gated ffn.2 residual 1.07x at 4680, 0.97x at 9360 (batched mode: 78 instead of 74 M tiles). The
+# attention projections' residuals win at both (1.23-1.38x) and are not listed.
+FUSE_MAX_M = {("gelu_quant", 1536, 8960): 4680, ("residual", 8960, 1536): 4680}
+
+
+def config_for(epilogue: str, k: int, n: int) -> int:
+    return CONFIG_BY_SHAPE.get((epilogue, k, n), 0)
 
 
 def supports(lin, out_dtype: torch.dtype) -> bool:
@@ -157,21 +251,90 @@ def _columns(lin, g: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cols[g]
 
 
+def _tiles(rows: int) -> int:
+    return -(-rows // 128)  # every instantiated tile is 128 rows high
+
+
+def unfused_reason(epilogue: str, lin, m: int, *, residual=None, out=None, gate=None, tokens_per_frame: int = 1,
+                   next_act=None, next_rowsum: bool = False) -> Optional[str]:
+    """Why :func:`qgemm_cutlass` runs ``epilogue`` as a separate Triton pass over the bf16 output (None: the CUTLASS
+    epilogue fuses it). Fused: the residual update of one linear into a bf16 residual (gated by whole frames or not),
+    and GELU -> int8 codes when the next layer's quantization is exactly one per-tensor static step and zero point
+    over the full row (``uniform``: no dual-scale split, smoothing or column permutation) without row sums."""
+    from kernels import _common
+
+    if epilogue == "residual" and residual is None:
+        raise ValueError("epilogue 'residual' needs the residual tensor")
+    if epilogue == "gelu_quant" and (next_act is None or next_act.count != 1
+                                     or next_act.col_scale.shape[1] != lin.count * lin.n):
+        raise ValueError("epilogue 'gelu_quant' needs the single consumer's StackedAct over this layer's outputs")
+    if epilogue == "residual":
+        if lin.count != 1:
+            return "grouped linears"
+        if residual.dtype != torch.bfloat16 or residual.stride(1) != 1 or residual.stride(0) % 8:
+            return "the residual is not a 16-byte aligned row-major bf16 tensor"
+        if out is not None and out.data_ptr() != residual.data_ptr() and (out.stride(0) % 8 or out.stride(1) != 1):
+            return "out is not a 16-byte aligned row-major tensor"
+        if gate is not None:
+            reason = _gate_unsupported(gate, m, lin.n, tokens_per_frame)
+            if reason:
+                return reason
+            if _tiles(tokens_per_frame) * (m // tokens_per_frame) > 1.5 * _tiles(m):
+                return "frames too short: batched mode (one batch per frame) would run over 1.5x the M tiles"
+    elif epilogue == "gelu_quant":
+        if next_rowsum:
+            return "the next layer needs row sums of its codes (weight zero points)"
+        if not next_act.uniform:
+            return "the next activation is dual-scale, smoothed or permuted (per-column steps)"
+        if next_act.col_scale.dtype != torch.float32 or next_act.col_zero.dtype != torch.float32:
+            return "the next activation's step and zero point are not float32"
+        if _common.EXACT_DIVISION:
+            return "exact division configured (kernels/_common.EXACT_DIVISION); the epilogue multiplies by 1 / step"
+        if lin.n % 16 or next_act.kp % 16:
+            return "int8 TMA stores need N and Kp multiples of 16"
+    else:
+        return f"no fused {epilogue!r} epilogue"
+    if m > FUSE_MAX_M.get((epilogue, lin.kp, lin.n), m):
+        return f"measured slower than the unfused path above M = {FUSE_MAX_M[(epilogue, lin.kp, lin.n)]} (FUSE_MAX_M)"
+    cfg = config_for(epilogue, lin.kp, lin.n)
+    if (cfg, epilogue) not in INSTANCES:
+        return f"config {CONFIGS[cfg]} has no {epilogue!r} instance"
+    return None
+
+
 def qgemm_cutlass(a, rowsums, lin, m: int, *, out_dtype=torch.bfloat16, epilogue: str = "store", out=None,
                   residual=None, gate=None, tokens_per_frame: int = 1, next_act=None, next_rowsum: bool = False,
-                  config=None):
+                  config=None, fuse: bool = True):
     """:func:`kernels.qgemm.qgemm` (same signature and results up to float32 rounding of the folded bias) with the
-    GEMM and its dequantization in CUTLASS; the residual and GELU->int8 consumers run as Triton kernels on its bf16
-    output (one extra pass over it). Layers :func:`supports` rejects go to the Triton kernel."""
+    GEMM, its dequantization and, where :func:`unfused_reason` allows, its consumer in CUTLASS; other consumers run
+    as Triton kernels on the bf16 output (one extra pass over it); ``fuse=False`` always takes that second route (the
+    ablation of the fused epilogues). Layers :func:`supports` rejects go to the Triton kernel."""
     from kernels import act_quant, glue, qgemm
 
     if not supports(lin, out_dtype):
         return qgemm.qgemm(a, rowsums, lin, m, out_dtype=out_dtype, epilogue=epilogue, out=out, residual=residual,
                            gate=gate, tokens_per_frame=tokens_per_frame, next_act=next_act, next_rowsum=next_rowsum,
                            config=config)
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"unknown epilogue {epilogue!r}; choose from {EPILOGUES}")
     n, c = lin.n, lin.count
+    if fuse and epilogue != "store" and unfused_reason(epilogue, lin, m, residual=residual, out=out, gate=gate,
+                                              tokens_per_frame=tokens_per_frame, next_act=next_act,
+                                              next_rowsum=next_rowsum) is None:
+        cfg = config_for(epilogue, lin.kp, n)
+        if epilogue == "residual":
+            scale, bias = _columns(lin, 0)
+            return int8_gemm(a[0], lin.weight, scale, bias, out=out, config=cfg, residual=residual, gate=gate,
+                             tokens_per_frame=tokens_per_frame)
+        codes = torch.empty((m, next_act.kp), dtype=torch.int8, device=a.device)
+        quant = (next_act.col_scale, next_act.col_zero, next_act.lo, next_act.hi)
+        for g in range(c):
+            scale, bias = _columns(lin, g)
+            int8_gemm(a[g], lin.weight[g * n:(g + 1) * n], scale, bias, out=codes[:, g * n:(g + 1) * n], config=cfg,
+                      quant=quant)
+        return codes, None
     y = out if epilogue == "store" and out is not None else torch.empty((m, c * n), dtype=out_dtype, device=a.device)
-    cfg = CONFIG_BY_SHAPE.get((lin.kp, n), 0)
+    cfg = config_for("store", lin.kp, n)
     for g in range(c):
         scale, bias = _columns(lin, g)
         int8_gemm(a[g], lin.weight[g * n:(g + 1) * n], scale, bias, out=y[:, g * n:(g + 1) * n], config=cfg)
@@ -179,7 +342,5 @@ def qgemm_cutlass(a, rowsums, lin, m: int, *, out_dtype=torch.bfloat16, epilogue
         return y
     if epilogue == "residual":
         return glue.residual_update(residual, y, gate, tokens_per_frame, out=out)
-    if epilogue == "gelu_quant":
-        codes, rs = act_quant.norm_quant(y, next_act, pre_gelu=True, rowsum=next_rowsum)
-        return codes[0], (rs[0] if rs is not None else None)
-    raise ValueError(f"unknown epilogue {epilogue!r}")
+    codes, rs = act_quant.norm_quant(y, next_act, pre_gelu=True, rowsum=next_rowsum)
+    return codes[0], (rs[0] if rs is not None else None)

@@ -6,6 +6,12 @@ The three Wan GEMM shapes (K, N = 1536, 1536 / 1536, 8960 / 8960, 1536) at M = 4
 and 2). GPU time of 20 back-to-back calls captured in one CUDA graph (no launch cost, no L2 flush; the same for every
 row), median of 5 replays. Each CUTLASS config is checked against float64 (relative error of the bf16 output) before
 it is timed; a config that fails to run is recorded with its error.
+
+Then one row per Wan layer with a consumer (``epilogue_rows``): ffn.0 GELU -> ffn.2 codes, the gated residual of
+self_attn.o and ffn.2 (one gate per 1560-token frame) and the un-gated one of cross_attn.o, each timed as CUTLASS
+store + the separate Triton consumer pass (today's path), the CUTLASS fused epilogue in every config the library
+instantiates for it (the gated residual runs batched, one batch per frame: the tile counts are in the row), and the
+Triton qgemm with its own fused epilogue.
 """
 from __future__ import annotations
 
@@ -18,6 +24,10 @@ from pathlib import Path
 import torch
 
 SHAPES = [(1536, 1536), (1536, 8960), (8960, 1536)]
+TOKENS_PER_FRAME = 1560
+# (layer, epilogue, K, N, gated) of the Wan block (qarvd/deploy/fast.py)
+LAYERS = [("ffn.0", "gelu_quant", 1536, 8960, False), ("self_attn.o", "residual", 1536, 1536, True),
+          ("ffn.2", "residual", 8960, 1536, True), ("cross_attn.o", "residual", 1536, 1536, False)]
 
 
 def graph_ms(fn, calls: int = 20, replays: int = 5) -> float:
@@ -43,6 +53,76 @@ def graph_ms(fn, calls: int = 20, replays: int = 5) -> float:
     return statistics.median(times[1:])
 
 
+def _layer(k: int, n: int, act_range=(-2.5, 4.0)):
+    """A symmetric-weight W8A8 layer (the CUTLASS path's format) with random weights, on the GPU."""
+    from qarvd.deploy.modules import RealQuantLinear
+    from qarvd.deploy.packing import minmax_spec, pack_spec
+
+    w = torch.randn(n, k) / k**0.5
+    spec = minmax_spec(w, torch.randn(n) * 0.1, w_bits=8, asym_act=True, asym_w=False, act_range=act_range)
+    p = pack_spec(spec, "exact")
+    return RealQuantLinear(p.meta, p.tensors).cuda()
+
+
+def epilogue_rows(m: int) -> list[dict]:
+    """Per Wan layer with a consumer: unfused (CUTLASS store + Triton pass) vs fused CUTLASS vs Triton qgemm."""
+    from kernels import act_quant, glue, qgemm
+    from kernels import cutlass_gemm as C
+
+    rows = []
+    for name, epilogue, k, n, gated in LAYERS:
+        lin = _layer(k, n).group()
+        a = torch.randint(-128, 128, (1, m, k), dtype=torch.int8, device="cuda")
+        scale, bias = C._columns(lin, 0)
+        row = dict(layer=name, epilogue=epilogue, m=m, k=k, n=n, gated=gated)
+        if epilogue == "gelu_quant":
+            act = _layer(n, 32, act_range=(-0.2, 6.0)).stacked_act()
+            fused_kw = dict(quant=(act.col_scale, act.col_zero, act.lo, act.hi))
+            out = torch.empty((m, n), dtype=torch.int8, device="cuda")
+            kw = dict(epilogue=epilogue, next_act=act)
+
+            def consumer(y, dst):
+                return act_quant.norm_quant(y, act, pre_gelu=True)[0][0][:, :n]
+        else:
+            res = torch.randn(m, n, device="cuda").to(torch.bfloat16)
+            s = TOKENS_PER_FRAME if gated else 1
+            gate = torch.randn(m // TOKENS_PER_FRAME, 6, n, device="cuda")[:, 2] if gated else None
+            fused_kw = dict(residual=res, gate=gate, tokens_per_frame=s)
+            out = res  # timed in place, as the block runs it
+            kw = dict(epilogue=epilogue, residual=res, out=res, gate=gate, tokens_per_frame=s)
+            row["m_tiles"] = C._tiles(m)
+            row["m_tiles_batched"] = C._tiles(s) * (m // s) if gated else C._tiles(m)
+
+            def consumer(y, dst):
+                return glue.residual_update(res, y, gate, s, out=dst)
+        store_cfg = C.config_for("store", k, n)
+        y = torch.empty((m, n), dtype=torch.bfloat16, device="cuda")
+
+        def unfused(dst):
+            return consumer(C.int8_gemm(a[0], lin.weight, scale, bias, out=y, config=store_cfg), dst)
+
+        def fused(cfg, dst):
+            return C.int8_gemm(a[0], lin.weight, scale, bias, out=dst, config=cfg, **fused_kw)
+
+        reason = C.unfused_reason(epilogue, lin, m, **{x: v for x, v in kw.items() if x != "epilogue"})
+        row["fused_by_qgemm_cutlass"] = reason is None
+        row["config_by_shape"] = C.CONFIGS[C.config_for(epilogue, k, n)]
+        row["unfused_ms"] = graph_ms(lambda: unfused(out))
+        for cfg, nm in enumerate(C.CONFIGS):
+            if (cfg, epilogue) not in C.INSTANCES:
+                continue
+            try:  # bit-exactness against today's path (fresh outputs), before timing
+                row[f"fused_{nm}_differ"] = int((fused(cfg, None) != unfused(None)).sum())
+                row[f"fused_{nm}_ms"] = graph_ms(lambda: fused(cfg, out))
+                row[f"fused_{nm}_x_unfused"] = row["unfused_ms"] / row[f"fused_{nm}_ms"]
+            except Exception as e:  # noqa: BLE001 - a config that does not run is a result
+                row[f"fused_{nm}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        row["triton_qgemm_ms"] = graph_ms(lambda: qgemm.qgemm(a, None, lin, m, **kw))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     from kernels import cutlass_gemm as C
 
@@ -52,7 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--m", nargs="+", type=int, default=[4680, 9360])
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, configs=list(C.CONFIGS), rows=[])
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, configs=list(C.CONFIGS), rows=[],
+               epilogue_rows=[])
     for m in args.m:
         for k, n in SHAPES:
             a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
@@ -83,6 +164,7 @@ def main(argv=None) -> int:
             row["fp8_x_cublas"] = row["cublas_bf16_ms"] / row["fp8_scaled_mm_ms"]
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
+        res["epilogue_rows"] += epilogue_rows(m)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(res, indent=1))

@@ -37,7 +37,7 @@ TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_d
 ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_asymw", "w8a8_flash", "w8a8_dual_exact",
         "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8", "bf16_fused_graph", "w8a8_graph", "w4a8_graph",
         "fp8_graph", "bf16_fused_fp8attn_graph", "w8a8_fp8attn_graph", "fp8_fp8attn_graph", "w8a8_cutlass_graph",
-        "w8a8_cutlass_fp8attn_graph"]
+        "w8a8_cutlass_fp8attn_graph", "w8a8_cutlass_unfused_graph"]
 GRAPH = "_graph"  # row suffix: the same row with backend graphs=true (each rollout forward replays a CUDA graph)
 FP8ATTN = "_fp8attn"  # row infix: self-attention in FP8 through cuDNN (attention=cudnn_fp8), scales calibrated on
 # one rollout of the same inputs with bf16 attention (qarvd.deploy.calibrate_attention_fp8_)
@@ -492,8 +492,11 @@ def build_row(name: str, base, fastest: str, device):
         if outliers and base.cfg.dim <= 256:
             outliers = 32
         asym = name == "w8a8_asymw" or ASYM_W8 or name == "w4a8"
-        be_cls = CutlassInt8Backend if name.startswith("w8a8_cutlass") else TritonInt8Backend
-        be = be_cls(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric", graphs=graphs)
+        kw = dict(attention=att, dual_mode=dual, weights="artifact" if asym else "symmetric", graphs=graphs)
+        if name.startswith("w8a8_cutlass"):  # _unfused: the ablation of the CUTLASS epilogue fusion
+            be = CutlassInt8Backend(**kw, fuse_epilogues="unfused" not in name)
+        else:
+            be = TritonInt8Backend(**kw)
         return real_model(base, "int", be, w_bits=4 if name == "w4a8" else 8, outliers=outliers, asym_w=asym), att
     if name == "fp8":
         return real_model(base, "fp8", Fp8Backend(attention=att, graphs=graphs)), att
@@ -599,6 +602,14 @@ def check_section(base, fastest, args, device, rep: Report) -> None:
     log("check", out)
 
 
+def twin_row(name: str):
+    """The row whose latents ``name`` must reproduce bit for bit, if any: the eager rollout of a graph row, the fused
+    CUTLASS epilogues of their unfused ablation (codes and residuals equal by construction)."""
+    if "_unfused" in name:
+        return name.replace("_unfused", "")
+    return name[: -len(GRAPH)] if name.endswith(GRAPH) else None
+
+
 def rollout_section(args, base, fastest, device, rep: Report) -> None:
     table = []
     sizes = dict(params=sum(p.numel() for p in base.parameters()),
@@ -624,10 +635,12 @@ def rollout_section(args, base, fastest, device, rep: Report) -> None:
                     rep.put("sizes", sizes)
                 entry.update(time_rollout(model, batch, att, args, device))
                 latents[(name, batch)] = entry.pop("latents")
-                eager = latents.get((name[: -len(GRAPH)], batch)) if name.endswith(GRAPH) else None
-                if eager is not None:  # the same rollout without graphs: should be bit-identical
-                    entry["equal_to_eager_row"] = bool(torch.equal(eager, latents[(name, batch)]))
-                    entry["max_abs_diff_to_eager_row"] = float((eager - latents[(name, batch)]).abs().max())
+                twin = twin_row(name)
+                if (twin, batch) in latents:  # the same arithmetic in another schedule: should be bit-identical
+                    entry["twin_row"] = twin
+                    entry["equal_to_twin_row"] = bool(torch.equal(latents[(twin, batch)], latents[(name, batch)]))
+                    entry["max_abs_diff_to_twin_row"] = float((latents[(twin, batch)] - latents[(name, batch)])
+                                                              .abs().max())
                 ref = latents.get(("bf16_fused", batch))
                 if ref is not None:  # same seeds: how far the format moves the latents (random weights)
                     entry["latent_rel_diff_to_bf16_fused"] = rel_err(latents[(name, batch)], ref)

@@ -1,30 +1,51 @@
-"""CUTLASS INT8 GEMM path (kernels/cutlass_gemm.py): the host-side folding on the CPU, the kernel on a Hopper GPU."""
+"""CUTLASS INT8 GEMM path (kernels/cutlass_gemm.py): the host-side folding and the fusion decisions on the CPU, the
+kernel and its fused epilogues on a Hopper GPU.
+
+Tolerances of the fused epilogues (GPU tests):
+- against the same GEMM storing bf16 followed by today's Triton consumer pass: equal, bit for bit (same rounding
+  points, the GELU/quantization written as the PTX the Triton producer compiles to);
+- against the Triton ``qgemm.qgemm`` with the same epilogue (dequantization rounded differently in float32: bias and
+  zero-point correction folded, other FMA contractions): int8 codes equal except at most 0.2 % off by one; residual
+  outputs differ in at most 0.1 % of the elements, relative norm error < 1e-3;
+- against float64 (``qgemm.qgemm_torch``: float64 GEMM, the model's bf16 rounding points, exact GELU and x / step):
+  codes at most one apart and at most 1 % off; residual relative norm error < 5e-3.
+"""
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 
 import pytest
 import torch
 
+from kernels import act_quant, glue, qgemm
 from kernels import cutlass_gemm as C
-from kernels import qgemm
-from qarvd.deploy.modules import RealQuantLinear, stack_group
+from qarvd.deploy.modules import RealQuantLinear
 from qarvd.deploy.packing import minmax_spec, pack_spec
 
+M, S, DIM, FFN = 9360, 1560, 1536, 8960  # Wan2.1-1.3B, batch 2 x 3 frames x 1560 tokens
+SMALL = dict(m=771, k=256, n=144, s=257)  # odd rows, 3 frames, N a multiple of 16 but not of the 128 tile
 
-def _group(k=64, n=48, asym_act=True, seed=0):
+
+def _layer(k=64, n=48, *, asym_act=True, act_range=(-2.5, 4.0), n_outliers=0, asym_w=False, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g) / k**0.5
-    spec = minmax_spec(w, torch.randn(n, generator=g) * 0.1, w_bits=8, asym_act=asym_act, asym_w=False,
-                       act_range=(-2.5, 4.0))
+    spec = minmax_spec(w, torch.randn(n, generator=g) * 0.1, w_bits=8, asym_act=asym_act, asym_w=asym_w,
+                       act_range=act_range, n_outliers=n_outliers)
     p = pack_spec(spec, "exact")
-    return stack_group([RealQuantLinear(p.meta, p.tensors)])
+    return RealQuantLinear(p.meta, p.tensors).to(device)
+
+
+def _next(k, **kw):
+    """The consumer of a GELU output with k features (ffn.2): its activation quantization, asymmetric over GELU's
+    range."""
+    return _layer(k, 32, act_range=(-0.2, 6.0), **kw).stacked_act()
 
 
 def test_folded_columns_reproduce_the_exact_integer_epilogue():
     """col_scale * acc + col_bias (the CUTLASS epilogue) equals qgemm's exact (acc + corr) * scale + bias."""
-    lin = _group()
+    lin = _layer().group()
     assert C.supports(lin, torch.bfloat16) and lin.has_corr and not lin.has_wzp
     assert not C.supports(lin, torch.float32)
     a = torch.randint(-128, 128, (1, 30, lin.kp), dtype=torch.int8)
@@ -34,10 +55,89 @@ def test_folded_columns_reproduce_the_exact_integer_epilogue():
     assert float((got - ref).norm() / ref.norm()) < 1e-6
 
 
+def test_instances_cover_the_configs_each_epilogue_picks():
+    """Every (epilogue, shape) CONFIG_BY_SHAPE names, and the default config of every epilogue, is in the library."""
+    for (epilogue, k, n), cfg in C.CONFIG_BY_SHAPE.items():
+        assert (cfg, epilogue) in C.INSTANCES and C.config_for(epilogue, k, n) == cfg
+    assert all((0, e) in C.INSTANCES for e in C.EPILOGUES)
+
+
+def test_gelu_quant_fuses_only_a_per_tensor_quantization_without_row_sums():
+    lin = _layer(64, 48).group()
+    act = _next(48)
+    assert act.uniform and C.unfused_reason("gelu_quant", lin, 30, next_act=act) is None
+    assert "row sums" in C.unfused_reason("gelu_quant", lin, 30, next_act=act, next_rowsum=True)
+    dual = _layer(48, 32, act_range=(-0.2, 6.0), n_outliers=32).stacked_act()
+    assert not dual.uniform and "dual-scale" in C.unfused_reason("gelu_quant", lin, 30, next_act=dual)
+    assert "multiples of 16" in C.unfused_reason("gelu_quant", _layer(64, 40).group(), 30, next_act=_next(40))
+    with pytest.raises(ValueError, match="StackedAct"):
+        C.unfused_reason("gelu_quant", lin, 30, next_act=_next(64))
+
+
+def test_residual_fuses_whole_bf16_frames():
+    lin = _layer(64, 48).group()
+    m = 256
+    res = torch.zeros(m, 48, dtype=torch.bfloat16)
+    gate = torch.zeros(4, 3, 48)[:, 1]
+    assert C.unfused_reason("residual", lin, m, residual=res) is None
+    assert C.unfused_reason("residual", lin, m, residual=res, out=res, gate=gate, tokens_per_frame=128) is None
+    assert "whole frames" in C.unfused_reason("residual", lin, m, residual=res, gate=gate, tokens_per_frame=100)
+    assert "float32" in C.unfused_reason("residual", lin, m, residual=res, gate=gate.bfloat16(), tokens_per_frame=128)
+    odd_stride = torch.zeros(2, 49)[:, 1:]  # the row broadcast reads element by element: any float32 view
+    assert C.unfused_reason("residual", lin, m, residual=res, gate=odd_stride, tokens_per_frame=128) is None
+    assert "too short" in C.unfused_reason("residual", lin, m, residual=res, gate=gate, tokens_per_frame=64)
+    assert "bf16" in C.unfused_reason("residual", lin, m, residual=res.float())
+    with pytest.raises(ValueError, match="residual tensor"):
+        C.unfused_reason("residual", lin, m)
+
+
+def test_fusion_stops_above_the_measured_m(monkeypatch):
+    """FUSE_MAX_M: above the largest M where the fused epilogue was measured faster, the unfused path runs."""
+    lin = _layer(64, 48).group()
+    res = torch.zeros(256, 48, dtype=torch.bfloat16)
+    monkeypatch.setitem(C.FUSE_MAX_M, ("residual", lin.kp, 48), 128)
+    assert C.unfused_reason("residual", lin, 128, residual=res[:128]) is None
+    assert "measured slower" in C.unfused_reason("residual", lin, 256, residual=res)
+    assert C.FUSE_MAX_M[("residual", 8960, 1536)] == 4680  # the Wan ffn.2 at batch 2 (M = 9360) stays unfused
+
+
+def test_backend_fuse_epilogues_takes_a_boolean():
+    from kernels.backends import CutlassInt8Backend
+
+    assert not CutlassInt8Backend(fuse_epilogues=False).fuse_epilogues
+    with pytest.raises(ValueError, match="fuse_epilogues"):
+        CutlassInt8Backend(fuse_epilogues="no")
+
+
+def test_qgemm_cutlass_rejects_an_unknown_epilogue():
+    lin = _layer().group()
+    with pytest.raises(ValueError, match="unknown epilogue"):
+        C.qgemm_cutlass(torch.zeros(1, 4, lin.kp, dtype=torch.int8), None, lin, 4, epilogue="relu")
+
+
+@pytest.mark.skipif("QARVD_INT8_GEMM_LIB" not in os.environ, reason="needs a built library (QARVD_INT8_GEMM_LIB)")
+def test_built_library_matches_this_source():
+    """Loads without a GPU: config count, argument struct and instances agree with the Python side."""
+    lib = C.library()
+    assert lib.qarvd_int8_gemm_args_size() == ctypes.sizeof(C.GemmArgs)
+
+
+# ------------------------------------------------------------------------------------------------------------- GPU
 needs_hopper = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9
     or (shutil.which("nvcc") is None and "QARVD_INT8_GEMM_LIB" not in os.environ),
     reason="the CUTLASS INT8 GEMM needs a Hopper GPU and nvcc (or QARVD_INT8_GEMM_LIB)")
+
+
+def _codes(m, lin, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randint(-128, 128, (lin.count, m, lin.kp), dtype=torch.int8, device="cuda", generator=g)
+
+
+def _off(got: torch.Tensor, ref: torch.Tensor) -> tuple[int, float]:
+    """(largest code distance, fraction of codes that differ)."""
+    d = (got.int() - ref.int()).abs()
+    return int(d.max()), float((d > 0).float().mean())
 
 
 @needs_hopper
@@ -54,14 +154,70 @@ def test_int8_gemm_matches_float64(config):
 
 
 @needs_hopper
-def test_qgemm_cutlass_epilogues_match_triton():
-    lin = _group(k=256, n=128)
-    lin = type(lin)(**{f: (getattr(lin, f).cuda() if torch.is_tensor(getattr(lin, f)) else getattr(lin, f))
-                       for f in lin.__dataclass_fields__})
-    a = torch.randint(-128, 128, (1, 200, lin.kp), dtype=torch.int8, device="cuda")
-    res = torch.randn(200, 128, device="cuda").to(torch.bfloat16)
-    gate = torch.randn(4, 6, 128, device="cuda")[:, 2]
-    kw = dict(epilogue="residual", residual=res, gate=gate, tokens_per_frame=50)
-    got = C.qgemm_cutlass(a, None, lin, 200, **kw)
-    ref = qgemm.qgemm(a, None, lin, 200, **kw)
-    assert float((got.float() - ref.float()).norm() / ref.float().norm()) < 1e-2
+@pytest.mark.parametrize("m,k,n", [(M, DIM, FFN), (SMALL["m"], SMALL["k"], SMALL["n"])])
+def test_gelu_quant_fused(m, k, n, monkeypatch):
+    monkeypatch.setattr(C, "FUSE_MAX_M", {})  # correctness at every M, whichever path the speed table picks
+    lin, act = _layer(k, n, device="cuda").group(), _next(n, device="cuda")
+    a = _codes(m, lin)
+    assert C.unfused_reason("gelu_quant", lin, m, next_act=act) is None  # the fused epilogue runs, not a fallback
+    got, rs = C.qgemm_cutlass(a, None, lin, m, epilogue="gelu_quant", next_act=act)
+    assert rs is None and got.shape == (m, act.kp)
+    got = got[:, :n]
+    y = C.qgemm_cutlass(a, None, lin, m)  # the unfused path: CUTLASS bf16 store + the Triton producer
+    assert torch.equal(got, act_quant.norm_quant(y, act, pre_gelu=True)[0][0][:, :n])
+    tri, _ = qgemm.qgemm(a, None, lin, m, epilogue="gelu_quant", next_act=act)
+    dist, frac = _off(got, tri[:, :n])
+    assert dist <= 1 and frac <= 2e-3, (dist, frac)
+    ref, _ = qgemm.qgemm_torch(a, None, lin, m, epilogue="gelu_quant", next_act=act)
+    dist, frac = _off(got, ref[:, :n])
+    assert dist <= 1 and frac <= 1e-2, (dist, frac)
+
+
+def _residual_case(m, k, n, s, gated):
+    lin = _layer(k, n, device="cuda").group()
+    res = torch.randn(m, n, device="cuda").to(torch.bfloat16)
+    gate = torch.randn(m // s, 6, n, device="cuda")[:, 2] if gated else None
+    return lin, _codes(m, lin), res, gate
+
+
+@needs_hopper
+@pytest.mark.parametrize("m,k,n,s,gated", [(M, DIM, DIM, S, True), (M, DIM, DIM, S, False), (M, FFN, DIM, S, True),
+                                           (*SMALL.values(), True), (*SMALL.values(), False)])
+def test_residual_fused(m, k, n, s, gated, monkeypatch):
+    monkeypatch.setattr(C, "FUSE_MAX_M", {})  # correctness at every M, whichever path the speed table picks
+    lin, a, res, gate = _residual_case(m, k, n, s, gated)
+    kw = dict(epilogue="residual", residual=res, gate=gate, tokens_per_frame=s)
+    assert C.unfused_reason("residual", lin, m, **{x: kw[x] for x in ("residual", "gate", "tokens_per_frame")}) is None
+    got = C.qgemm_cutlass(a, None, lin, m, **kw)
+    unfused = glue.residual_update(res, C.qgemm_cutlass(a, None, lin, m), gate, s)
+    assert torch.equal(got, unfused)
+    inplace = res.clone()
+    C.qgemm_cutlass(a, None, lin, m, **{**kw, "residual": inplace}, out=inplace)  # C and D alias
+    assert torch.equal(inplace, got)
+    tri = qgemm.qgemm(a, None, lin, m, **kw).float()
+    assert float((got.float() != tri).float().mean()) <= 1e-3
+    assert float((got.float() - tri).norm() / tri.norm()) < 1e-3
+    y = qgemm.qgemm_ref(a, None, lin, m)
+    ref = res.double() + (y * gate.double()[torch.arange(m, device="cuda") // s] if gated else y)
+    assert float((got.double() - ref).norm() / ref.norm()) < 5e-3
+
+
+@needs_hopper
+@pytest.mark.parametrize("case", ["next_rowsum", "dual"])
+def test_gelu_quant_fallback_matches_triton(case):
+    """The consumers the epilogue does not fuse run as CUTLASS bf16 store + the Triton producer."""
+    m, k, n = SMALL["m"], SMALL["k"], 256
+    rowsum = case == "next_rowsum"
+    lin = _layer(k, n, device="cuda").group()
+    act = _layer(n, 32, act_range=(-0.2, 6.0), n_outliers=0 if rowsum else 32, device="cuda").stacked_act()
+    a = _codes(m, lin)
+    assert C.unfused_reason("gelu_quant", lin, m, next_act=act, next_rowsum=rowsum) is not None
+    got, rs = C.qgemm_cutlass(a, None, lin, m, epilogue="gelu_quant", next_act=act, next_rowsum=rowsum)
+    tri, tri_rs = qgemm.qgemm(a, None, lin, m, epilogue="gelu_quant", next_act=act, next_rowsum=rowsum)
+    dest = act.dest[0].long()  # the written columns (pad columns are left as they are)
+    dist, frac = _off(got[:, dest], tri[:, dest])
+    assert dist <= 1 and frac <= 2e-3, (dist, frac)
+    assert (rs is None) == (tri_rs is None) == (not rowsum)
+    if rowsum:  # each code one apart moves its row sum by one
+        mismatched = (got[:, dest] != tri[:, dest]).sum(1)
+        assert bool(((rs - tri_rs).abs().sum(1) <= mismatched).all())
