@@ -6,7 +6,9 @@ Converts the run's W8A8 artifact to the real torch_ref model (bf16-path attentio
 for a float32 version that rounds only the named operands to E4M3 with static per-layer per-tensor scales (amax of one
 calibration rollout / 448, as qarvd.deploy.calibrate_attention_fp8_): q, k, v, p (unnormalised probabilities, step
 1/448), o (output). ``kmean``/``vmean`` subtract the calibrated per-channel mean of k / v first (softmax-invariant
-for k; the v mean is added back to the output). Prints each variant's latent MSE to FP as a ratio to the real
+for k; the v mean is added back to the output); ``rot`` rotates q and k (after any centring) by an orthonormal
+Hadamard matrix over the head dim before rounding, which leaves q k^T unchanged; ``vrot`` rotates v the same way
+(the output comes out rotated and is rotated back after its rounding). Prints each variant's latent MSE to FP as a ratio to the real
 model's. A research probe, not a deployment path: it patches qarvd.deploy.fast.attention.
 """
 import copy, json, sys, math
@@ -50,6 +52,14 @@ for i, b in enumerate(blocks):
     b.register_forward_pre_hook(hook)
 orig = fast.attention
 
+def hadamard(d: int) -> torch.Tensor:
+    """Orthonormal Sylvester-Hadamard matrix [d, d] (d a power of two): q H (k H)^T = q k^T exactly."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < d:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / math.sqrt(d)
+
+
 def q8(t, amax):
     step = amax / 448.0
     return fp8_ref(t.float(), step).float() * step
@@ -69,17 +79,25 @@ def patched(q, k, v, mask=None):
     qf, kf, vf = q.float(), k.float(), v.float()
     kbar = st["ksum"] / st["n"] if "kmean" in var else 0
     vbar = st["vsum"] / st["n"] if "vmean" in var else 0
-    a = st["camax"] if ("kmean" in var or "vmean" in var) else st["amax"]
-    if "q" in var.split("+"): qf = q8(qf, a[0])
+    a = (st["camax"] if ("kmean" in var or "vmean" in var) else st["amax"]).clone()
     kc = kf - kbar
+    if "rot" in var.split("+"):  # rotate q and (centred) k over the head dim before rounding (exact for the logits)
+        hd = hadamard(q.shape[-1])
+        qf, kc = qf @ hd, kc @ hd
+        a[0], a[1] = st["ramax"][0], st["ramax"][2 if "kmean" in var else 1]
+    if "q" in var.split("+"): qf = q8(qf, a[0])
     if "k" in var.split("+"): kc = q8(kc, a[1])
     vc = vf - vbar
+    if "vrot" in var.split("+"):  # rotate v over the head dim, so the output comes out rotated: undone after o
+        vc = vc @ hadamard(q.shape[-1])
+        a[2], a[3] = st["ramax"][3], st["ramax"][4]
     if "v" in var.split("+"): vc = q8(vc, a[2])
     logits = torch.einsum("bqhd,bkhd->bhqk", qf, kc) / math.sqrt(q.shape[-1])
     m = logits.amax(-1, keepdim=True); p = torch.exp(logits - m); den = p.sum(-1, keepdim=True)
     if "p" in var.split("+"): p = fp8_ref(p, 1 / 448.0).float() / 448.0
     o = torch.einsum("bhqk,bkhd->bqhd", p, vc) / den.permute(0, 2, 1, 3)
     if "o" in var.split("+"): o = q8(o, a[3])
+    if "vrot" in var.split("+"): o = o @ hadamard(q.shape[-1]).T
     return (o + vbar).to(q.dtype)
 
 fast.attention = patched
@@ -95,6 +113,11 @@ with torch.no_grad():
         o = orig(q, k, v, mask)
         c = torch.stack([q.abs().amax(), (k.float() - st["kbar"]).abs().amax(), (v.float() - st["vbar"]).abs().amax(), (o.float() - st["vbar"]).abs().amax()]).float()
         st["camax"] = torch.maximum(st.get("camax", torch.zeros(4)), c)
+        hd = hadamard(q.shape[-1])
+        r = torch.stack([(q.float() @ hd).abs().amax(), (k.float() @ hd).abs().amax(),
+                         ((k.float() - st["kbar"]) @ hd).abs().amax(), (v.float() @ hd).abs().amax(),
+                         (o.float() @ hd).abs().amax()])
+        st["ramax"] = torch.maximum(st.get("ramax", torch.zeros(5)), r)  # q, k, centred k, v, o after the rotation
         return o
     fast.attention = calib2; gen(calib_prompts, cseeds); fast.attention = patched
     for i, s in stats.items():
