@@ -120,7 +120,7 @@ class CutlassInt8Backend(TritonInt8Backend):
     def __init__(self, *args, fuse_epilogues: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(fuse_epilogues, bool):
-            raise ValueError(f"fuse_epilogues={fuse_epilogues!r}: true or false")
+            raise ValueError(f"kernel.fuse_epilogues must be true or false, got {fuse_epilogues!r}")
         self.fuse_epilogues = fuse_epilogues  # false: CUTLASS stores bf16, Triton applies GELU->int8 / residual
 
     def gemm(self, *args, **kwargs):

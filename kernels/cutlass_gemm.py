@@ -25,8 +25,9 @@ import torch
 SOURCE = Path(__file__).with_name("csrc") / "int8_gemm_sm90.cu"
 CONFIGS = ("pingpong_128x128", "coop_128x256", "coop_256x128", "pingpong_128x128_c2x1")
 EPILOGUES = ("store", "residual", "gelu_quant")  # the C API's epilogue kind is the index
-# (config, epilogue) pairs the library instantiates: every config stores; the fused kinds only where CONFIG_BY_SHAPE
-# (or its default 0) sends them, since each instance adds ~20 s of nvcc. Checked against the library when it loads.
+# (config, epilogue) pairs the library instantiates: every config stores; the fused kinds in config 0 (the default)
+# and 3 (the 2x1 cluster: CONFIG_BY_SHAPE's for gelu_quant; its residual is kept for scripts/bench_cutlass_gemm.py's
+# comparison, measured slower), since each instance adds ~20 s of nvcc. Checked against the library when it loads.
 INSTANCES = frozenset([(c, "store") for c in range(len(CONFIGS))]
                       + [(c, e) for c in (0, 3) for e in ("residual", "gelu_quant")])
 _LIB = None
@@ -97,6 +98,10 @@ def library():
         if not Path(path).exists():
             raise FileNotFoundError(f"QARVD_INT8_GEMM_LIB names {path}, which does not exist")
         lib = ctypes.CDLL(str(path))
+        missing = [f for f in _SYMBOLS if not hasattr(lib, f)]
+        if missing:  # a library from an older source version: say so instead of ctypes' undefined symbol
+            raise RuntimeError(f"{path} lacks {', '.join(missing)}: it was built from another version of "
+                               f"{SOURCE.name}; {_rebuild_hint()}")
         args_p = ctypes.POINTER(GemmArgs)
         lib.qarvd_int8_gemm.restype = ctypes.c_int
         lib.qarvd_int8_gemm.argtypes = [ctypes.c_int, ctypes.c_int, args_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -112,16 +117,26 @@ def library():
     return _LIB
 
 
+_SYMBOLS = ("qarvd_int8_gemm", "qarvd_int8_gemm_workspace", "qarvd_int8_gemm_configs", "qarvd_int8_gemm_has",
+            "qarvd_int8_gemm_args_size", "qarvd_int8_gemm_error")
+
+
+def _rebuild_hint() -> str:
+    if os.environ.get("QARVD_INT8_GEMM_LIB"):
+        return "rebuild it (kernels.cutlass_gemm.build) or unset QARVD_INT8_GEMM_LIB"
+    return "delete it so that the next call rebuilds it from the current source"
+
+
 def _check_library(lib, path) -> None:
     """A prebuilt library from another source version fails here, not with wrong results: same config count, same
     argument struct, same (config, epilogue) instances."""
     if lib.qarvd_int8_gemm_configs() != len(CONFIGS):
         raise RuntimeError(f"{path} has {lib.qarvd_int8_gemm_configs()} GEMM configs, this source {len(CONFIGS)}: "
-                           f"rebuild it (kernels.cutlass_gemm.build) or unset QARVD_INT8_GEMM_LIB")
+                           f"{_rebuild_hint()}")
     has = {(c, e) for c in range(len(CONFIGS)) for i, e in enumerate(EPILOGUES) if lib.qarvd_int8_gemm_has(c, i)}
     if lib.qarvd_int8_gemm_args_size() != ctypes.sizeof(GemmArgs) or has != INSTANCES:
         raise RuntimeError(f"{path} was built from another version of {SOURCE.name} (argument struct or epilogue "
-                           f"instances differ): rebuild it (kernels.cutlass_gemm.build) or unset QARVD_INT8_GEMM_LIB")
+                           f"instances differ): {_rebuild_hint()}")
 
 
 _WORKSPACE: dict = {}
@@ -271,9 +286,11 @@ def unfused_reason(epilogue: str, lin, m: int, *, residual=None, out=None, gate=
     if epilogue == "residual":
         if lin.count != 1:
             return "grouped linears"
-        if residual.dtype != torch.bfloat16 or residual.stride(1) != 1 or residual.stride(0) % 8:
+        if (residual.dtype != torch.bfloat16 or residual.stride(1) != 1 or residual.stride(0) % 8
+                or residual.data_ptr() % 16):  # TMA: 16-byte aligned base address and row pitch
             return "the residual is not a 16-byte aligned row-major bf16 tensor"
-        if out is not None and out.data_ptr() != residual.data_ptr() and (out.stride(0) % 8 or out.stride(1) != 1):
+        if out is not None and out.data_ptr() != residual.data_ptr() and (out.stride(0) % 8 or out.stride(1) != 1
+                                                                          or out.data_ptr() % 16):
             return "out is not a 16-byte aligned row-major tensor"
         if gate is not None:
             reason = _gate_unsupported(gate, m, lin.n, tokens_per_frame)

@@ -9,9 +9,9 @@ it is timed; a config that fails to run is recorded with its error.
 
 Then one row per Wan layer with a consumer (``epilogue_rows``): ffn.0 GELU -> ffn.2 codes, the gated residual of
 self_attn.o and ffn.2 (one gate per 1560-token frame) and the un-gated one of cross_attn.o, each timed as CUTLASS
-store + the separate Triton consumer pass (today's path), the CUTLASS fused epilogue in every config the library
-instantiates for it (the gated residual runs batched, one batch per frame: the tile counts are in the row), and the
-Triton qgemm with its own fused epilogue.
+store + the separate Triton consumer pass (the unfused path, `kernel.fuse_epilogues=false`), the CUTLASS fused
+epilogue in every config the library instantiates for it (the gated residual runs batched, one batch per frame: the
+tile counts are in the row), and the Triton qgemm with its own fused epilogue.
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def epilogue_rows(m: int) -> list[dict]:
         for cfg, nm in enumerate(C.CONFIGS):
             if (cfg, epilogue) not in C.INSTANCES:
                 continue
-            try:  # bit-exactness against today's path (fresh outputs), before timing
+            try:  # bit-exactness against the unfused path (fresh outputs), before timing
                 row[f"fused_{nm}_differ"] = int((fused(cfg, None) != unfused(None)).sum())
                 row[f"fused_{nm}_ms"] = graph_ms(lambda: fused(cfg, out))
                 row[f"fused_{nm}_x_unfused"] = row["unfused_ms"] / row[f"fused_{nm}_ms"]

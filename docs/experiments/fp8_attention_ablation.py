@@ -89,6 +89,8 @@ def patched(q, k, v, mask=None):
     if "k" in var.split("+"): kc = q8(kc, a[1])
     vc = vf - vbar
     if "vrot" in var.split("+"):  # rotate v over the head dim, so the output comes out rotated: undone after o
+        if "vmean" in var:
+            raise ValueError("vrot with vmean: the rotated amax is calibrated on the uncentred v and o")
         vc = vc @ hadamard(q.shape[-1])
         a[2], a[3] = st["ramax"][3], st["ramax"][4]
     if "v" in var.split("+"): vc = q8(vc, a[2])

@@ -272,8 +272,9 @@ constexpr Entry entry() {
 }
 
 constexpr int kConfigs = 4, kEpilogues = 3;
-// [config][epilogue kind]; the fused kinds only for the configs CONFIG_BY_SHAPE picks (each instance is ~20 s of
-// nvcc): an empty entry is a combination this library does not have (qarvd_int8_gemm_has).
+// [config][epilogue kind]; the fused kinds only in configs 0 and 3 (kernels/cutlass_gemm.py INSTANCES says which
+// each serves; each instance is ~20 s of nvcc): an empty entry is a combination this library does not have
+// (qarvd_int8_gemm_has).
 constexpr Entry kTable[kConfigs][kEpilogues] = {
     {entry<Cfg0, StoreEpi>(), entry<Cfg0, ResidualEpi>(), entry<Cfg0, GeluQuantEpi>()},
     {entry<Cfg1, StoreEpi>(), {}, {}},
