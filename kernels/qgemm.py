@@ -23,7 +23,7 @@ import triton.language as tl
 from kernels import _common
 from kernels._common import dummy, gelu_tanh, interpreting, num_sms, quant_div, rint
 from kernels.configs_sm90 import GemmConfig, lookup
-from kernels.layout import PAD, PackedGroup, StackedAct
+from kernels.layout import PackedGroup, StackedAct
 
 try:  # host-side TMA descriptors (Triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor

@@ -56,12 +56,8 @@ def graph_ms(fn, calls: int = 20, replays: int = 5) -> float:
 def _layer(k: int, n: int, act_range=(-2.5, 4.0)):
     """A symmetric-weight W8A8 layer (the CUTLASS path's format) with random weights, on the GPU."""
     from qarvd.deploy.modules import RealQuantLinear
-    from qarvd.deploy.packing import minmax_spec, pack_spec
 
-    w = torch.randn(n, k) / k**0.5
-    spec = minmax_spec(w, torch.randn(n) * 0.1, w_bits=8, asym_act=True, asym_w=False, act_range=act_range)
-    p = pack_spec(spec, "exact")
-    return RealQuantLinear(p.meta, p.tensors).cuda()
+    return RealQuantLinear.random(k, n, asym_w=False, act_range=act_range, device="cuda")
 
 
 def epilogue_rows(m: int) -> list[dict]:

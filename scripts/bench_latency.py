@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,8 @@ TINY = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=32, text_d
 ROWS = ["bf16_eager_flash", "bf16_eager_cudnn", "bf16_fused", "w8a8", "w8a8_asymw", "w8a8_flash", "w8a8_dual_exact",
         "w8a8_dual_int_ratio", "w4a8", "fp8", "torchao_int8", "bf16_fused_graph", "w8a8_graph", "w4a8_graph",
         "fp8_graph", "bf16_fused_fp8attn_graph", "w8a8_fp8attn_graph", "fp8_fp8attn_graph", "w8a8_cutlass_graph",
-        "w8a8_cutlass_fp8attn_graph", "w8a8_cutlass_unfused_graph"]
+        "w8a8_cutlass_fp8attn_graph", "w8a8_cutlass_unfused_graph", "w8a8_dual_exact_graph",
+        "w8a8_dual_int_ratio_graph"]
 GRAPH = "_graph"  # row suffix: the same row with backend graphs=true (each rollout forward replays a CUDA graph)
 FP8ATTN = "_fp8attn"  # row infix: self-attention in FP8 through cuDNN (attention=cudnn_fp8), scales calibrated on
 # one rollout of the same inputs with bf16 attention (qarvd.deploy.calibrate_attention_fp8_)
@@ -173,7 +173,7 @@ def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, see
     """Random packed layer(s) of one variant and random activation codes (row sums included)."""
     from kernels.layout import stack_acts
     from qarvd.deploy.modules import RealQuantLinear, stack_group
-    from qarvd.deploy.packing import minmax_spec, pack_spec
+    from qarvd.deploy.packing import minmax_spec
 
     _, w_bits, outliers, dual = variant
     asym_w = (ASYM_W8 if asym_w is None else asym_w) or w_bits == 4  # int4 keeps its in-kernel zero point
@@ -186,8 +186,7 @@ def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, see
             w[:, torch.randperm(k, generator=g)[:outliers].to(device)] *= 6
         spec = minmax_spec(w, torch.randn(n, generator=g).to(device) * 0.1, w_bits=w_bits, n_outliers=outliers,
                            asym_w=asym_w)
-        p = pack_spec(spec, dual)
-        mods.append(RealQuantLinear(p.meta, p.tensors))
+        mods.append(RealQuantLinear.from_spec(spec, dual))
     group = stack_group(mods)
     acts = stack_acts([mo.act() for mo in mods])
     a = torch.randint(acts.lo, acts.hi + 1, (count, m, group.kp), dtype=torch.int8, generator=g).to(device)
@@ -202,8 +201,8 @@ def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, see
         wn = (torch.randn(k, n, generator=g) / n**0.5).to(device)
         if outliers:
             wn[:, torch.randperm(n, generator=g)[:outliers].to(device)] *= 6
-        pn = pack_spec(minmax_spec(wn, None, w_bits=w_bits, n_outliers=outliers, asym_w=asym_w), dual)
-        next_mod = RealQuantLinear(pn.meta, pn.tensors)
+        next_mod = RealQuantLinear.from_spec(minmax_spec(wn, None, w_bits=w_bits, n_outliers=outliers,
+                                                         asym_w=asym_w), dual)
     return group, acts, a, rs, next_mod
 
 
@@ -261,7 +260,6 @@ def gemm_section(args, device, rep: Report) -> dict:
     if args.tune and device.type == "cuda":
         jobs = [(key, c) for key in keys for c in SPACE[key[0]]]
         rep.put("precompile", precompile(jobs, args.workers))
-    results = []
     for key in keys:
         vname, epi, k, n, count = key
         variant = next(v for v in GEMM_VARIANTS if v[0] == vname)
@@ -350,7 +348,7 @@ def act_quant_section(device, rep: Report, m: int, d: int) -> None:
     from kernels.act_quant import norm_quant
     from kernels.layout import stack_acts
     from qarvd.deploy.modules import RealQuantLinear
-    from qarvd.deploy.packing import minmax_spec, pack_spec
+    from qarvd.deploy.packing import minmax_spec
 
     x = torch.randn(m, d, device=device, dtype=torch.bfloat16)
     s = 1560 if m >= 1560 else m
@@ -361,8 +359,7 @@ def act_quant_section(device, rep: Report, m: int, d: int) -> None:
         mods = []
         for i in range(3):
             w = torch.randn(d, d, device=device) / d**0.5
-            p = pack_spec(minmax_spec(w, None, n_outliers=outliers))
-            mods.append(RealQuantLinear(p.meta, p.tensors))
+            mods.append(RealQuantLinear.from_spec(minmax_spec(w, None, n_outliers=outliers)))
         acts[outliers] = (stack_acts([mo.act() for mo in mods]), stack_acts([mods[0].act()]))
     scale = torch.tensor([0.02], device=device)
     for exact in (True, False):

@@ -129,12 +129,11 @@ def check(name: str, launch, compiled: list) -> dict:
 def _linear(n: int, k: int, gen, w_bits: int, outliers: int, dual: str, asym_w: bool):
     """A random min-max packed layer of the family's format (the values do not matter, the packing flags do)."""
     from qarvd.deploy.modules import RealQuantLinear
-    from qarvd.deploy.packing import minmax_spec, pack_spec
+    from qarvd.deploy.packing import minmax_spec
 
     spec = minmax_spec(torch.randn(n, k, generator=gen) / k**0.5, torch.randn(n, generator=gen) * 0.1,
                        w_bits=w_bits, n_outliers=outliers, asym_w=asym_w, act_range=(-6.0, 6.0))
-    p = pack_spec(spec, dual)
-    return RealQuantLinear(p.meta, p.tensors)
+    return RealQuantLinear.from_spec(spec, dual)
 
 
 def _gemm(group, **kw):

@@ -23,19 +23,14 @@ import torch
 from kernels import act_quant, glue, qgemm
 from kernels import cutlass_gemm as C
 from qarvd.deploy.modules import RealQuantLinear
-from qarvd.deploy.packing import minmax_spec, pack_spec
 
 M, S, DIM, FFN = 9360, 1560, 1536, 8960  # Wan2.1-1.3B, batch 2 x 3 frames x 1560 tokens
 SMALL = dict(m=771, k=256, n=144, s=257)  # odd rows, 3 frames, N a multiple of 16 but not of the 128 tile
 
 
-def _layer(k=64, n=48, *, asym_act=True, act_range=(-2.5, 4.0), n_outliers=0, asym_w=False, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) / k**0.5
-    spec = minmax_spec(w, torch.randn(n, generator=g) * 0.1, w_bits=8, asym_act=asym_act, asym_w=asym_w,
-                       act_range=act_range, n_outliers=n_outliers)
-    p = pack_spec(spec, "exact")
-    return RealQuantLinear(p.meta, p.tensors).to(device)
+def _layer(k=64, n=48, *, act_range=(-2.5, 4.0), n_outliers=0, device="cpu"):
+    """A symmetric-weight W8A8 layer (the CUTLASS path's format)."""
+    return RealQuantLinear.random(k, n, asym_w=False, act_range=act_range, n_outliers=n_outliers, device=device)
 
 
 def _next(k, **kw):
@@ -203,6 +198,26 @@ def test_residual_fused(m, k, n, s, gated, monkeypatch):
     y = qgemm.qgemm_ref(a, None, lin, m)
     ref = res.double() + (y * gate.double()[torch.arange(m, device="cuda") // s] if gated else y)
     assert float((got.double() - ref).norm() / ref.norm()) < 5e-3
+
+
+@needs_hopper
+def test_residual_with_an_odd_stride_gate_or_a_misaligned_residual(monkeypatch):
+    """A gate view of odd row pitch and base fuses (the row broadcast reads element by element); a residual 2 bytes
+    off 16-byte alignment takes the unfused path. Both equal CUTLASS store + the Triton residual pass bit for bit."""
+    monkeypatch.setattr(C, "FUSE_MAX_M", {})
+    m, k, n, s = SMALL.values()
+    lin, a, res, _ = _residual_case(m, k, n, s, False)
+    gate = torch.randn(m // s, n + 1, device="cuda")[:, 1:]
+    assert gate.stride(0) % 2 and gate.data_ptr() % 16
+    kw = dict(gate=gate, tokens_per_frame=s)
+    assert C.unfused_reason("residual", lin, m, residual=res, **kw) is None
+    want = glue.residual_update(res, C.qgemm_cutlass(a, None, lin, m), gate, s)
+    got = C.qgemm_cutlass(a, None, lin, m, epilogue="residual", residual=res, **kw)
+    assert torch.equal(got, want)
+    shifted = torch.empty(m, n + 8, device="cuda", dtype=torch.bfloat16)[:, 1:n + 1]
+    shifted.copy_(res)
+    assert "16-byte aligned" in C.unfused_reason("residual", lin, m, residual=shifted, **kw)
+    assert torch.equal(C.qgemm_cutlass(a, None, lin, m, epilogue="residual", residual=shifted, **kw), want)
 
 
 @needs_hopper

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from kernels import act_quant, glue, qgemm  # noqa: E402
 from kernels.layout import PAD, pack_int4, stack_acts, unpack_int4  # noqa: E402
 from qarvd.deploy.modules import RealQuantLinear, stack_group  # noqa: E402
-from qarvd.deploy.packing import minmax_spec, pack_spec  # noqa: E402
+from qarvd.deploy.packing import minmax_spec  # noqa: E402
 
 POISON = 77
 
@@ -28,8 +28,7 @@ def _layer(k, n, w_bits=8, outliers=0, dual="exact", asym=True, smooth=False, se
                        asym_w=asym, act_range=(-2.5, 4.0))
     if smooth:
         spec.smooth = torch.rand(k, generator=g) + 0.5
-    p = pack_spec(spec, dual)
-    return RealQuantLinear(p.meta, p.tensors), spec
+    return RealQuantLinear.from_spec(spec, dual), spec
 
 
 def _valid_cols(acts, i=0):

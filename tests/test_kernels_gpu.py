@@ -22,7 +22,7 @@ VARIANTS = [(8, 0, "exact"), (8, 128, "exact"), (8, 128, "int_ratio"), (4, 0, "e
 
 def _layers(k, n, count, w_bits, outliers, dual, seed=0):
     from qarvd.deploy.modules import RealQuantLinear
-    from qarvd.deploy.packing import minmax_spec, pack_spec
+    from qarvd.deploy.packing import minmax_spec
 
     g = torch.Generator().manual_seed(seed)
     mods, specs = [], []
@@ -32,8 +32,7 @@ def _layers(k, n, count, w_bits, outliers, dual, seed=0):
         spec = minmax_spec(w.cuda(), (torch.randn(n, generator=g) * 0.1).cuda(), w_bits=w_bits, n_outliers=outliers,
                            act_range=(-3.0, 5.0))
         specs.append(spec)
-        p = pack_spec(spec, dual)
-        mods.append(RealQuantLinear(p.meta, p.tensors))
+        mods.append(RealQuantLinear.from_spec(spec, dual))
     return mods, specs
 
 

@@ -1,7 +1,6 @@
 """The embedded ARVD's training matches its inference, trains deterministically, and the shipped bundle works."""
 from __future__ import annotations
 
-import pytest
 import torch
 from omegaconf import open_dict
 

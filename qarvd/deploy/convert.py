@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, fp8_from_spec
-from qarvd.deploy.packing import pack_spec, symmetric_weights
+from qarvd.deploy.packing import symmetric_weights
 from qarvd.deploy.spec import RealLayerSpec
 from qarvd.quant.select import set_module
 
@@ -39,8 +39,7 @@ def convert_to_real(model: nn.Module, artifact: Mapping[str, RealLayerSpec], bac
         else:
             if getattr(backend, "weights", "artifact") == "symmetric":
                 spec = symmetric_weights(spec)
-            packed = pack_spec(spec, backend.dual_mode)
-            new = RealQuantLinear(packed.meta, {k: v.to(dev) for k, v in packed.tensors.items()}, backend)
+            new = RealQuantLinear.from_spec(spec, backend.dual_mode, backend, device=dev)
         set_module(model, name, new)
     return model
 

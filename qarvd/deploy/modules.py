@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from kernels.layout import ActQuant, PackedGroup, StackedAct, stack_acts
+from qarvd.deploy.packing import minmax_spec, pack_spec
+from qarvd.deploy.spec import RealLayerSpec
 
 
 class RealQuantLinear(nn.Module):
@@ -56,6 +58,22 @@ class RealQuantLinear(nn.Module):
         if meta.get("rank"):
             t["lr_down"], t["lr_up"] = torch.empty(meta["rank"], k), torch.empty(n, meta["rank"])
         return t
+
+    @classmethod
+    def from_spec(cls, spec: RealLayerSpec, dual_mode: str = "exact", backend=None, device=None) -> "RealQuantLinear":
+        """The module holding ``spec``'s packed storage (:func:`pack_spec`), its tensors moved to ``device``."""
+        p = pack_spec(spec, dual_mode)
+        return cls(p.meta, {k: v.to(device) for k, v in p.tensors.items()} if device is not None else p.tensors,
+                   backend)
+
+    @classmethod
+    def random(cls, k: int, n: int, *, seed: int = 0, dual_mode: str = "exact", device=None,
+               **spec_kw) -> "RealQuantLinear":
+        """A min-max layer (:func:`minmax_spec` keywords) of a seeded Gaussian weight (std 1/sqrt(k)) and bias (std
+        0.1): the layer kernel tests and micro-benchmarks run, where the values matter less than the format."""
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(n, k, generator=g) / k**0.5
+        return cls.from_spec(minmax_spec(w, torch.randn(n, generator=g) * 0.1, **spec_kw), dual_mode, device=device)
 
     def storage_meta(self) -> dict:
         """Scalar facts saved next to the tensors (enough to rebuild an empty module for loading)."""
