@@ -126,14 +126,12 @@ def check(name: str, launch, compiled: list) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- launches
-def _linear(n: int, k: int, gen, w_bits: int, outliers: int, dual: str, asym_w: bool):
+def _linear(n: int, k: int, w_bits: int, outliers: int, dual: str, asym_w: bool):
     """A random min-max packed layer of the family's format (the values do not matter, the packing flags do)."""
     from qarvd.deploy.modules import RealQuantLinear
-    from qarvd.deploy.packing import minmax_spec
 
-    spec = minmax_spec(torch.randn(n, k, generator=gen) / k**0.5, torch.randn(n, generator=gen) * 0.1,
-                       w_bits=w_bits, n_outliers=outliers, asym_w=asym_w, act_range=(-6.0, 6.0))
-    return RealQuantLinear.from_spec(spec, dual)
+    return RealQuantLinear.random(k, n, w_bits=w_bits, n_outliers=outliers, asym_w=asym_w, act_range=(-6.0, 6.0),
+                                  dual_mode=dual)
 
 
 def _gemm(group, **kw):
@@ -151,9 +149,8 @@ def _int_launches(family: str, t: dict) -> list:
     from qarvd.deploy.modules import stack_group
 
     fmt = next(f[1:] for f in INT_FAMILIES if f[0] == family)
-    gen = torch.Generator().manual_seed(0)
-    qkv = [_linear(DIM, DIM, gen, *fmt) for _ in range(3)]
-    sq, f0, f2 = (_linear(n, k, gen, *fmt) for n, k in ((DIM, DIM), (FFN, DIM), (DIM, FFN)))
+    qkv = [_linear(DIM, DIM, *fmt) for _ in range(3)]
+    sq, f0, f2 = (_linear(n, k, *fmt) for n, k in ((DIM, DIM), (FFN, DIM), (DIM, FFN)))
     g_qkv, x2, mod, ln = stack_group(qkv), t["x2"], t["mod"], t["ln"]
 
     def quant(x, lin, **kw):

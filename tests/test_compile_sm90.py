@@ -77,9 +77,8 @@ import bad
 from kernels import qgemm
 from kernels.configs_sm90 import GemmConfig
 from qarvd.deploy.modules import RealQuantLinear
-from qarvd.deploy.packing import minmax_spec, pack_spec
 
-g = RealQuantLinear(**vars(pack_spec(minmax_spec(torch.randn(256, 256), None, asym_w=False)))).group()
+g = RealQuantLinear.random(256, 256, asym_w=False).group()
 a, x = torch.empty((1, 512, g.kp), dtype=torch.int8), torch.zeros(4)
 cases = {"gemm_128x128_3_stages": lambda: qgemm.qgemm(a, None, g, 512, config=GemmConfig(128, 128, 128, 8, 8, 3)),
          "gemm_256x256_4_stages": lambda: qgemm.qgemm(a, None, g, 512, config=GemmConfig(256, 256, 128, 8, 8, 4)),
