@@ -17,7 +17,7 @@ import av
 import numpy as np
 import torch
 
-from qarvd.data.strip import to_uint8
+from eval.strip import to_uint8
 from qarvd.utils.io import atomic_write
 
 VIDEO_SUFFIX = ".mp4"

@@ -4,5 +4,9 @@
   folded in), float8, or plain activations in one pass.
 - :mod:`kernels.qgemm`: W8A8 / W4A8 GEMM with fused dequantization, zero-point, residual and GELU-quant epilogues.
 - :mod:`kernels.glue`: q/k RMSNorm + RoPE + KV-cache write, gated residual update.
-- :mod:`kernels.backends`: the swappable kernel backends (``kernel=triton_int8|torch_ref|fp8|bf16``).
+- :mod:`kernels.cutlass_gemm`, :mod:`kernels.attn_cudnn`, :mod:`kernels.fp8`: CUTLASS INT8 GEMM, cuDNN FP8 attention,
+  FP8 linears.
+
+Pure ops on tensors and plain parameters: nothing here imports ``qarvd`` (the backends that drive these kernels
+from the deployed modules live in ``qarvd.deploy.backends``).
 """

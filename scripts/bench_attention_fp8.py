@@ -52,7 +52,7 @@ def rel_err(out, q, k, v, rows: int = 256) -> float:
 
 def main(argv=None) -> int:
     from kernels import attn_fp8 as A
-    from kernels.backends import sdpa_context
+    from qarvd.deploy.backends import sdpa_context
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)

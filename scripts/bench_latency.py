@@ -409,7 +409,7 @@ def kernel_resources() -> dict:
 
 # ----------------------------------------------------------------------------------------------- attention
 def attention_section(args, device, rep: Report, cfg) -> str:
-    from kernels.backends import sdpa_context
+    from qarvd.deploy.backends import sdpa_context
 
     tokens = args.frames_per_chunk * (args.height // 2) * (args.width // 2)
     chunks = args.frames // args.frames_per_chunk
@@ -468,7 +468,7 @@ def real_model(base, kind: str, backend, w_bits: int = 8, outliers: int = 0, asy
 
 
 def build_row(name: str, base, fastest: str, device):
-    from kernels.backends import Bf16Backend, CutlassInt8Backend, Fp8Backend, TritonInt8Backend
+    from qarvd.deploy.backends import Bf16Backend, CutlassInt8Backend, Fp8Backend, TritonInt8Backend
 
     graphs = name.endswith(GRAPH)
     name = name[: -len(GRAPH)] if graphs else name
@@ -523,7 +523,7 @@ def rollout_once(model, batch: int, args):
 
 
 def time_rollout(model, batch: int, attention: str, args, device) -> dict:
-    from kernels.backends import sdpa_context
+    from qarvd.deploy.backends import sdpa_context
 
     times = []
     with sdpa_context(attention), torch.no_grad():
@@ -564,7 +564,7 @@ def file_bytes(model, bf16: bool = False) -> int:
 
 def check_section(base, fastest, args, device, rep: Report) -> None:
     """One cached forward (chunk 0) of each fused path against its reference, full size."""
-    from kernels.backends import TorchRefBackend
+    from qarvd.deploy.backends import TorchRefBackend
     from qarvd.deploy import accelerate_
 
     cfg = base.cfg
@@ -575,7 +575,7 @@ def check_section(base, fastest, args, device, rep: Report) -> None:
     ctx = torch.randn(b, cfg.text_len, cfg.text_dim, generator=g).to(device=device, dtype=torch.bfloat16)
 
     def fwd(model):
-        from kernels.backends import sdpa_context
+        from qarvd.deploy.backends import sdpa_context
 
         cache = model.new_cache(b, f, args.height, args.width)
         with sdpa_context(fastest if device.type == "cuda" else "auto"), torch.no_grad():
@@ -675,7 +675,7 @@ def profile_section(args, base, fastest, device, rep: Report, top: int = 25) -> 
     batch, eager forwards (kernels inside replayed CUDA graphs are the same kernels, but not attributed)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from kernels.backends import sdpa_context
+    from qarvd.deploy.backends import sdpa_context
 
     if device.type != "cuda":
         raise RuntimeError("the profile section times CUDA kernels: run it with --device cuda")

@@ -48,10 +48,10 @@ def main(argv=None) -> int:
 
     from omegaconf import OmegaConf
 
-    from kernels.backends import TorchRefBackend, TritonInt8Backend
+    from qarvd.deploy.backends import TorchRefBackend, TritonInt8Backend
     from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
     from qarvd.deploy.from_quant import real_specs
-    from qarvd.methods.runner import calibration_prompts
+    from qarvd.app.calibrate import calibration_prompts
     from qarvd.models.pipeline import build_pipeline
     from qarvd.quant.artifact import load_artifact
     from qarvd.quant.sensitivity import generate, latent_mse_by_chunk

@@ -11,14 +11,10 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
-from qarvd.data.domain_eval import evaluate_domain
-from qarvd.models.featnet import FeatNetBackbone
-from qarvd.models.pipeline import build_pipeline
-from qarvd.train.common import resolve_device
-from qarvd.utils.io import atomic_write_json
+from qarvd.app.embedded import judge_bundle
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +22,13 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path="../conf", config_name="eval_tiny", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     try:
-        device = resolve_device(cfg.device)
-        pipe = build_pipeline(cfg.model, device=device)
-        featnet = FeatNetBackbone(cfg.featnet_path, device, 256)
-        rc, (_, h, w) = pipe.rollout_cfg, pipe.latent_shape
-        if h != w:
-            raise ValueError(f"the feature network judges square frames; model.latent is {h}x{w}")
-        metrics = evaluate_domain(lambda p, s: pipe.decode(pipe.generate_latents(p, s)), featnet, int(cfg.num_videos),
-                                  rc.num_frames, h, int(cfg.seed), int(cfg.batch_size), list(cfg.noise_stds))
-        metrics["rollout"] = OmegaConf.to_container(cfg.model.rollout, resolve=True)
-        metrics["checkpoint"] = str(cfg.model.checkpoint.path)
-        atomic_write_json(Path(cfg.paths.output_dir) / "domain_metrics.json", metrics)
+        metrics = judge_bundle(cfg, Path(cfg.paths.output_dir))
     except Exception:
         log.exception("embedded-model evaluation failed")
         raise
     acc = metrics["caption_accuracy"]["generated"]
     log.info("caption accuracy (generated): %s", json.dumps({k: round(v, 4) for k, v in acc.items()}))
+    print(f"metrics: {Path(cfg.paths.output_dir) / 'domain_metrics.json'}")
     return acc["all"]
 
 

@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
-from eval.evaluate import artifact_quantizer, calibrate, evaluate_run, generate, log_record
-from eval.generate import barrier, dist_env, from_rank0, process_group
-from qarvd.utils.wandb_logging import NullLogger, logging_run
+from qarvd.app.evaluate import artifact_quantizer, calibrate, evaluate_run, generate, log_record
+from qarvd.app.generate import barrier, dist_env, from_rank0, process_group
+from qarvd.app.wandb_logger import NullLogger, logging_run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

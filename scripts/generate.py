@@ -14,8 +14,8 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
-from eval.evaluate import artifact_quantizer, generate
-from eval.generate import barrier, from_rank0, gather, process_group
+from qarvd.app.evaluate import artifact_quantizer, generate
+from qarvd.app.generate import barrier, from_rank0, gather, process_group
 from qarvd.utils.io import atomic_write_json
 
 

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (resolvers of resolved configs are inert; kept for safety)
 from qarvd.data.prompts import select
-from qarvd.methods.runner import weights_identity
+from qarvd.app.calibrate import weights_identity
 from qarvd.models.pipeline import build_pipeline
 from qarvd.quant.api import QuantConfig, quantize_, split_outliers
 from qarvd.quant.artifact import load_artifact

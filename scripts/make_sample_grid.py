@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
-from qarvd.data.strip import grid_image, save_png
+from eval.strip import grid_image, save_png
 from qarvd.models.pipeline import build_pipeline
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 import qarvd.utils.hydra_resolvers  # noqa: F401
 from qarvd.methods.base import measure_sensitivity
-from qarvd.methods.runner import build_calibration, run_identity
+from qarvd.app.calibrate import build_calibration, run_identity
 from qarvd.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger("sensitivity")

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc.)
-from qarvd.train.featnet import train_featnet
+from qarvd.app.embedded import train_featnet
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc. before composing)
-from qarvd.methods.runner import train_quant
+from qarvd.app.calibrate import train_quant
 
 log = logging.getLogger("train_quant")
 

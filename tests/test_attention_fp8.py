@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import attn_cudnn
-from kernels.backends import TorchRefBackend
+from qarvd.deploy.backends import TorchRefBackend
 from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real, restore_
 from qarvd.deploy.packing import minmax_spec
 from qarvd.models.rollout import RolloutConfig, rollout

@@ -100,7 +100,7 @@ def test_fusion_stops_above_the_measured_m(monkeypatch):
 
 
 def test_backend_fuse_epilogues_takes_a_boolean():
-    from kernels.backends import CutlassInt8Backend
+    from qarvd.deploy.backends import CutlassInt8Backend
 
     assert not CutlassInt8Backend(fuse_epilogues=False).fuse_epilogues
     with pytest.raises(ValueError, match="fuse_epilogues"):

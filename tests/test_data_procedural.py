@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qarvd.data.procedural import (ATTRIBUTES, COLOR_RGB, DIRECTION_XY, SPEED_RANGE, VOCAB, ProceduralVideos,
+from qarvd.embedded.procedural import (ATTRIBUTES, COLOR_RGB, DIRECTION_XY, SPEED_RANGE, VOCAB, ProceduralVideos,
                                    caption_prompts, parse_caption, render, split_specs)
 
 

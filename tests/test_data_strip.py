@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qarvd.data.strip import CHUNK_GAP, FRAME_GAP, grid_image, save_png, strip_image, to_uint8
+from eval.strip import CHUNK_GAP, FRAME_GAP, grid_image, save_png, strip_image, to_uint8
 
 
 def test_strip_layout_and_pixels():

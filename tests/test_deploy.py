@@ -15,7 +15,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # the triton_int8 backend runs in Triton's
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.backends import Bf16Backend, TorchRefBackend, TritonInt8Backend  # noqa: E402
+from qarvd.deploy.backends import Bf16Backend, TorchRefBackend, TritonInt8Backend  # noqa: E402
 from qarvd.deploy import accelerate_, convert_to_real, load_real, real_layers, save_real  # noqa: E402
 from qarvd.deploy.from_quant import real_specs  # noqa: E402
 from qarvd.models.rollout import RolloutConfig, rollout  # noqa: E402

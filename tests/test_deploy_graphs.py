@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from kernels.backends import TorchRefBackend
+from qarvd.deploy.backends import TorchRefBackend
 from qarvd.deploy import accelerate_, convert_to_real, graph_, ungraph_
 from qarvd.deploy.graphs import GraphedCausalWan, StaticCache, _Graph
 from qarvd.deploy.packing import minmax_spec

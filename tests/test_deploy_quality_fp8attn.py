@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fp8_attention_row_next_to_the_default_row(tmp_path):
-    from qarvd.methods.runner import train_quant
+    from qarvd.app.calibrate import train_quant
     from quant_helpers import tiny_cfg
 
     sys.path.insert(0, str(ROOT / "scripts"))

@@ -6,7 +6,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from qarvd.utils.wandb_logging import NullLogger, WandbLogger, logging_run
+from qarvd.app.wandb_logger import NullLogger, WandbLogger, logging_run
 
 
 class _Recorder(NullLogger):

@@ -118,7 +118,7 @@ def test_runner_is_standalone():
 def test_scores_are_kept_next_to_the_videos_and_not_recomputed(tmp_path, cache_dir, vbench_python):
     from omegaconf import OmegaConf
 
-    from eval.evaluate import vbench_metrics
+    from qarvd.app.evaluate import vbench_metrics
 
     videos = tmp_path / "fp"
     videos.mkdir()

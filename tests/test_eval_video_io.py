@@ -6,7 +6,7 @@ import hashlib
 import pytest
 import torch
 
-from eval.generate import file_stem, shard, video_jobs
+from qarvd.app.generate import file_stem, shard, video_jobs
 from eval.video_io import UnpairedVideosError, VideoEncoding, list_videos, pair_videos, read_video, write_video
 
 

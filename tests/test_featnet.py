@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qarvd.data.domain_eval import accuracy, real_set
-from qarvd.models.featnet import (FeatNetBackbone, FeatNetConfig, VideoFeatureNet, caption_matches, featnet_metadata,
+from qarvd.embedded.domain_eval import accuracy, real_set
+from qarvd.embedded.featnet import (FeatNetBackbone, FeatNetConfig, VideoFeatureNet, caption_matches, featnet_metadata,
                                   load_featnet)
 from qarvd.utils.errors import MissingWeightsError
 from qarvd.utils.hydra_resolvers import ASSET_DIR

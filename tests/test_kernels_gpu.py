@@ -101,7 +101,7 @@ def test_rint_is_round_half_even_on_gpu():
 
 
 def test_fused_forward_matches_reference_backend():
-    from kernels.backends import Bf16Backend, TorchRefBackend, TritonInt8Backend
+    from qarvd.deploy.backends import Bf16Backend, TorchRefBackend, TritonInt8Backend
     from qarvd.deploy import accelerate_, convert_to_real
     from qarvd.deploy.packing import minmax_spec
     from qarvd.models.wan import CausalWanModel, WanConfig
@@ -134,7 +134,7 @@ def test_fused_forward_matches_reference_backend():
 
 
 def test_fp8_module_matches_reference():
-    from kernels.backends import Fp8Backend, Fp8RefBackend
+    from qarvd.deploy.backends import Fp8Backend, Fp8RefBackend
     from qarvd.deploy.modules import Fp8Linear, fp8_from_spec
     from qarvd.deploy.packing import minmax_spec
 
@@ -151,7 +151,7 @@ def test_fp8_module_matches_reference():
 def test_graphed_rollout_matches_eager_on_gpu():
     """CUDA-graph replays (qarvd.deploy.graphs) against the eager fused forward: bf16, W8A8 and FP8, two videos each
     (the second replays every signature), bit-identical latents; a graph really was captured."""
-    from kernels.backends import Bf16Backend, Fp8Backend, TritonInt8Backend
+    from qarvd.deploy.backends import Bf16Backend, Fp8Backend, TritonInt8Backend
     from qarvd.deploy import accelerate_, convert_to_real
     from qarvd.deploy.packing import minmax_spec
     from qarvd.models.rollout import RolloutConfig, rollout

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from qarvd.methods.runner import train_quant
+from qarvd.app.calibrate import train_quant
 from qarvd.quant.artifact import CONFIG_FILE, load_artifact
 from quant_helpers import prompts, tiny_cfg, tiny_pipeline
 

@@ -60,7 +60,7 @@ def test_outliers_cli(tmp_path):
 
 def test_sensitivity_is_cached_by_what_it_depends_on(tmp_path):
     from qarvd.methods.base import measure_sensitivity
-    from qarvd.methods.runner import build_calibration
+    from qarvd.app.calibrate import build_calibration
     from quant_helpers import tiny_cfg
 
     cfg = tiny_cfg(f"calib.cache_dir={tmp_path}/cache")
@@ -129,7 +129,7 @@ def g_seen_both(r):
 
 
 def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
-    from qarvd.methods.runner import train_quant
+    from qarvd.app.calibrate import train_quant
     from quant_helpers import tiny_cfg
 
     run = tmp_path / "run"

@@ -228,7 +228,7 @@ def test_missing_release_files_name_key_file_and_source(release, tmp_path, missi
 def test_generate_encodes_its_prompts_once_then_frees_umt5(release, tmp_path, monkeypatch):
     """generate() fills the prompt cache for its share before the first rollout and drops the encoder (on the 1.3B
     model that frees ~11 GB of GPU memory for the rollouts); the rollouts then read the cache only."""
-    from eval.evaluate import generate
+    from qarvd.app.evaluate import generate
 
     batches, released = [], []
     encode_batch, precompute = UMT5TextEncoder._encode_batch, UMT5TextEncoder.precompute
@@ -417,7 +417,7 @@ def test_launcher_configs_extend_the_plugins_and_add_their_callback(launcher, ca
 
 
 def test_gpu_leases_are_exclusive_until_released(tmp_path):
-    from qarvd.utils.launch import lease_gpu
+    from qarvd.app.launch import lease_gpu
 
     a, fa = lease_gpu(tmp_path, 2)
     b, fb = lease_gpu(tmp_path, 2)

@@ -6,8 +6,8 @@ from omegaconf import open_dict
 
 from conftest import compose
 from qarvd.models.rollout import FlowMatchSchedule, RolloutConfig
-from qarvd.train.layout import context_frames, teacher_forcing_mask, token_layout
-from qarvd.train.tiny_arvd import TinyARVD, sample_sigmas
+from qarvd.embedded.train_layout import context_frames, teacher_forcing_mask, token_layout
+from qarvd.embedded.train_arvd import TinyARVD, sample_sigmas
 
 ARCH = dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4, in_dim=3, out_dim=3,
             patch_size=(1, 4, 4))
@@ -77,7 +77,7 @@ def _train_cfg(tmp_path, steps, resume=None):
 def test_training_resumes_to_the_same_weights_and_writes_a_bundle(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import qarvd.train.tiny_arvd as tiny
+    import qarvd.embedded.train_arvd as tiny
     from qarvd.models.checkpoint import read_metadata
 
     straight, resumed = tmp_path / "a", tmp_path / "b"
@@ -139,11 +139,11 @@ def test_model_tiny_loads_the_shipped_bundle():
 def test_trained_model_draws_the_prompted_colour_and_motion():
     """Eight prompts: the trained bundle's videos show the prompted colour and direction (read by the feature
     network); the same architecture with random weights does not."""
-    from qarvd.data.domain_eval import accuracy
-    from qarvd.data.procedural import caption_prompts
+    from qarvd.embedded.domain_eval import accuracy
+    from qarvd.embedded.procedural import caption_prompts
     from qarvd.models.checkpoint import read_metadata, read_state_dict
-    from qarvd.models.featnet import FeatNetBackbone
-    from qarvd.train.tiny_arvd import generate_fn, pipeline_of
+    from qarvd.embedded.featnet import FeatNetBackbone
+    from qarvd.embedded.train_arvd import generate_fn, pipeline_of
     from qarvd.utils.hydra_resolvers import ASSET_DIR
 
     meta = read_metadata(_shipped())

@@ -11,7 +11,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import compose
-from qarvd.methods.runner import train_quant, weights_identity
+from qarvd.app.calibrate import train_quant, weights_identity
 from quant_helpers import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]

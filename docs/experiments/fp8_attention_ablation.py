@@ -16,10 +16,10 @@ import torch
 from omegaconf import OmegaConf
 import qarvd.deploy.fast as fast
 from kernels.act_quant import fp8_ref
-from kernels.backends import TorchRefBackend
+from qarvd.deploy.backends import TorchRefBackend
 from qarvd.deploy import accelerate_, convert_to_real
 from qarvd.deploy.from_quant import real_specs
-from qarvd.methods.runner import calibration_prompts
+from qarvd.app.calibrate import calibration_prompts
 from qarvd.models.pipeline import build_pipeline
 from qarvd.quant.artifact import load_artifact
 from qarvd.quant.sensitivity import generate, latent_mse_by_chunk

@@ -2,7 +2,7 @@
 
 They replace ``nn.Linear`` (or a fake-quant QuantLinear) under the same module name, hold only integer/fp8
 weights and their scales as buffers (so ``state_dict`` is the deployment artifact), and compute through the
-kernel backend they are bound to (:mod:`kernels.backends`). Called on their own they quantize their input and run
+kernel backend they are bound to (:mod:`qarvd.deploy.backends`). Called on their own they quantize their input and run
 the GEMM; the fused block forward (:mod:`qarvd.deploy.fast`) instead lets the producer kernels quantize for them.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from eval.video_io import VIDEO_SUFFIX, VideoEncoding, write_video
 from qarvd.data.prompts import select
-from qarvd.data.strip import save_png, strip_image
+from eval.strip import save_png, strip_image
 
 MAX_NAME_BYTES = 230  # file names are limited to 255 bytes; room is left for "-<k>.mp4"
 

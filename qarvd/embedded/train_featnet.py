@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from qarvd.data.domain_eval import accuracy, real_set
-from qarvd.data.procedural import ProceduralVideos
-from qarvd.models.featnet import FeatNetBackbone, FeatNetConfig, VideoFeatureNet, featnet_metadata
-from qarvd.train.common import (autocast, device_name, find_resume, git_commit, load_state, lr_at, peak_memory_gb,
+from qarvd.embedded.domain_eval import accuracy, real_set
+from qarvd.embedded.procedural import ProceduralVideos
+from qarvd.embedded.featnet import FeatNetBackbone, FeatNetConfig, VideoFeatureNet, featnet_metadata
+from qarvd.embedded.train_common import (autocast, device_name, find_resume, git_commit, load_state, lr_at, peak_memory_gb,
                                 resolve_device, save_state, step_generator)
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
 

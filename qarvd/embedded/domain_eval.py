@@ -14,11 +14,11 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from eval.fvd import fvd_from_features
-from qarvd.data.procedural import ProceduralVideos
-from qarvd.models.featnet import caption_matches
+from qarvd.embedded.procedural import ProceduralVideos
+from qarvd.embedded.featnet import caption_matches
 
 GenerateFn = Callable[[list[str], list[int]], torch.Tensor]  # (prompts, seeds) -> videos [B, T, 3, H, W] in [-1, 1]
+FrechetFn = Callable[[torch.Tensor, torch.Tensor], float]  # (features A [N, D], features B [M, D]) -> distance
 
 
 def real_set(split: str, count: int, num_frames: int, size: int, batch_size: int = 256) -> tuple[torch.Tensor, list[str]]:
@@ -50,17 +50,20 @@ def add_noise(videos: torch.Tensor, std: float, seed: int) -> torch.Tensor:
     return (videos + std * torch.randn(videos.shape, generator=g)).clamp(-1, 1)
 
 
-def evaluate_domain(generate: GenerateFn, backbone, num_videos: int, num_frames: int, size: int, seed: int = 0,
+def evaluate_domain(generate: GenerateFn, backbone, frechet: FrechetFn, num_videos: int, num_frames: int, size: int, seed: int = 0,
                     batch_size: int = 64, noise_stds: Sequence[float] = (0.1, 0.2, 0.4)) -> dict:
-    """Caption accuracy (generated, real held-out) and Fréchet distances of the generated and reference sets."""
+    """Caption accuracy (generated, real held-out) and Fréchet distances of the generated and reference sets.
+
+    ``frechet`` is the metric layer's distance (``eval.fvd.fvd_from_features``), handed in by the application layer
+    so that the embedded domain does not import the evaluation package."""
     real_a, prompts = real_set("eval", num_videos, num_frames, size)
     real_b, captions_b = real_set("test", num_videos, num_frames, size)
     generated = generated_set(generate, prompts, seed, batch_size)
     feats = {name: backbone.features(v) for name, v in [("real_a", real_a), ("real_b", real_b), ("generated", generated)]}
-    fd = {"real_b": fvd_from_features(feats["real_a"], feats["real_b"]),
-          "generated": fvd_from_features(feats["real_a"], feats["generated"])}
+    fd = {"real_b": frechet(feats["real_a"], feats["real_b"]),
+          "generated": frechet(feats["real_a"], feats["generated"])}
     for s in noise_stds:
-        fd[f"noisy@{s:g}"] = fvd_from_features(feats["real_a"], backbone.features(add_noise(real_a, s, seed + 1)))
+        fd[f"noisy@{s:g}"] = frechet(feats["real_a"], backbone.features(add_noise(real_a, s, seed + 1)))
     return {
         "num_videos": num_videos,
         "seed": seed,

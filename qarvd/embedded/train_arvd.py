@@ -32,15 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from qarvd.data.procedural import VOCAB, ProceduralVideos
+from qarvd.embedded.procedural import VOCAB, ProceduralVideos
 from qarvd.models.pipeline import ARVDPipeline
 from qarvd.models.rollout import FlowMatchSchedule, RolloutConfig
 from qarvd.models.text import CaptionTokenEncoder
 from qarvd.models.vae import IdentityVAE
 from qarvd.models.wan import CausalWanModel, WanConfig
-from qarvd.train.common import (autocast, device_name, ema_update, find_resume, git_commit, load_state, lr_at,
+from qarvd.embedded.train_common import (autocast, device_name, ema_update, find_resume, git_commit, load_state, lr_at,
                                 peak_memory_gb, resolve_device, save_state, step_generator)
-from qarvd.train.layout import context_frames, teacher_forcing_mask
+from qarvd.embedded.train_layout import context_frames, teacher_forcing_mask
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
 
 
@@ -144,7 +144,7 @@ def _last_sigma(rc: RolloutConfig) -> float:
     return FlowMatchSchedule(rc.shift, rc.num_train_timesteps).sigma(t) if rc.warp else t / rc.num_train_timesteps
 
 
-def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None) -> dict:
+def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None, frechet=None) -> dict:
     """Train (or resume), export the EMA bundle, evaluate it with ``featnet`` if given; returns the metrics."""
     device = resolve_device(cfg.device)
     tc = cfg.train
@@ -205,10 +205,10 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None) -> dict:
     metrics = {"train_seconds": t1 - t0, "steps": int(tc.steps), "resumed_at": start, "device": device_name(device),
                "peak_memory_gb": peak_memory_gb(device), "own_context_from_step": own_from,
                "own_context_stage_seconds": t1 - stage_start[own_from] if own_from in stage_start else 0.0}
-    if featnet is not None and cfg.eval.num_videos:
-        from qarvd.data.domain_eval import evaluate_domain
+    if featnet is not None and frechet is not None and cfg.eval.num_videos:
+        from qarvd.embedded.domain_eval import evaluate_domain
 
-        metrics["domain"] = evaluate_domain(generate_fn(pipeline_of(ema, rc, size)), featnet, int(cfg.eval.num_videos),
+        metrics["domain"] = evaluate_domain(generate_fn(pipeline_of(ema, rc, size)), featnet, frechet, int(cfg.eval.num_videos),
                                             rc.num_frames, size, int(cfg.eval.seed), int(cfg.eval.batch_size),
                                             list(cfg.eval.noise_stds))
     meta = bundle_metadata(cfg, ema, rc, data, metrics)
@@ -221,8 +221,8 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None) -> dict:
 @torch.no_grad()
 def _probe(ema: TinyARVD, rc: RolloutConfig, size: int, featnet, cfg: DictConfig) -> dict:
     """Caption accuracy of a few generated videos, to watch training progress."""
-    from qarvd.data.domain_eval import accuracy, generated_set
-    from qarvd.data.procedural import caption_prompts
+    from qarvd.embedded.domain_eval import accuracy, generated_set
+    from qarvd.embedded.procedural import caption_prompts
 
     prompts = caption_prompts("eval", int(cfg.train.probe_videos))
     videos = generated_set(generate_fn(pipeline_of(ema, rc, size)), prompts, int(cfg.eval.seed), int(cfg.eval.batch_size))

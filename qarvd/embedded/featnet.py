@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qarvd.data.procedural import ATTRIBUTES, parse_caption
+from qarvd.embedded.procedural import ATTRIBUTES, parse_caption
 
 FEATNET_PUBLISHED_AT = "the qarvd package (qarvd/assets/featnet.safetensors), or rebuild with scripts/train_featnet.py"
 
@@ -102,7 +102,7 @@ def featnet_metadata(net: VideoFeatureNet) -> dict:
 
 
 class FeatNetBackbone:
-    """FVD backbone for the embedded domain (``_target_: qarvd.models.featnet.FeatNetBackbone``), batched."""
+    """FVD backbone for the embedded domain (``_target_: qarvd.embedded.featnet.FeatNetBackbone``), batched."""
 
     def __init__(self, path: str | os.PathLike | None, device: str | torch.device = "cpu", batch_size: int = 64,
                  net: Optional[VideoFeatureNet] = None) -> None:

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from eval.generate import StripSpec, dist_env, generate_pair, shard, video_jobs
+from qarvd.app.generate import StripSpec, dist_env, generate_pair, shard, video_jobs
 from eval.lpips_fp import LPIPSMetric, build_lpips, psnr_frames, ssim_frames
 from eval.reference import evaluate_pairs
 from eval.results import RESULTS_FILE
@@ -174,7 +174,7 @@ def deploy_real_(pipe, cfg: DictConfig) -> None:
     """Replace the pipeline's fake-quant DiT by its real modules of backend ``cfg.kernel``, accelerated (in place)."""
     from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
     from qarvd.deploy.from_quant import real_specs
-    from qarvd.methods.runner import calib_prompts
+    from qarvd.app.calibrate import calib_prompts
     from qarvd.quant.sensitivity import generate as rollout
 
     backend = instantiate(cfg.kernel)
@@ -188,7 +188,7 @@ def deploy_real_(pipe, cfg: DictConfig) -> None:
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
     """Run the configured method x bits calibration (train_quant's library call) into ``output_dir``, unless a
     finished calibration is already there (``metrics.json`` is written last); returns the artifact path."""
-    from qarvd.methods.runner import train_quant
+    from qarvd.app.calibrate import train_quant
 
     done = Path(output_dir) / "metrics.json"
     metrics = json.loads(done.read_text()) if done.exists() else train_quant(cfg, output_dir)
