@@ -83,7 +83,7 @@ def test_missing_lpips_package_is_named_and_optional_when_not_required(monkeypat
 
     from omegaconf import OmegaConf
 
-    from eval import evaluate as ev
+    from qarvd.app import evaluate as ev
 
     monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips now raises ImportError
     with pytest.raises(ImportError, match="pip install lpips"):
