@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from eval.results import fp_record, higher_is_better
+from eval.records import fp_record, higher_is_better
 
 BITS_ORDER = ("w8a8", "w4a8", "w4a6")  # from least to most aggressive; BF16 comes first
 

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from eval.results import higher_is_better
+from eval.records import higher_is_better
 from eval.tables import COLUMNS, METHODS
 from qarvd.utils.io import atomic_write_bytes
 

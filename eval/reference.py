@@ -28,9 +28,10 @@ def evaluate_pairs(
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
-    """``{"metrics": {name: mean}, "per_video": {file: {name: value}}, "num_videos": N}``.
+    """``{"metrics": {name: mean}, "per_item": {file: {name: value}}, "num_items": N, "features": ...}``.
 
-    ``frame_metrics`` maps a result name (e.g. ``lpips_fp``) to a per-frame metric; ``backbone`` adds FVD-FP.
+    ``frame_metrics`` maps a result name (e.g. ``lpips_fp``) to a per-frame metric; ``backbone`` adds FVD-FP, and
+    ``features`` then holds ``{"names", "fp", "quant"}`` (the per-pair features the FVD-FP interval resamples).
     Decoded videos are moved to ``device`` once, where the per-frame metrics run.
     """
     pairs = pair_videos(fp_dir, quant_dir)
@@ -46,9 +47,11 @@ def evaluate_pairs(
             feats_fp.append(f[0])
             feats_q.append(f[1])
     metrics = {key: _mean([v[key] for v in per_video.values()]) for key in frame_metrics}
+    features = None
     if backbone is not None:
-        metrics[fvd_key] = fvd_from_features(torch.stack(feats_fp), torch.stack(feats_q))
-    return {"metrics": metrics, "per_video": per_video, "num_videos": len(pairs)}
+        features = {"names": [name for name, _, _ in pairs], "fp": torch.stack(feats_fp), "quant": torch.stack(feats_q)}
+        metrics[fvd_key] = fvd_from_features(features["fp"], features["quant"])
+    return {"metrics": metrics, "per_item": per_video, "num_items": len(pairs), "features": features}
 
 
 def _mean(values: list[float]) -> float:

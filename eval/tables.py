@@ -1,16 +1,25 @@
-"""The paper's Tables 1-5 rendered from result records, as Markdown and LaTeX.
+"""The paper's tables rendered from run records, with paired bootstrap intervals: Markdown, LaTeX, CSV and JSON.
 
-Tables 1/2: every method x bitwidth with the five VBench dimensions, their plain mean, FVD-FP and LPIPS-FP
-(PSNR-FP / SSIM-FP columns are added when the records carry them). Table 3: dual scale x frame weighting at W4A8
-and W8A8. Table 4: frame-weighting strategies. Table 5: the outlier threshold's minimum ratio alpha. A cell without a
-record is "–"; a metric a run could not compute is "n/a" with the recorded reason as a footnote.
+One table system for every record (calibration records carry latent MSE to the FP rollout, evaluation records
+FVD-FP / LPIPS-FP / PSNR-FP / SSIM-FP / VBench): the metric columns are those the records carry.
+
+Layouts: ``main`` (Tables 1/2: every method x bitwidth that was run), ``ablation`` (Table 3: dual scale x frame
+weighting), ``strategies`` (Table 4), ``sweep`` (Table 5 over the outlier ratio, the tau sweep). Every cell shows
+its value and a 95 % bootstrap interval over prompts (FVD-FP: over video pairs); in each comparison group (a metric
+column within a bitwidth, a row of a sweep) the best value is marked only when the paired interval of its difference
+to the runner-up excludes 0. The caption states n, the calib preset and the model. A cell without a record is "–";
+a metric a run could not compute is "n/a" with the recorded reason as a footnote.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from eval.results import VBENCH_KEYS, fp_record
+from eval.records import VBENCH_KEYS, fp_record, higher_is_better, load_fvd_features
+from eval.stats import Interval, ItemStat, cell_interval, paired_difference
 
 METHODS = {  # record name -> paper row label, in the paper's row order
     "minmax": "MinMax",
@@ -32,6 +41,7 @@ COLUMNS = {  # metric -> (header, decimals)
     "lpips_fp": ("LPIPS-FP ↓", 3),
     "psnr_fp": ("PSNR-FP ↑", 2),
     "ssim_fp": ("SSIM-FP ↑", 3),
+    "latent_mse": ("Latent MSE ↓", None),  # None: scientific notation
 }
 STRATEGIES = {  # frame-weighting strategy -> Table 4 label
     "uniform": "Uniform (no weighting)",
@@ -42,33 +52,128 @@ STRATEGIES = {  # frame-weighting strategy -> Table 4 label
 MISSING, UNAVAILABLE = "–", "n/a"
 
 
+def fmt(metric: str, value: float) -> str:
+    decimals = COLUMNS.get(metric, ("", 3))[1]
+    return f"{value:.3e}" if decimals is None else f"{value:.{decimals}f}"
+
+
+@dataclass
+class Cell:
+    """One table value: the record's metric, its interval, and whether it is the marked winner of its group."""
+
+    metric: str
+    record: Optional[dict] = None
+    value: Optional[float] = None
+    interval: Optional[Interval] = None
+    n: int = 0
+    best: bool = False
+    note: Optional[int] = None  # footnote number of an unavailable metric
+
+    def text(self, with_interval: bool = True) -> str:
+        if self.value is None:
+            return MISSING if self.note is None else f"{UNAVAILABLE}[{self.note}]"
+        s = fmt(self.metric, self.value)
+        if with_interval and self.interval is not None:
+            s += f" [{fmt(self.metric, self.interval.lo)}, {fmt(self.metric, self.interval.hi)}]"
+        return f"**{s}**" if self.best else s
+
+
 @dataclass
 class Table:
+    name: str
     caption: str
     header: list[str]
-    rows: list[list[str]] = field(default_factory=list)
+    labels: int  # leading label columns
+    rows: list[list] = field(default_factory=list)  # label strings, then Cells
     groups_end: list[int] = field(default_factory=list)  # row indices after which a rule separates groups
     notes: list[str] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)  # winner vs runner-up of every group, with the interval
 
 
-class _Cells:
-    """Formats metric cells and collects the reasons of unavailable ones as numbered footnotes."""
+class _Builder:
+    """Makes cells from records (values, intervals, footnotes) and marks winners group by group."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_boot: int, seed: int) -> None:
+        self.n_boot, self.seed = n_boot, seed
         self.notes: list[str] = []
+        self.comparisons: list[dict] = []
 
-    def __call__(self, record: Optional[dict], metric: str) -> str:
+    def cell(self, record: Optional[dict], metric: str) -> Cell:
+        c = Cell(metric, record)
         if record is None:
-            return MISSING
+            return c
         value = record.get("metrics", {}).get(metric)
-        if value is not None:
-            return f"{float(value):.{COLUMNS.get(metric, ('', 3))[1]}f}"
-        reason = record.get("unavailable", {}).get(metric)
-        if reason is None:
-            return MISSING
-        if reason not in self.notes:
-            self.notes.append(reason)
-        return f"{UNAVAILABLE}[{self.notes.index(reason) + 1}]"
+        if value is None:
+            reason = record.get("unavailable", {}).get(metric)
+            if reason is not None:
+                if reason not in self.notes:
+                    self.notes.append(reason)
+                c.note = self.notes.index(reason) + 1
+            return c
+        c.value = float(value)
+        stat = item_stat(record, metric)
+        if stat is not None and len(stat.names) >= 2:
+            c.interval, c.n = cell_interval(stat, self.n_boot, self.seed), len(stat.names)
+        return c
+
+    def mark(self, cells: list[Cell], group: str) -> None:
+        """Mark the best cell of ``cells`` if its paired difference to the runner-up excludes 0."""
+        scored = [c for c in cells if c.value is not None]
+        if len(scored) < 2:
+            return
+        sign = 1 if higher_is_better(scored[0].metric) else -1
+        scored.sort(key=lambda c: -sign * c.value)
+        best, second = scored[0], scored[1]
+        a, b = item_stat(best.record, best.metric), item_stat(second.record, second.metric)
+        entry = {"group": group, "metric": best.metric, "best": _label(best.record), "runner_up": _label(second.record),
+                 "difference": best.value - second.value, "interval": None, "n": 0, "marked": False}
+        if a is not None and b is not None and len(set(a.names) & set(b.names)) >= 2:
+            iv, n = paired_difference(a, b, self.n_boot, self.seed)
+            entry.update(interval=[iv.lo, iv.hi], n=n, marked=iv.excludes_zero())
+            best.best = iv.excludes_zero()
+        self.comparisons.append(entry)
+
+    def finish(self, table: Table) -> Table:
+        table.notes, table.comparisons = self.notes, self.comparisons
+        return table
+
+
+def _label(r: dict) -> str:
+    tags = ", ".join(f"{k}={v}" for k, v in sorted(r.get("tags", {}).items()) if v is not None)
+    return f"{r['method']} {r['bits']}" + (f" ({tags})" if tags else "")
+
+
+def item_stat(record: Optional[dict], metric: str) -> Optional[ItemStat]:
+    """How ``metric`` of ``record`` resamples: per-item values, or for FVD-FP the saved feature pairs; None if the
+    record kept neither (then its cell has no interval and it cannot be marked)."""
+    if record is None:
+        return None
+    if metric == "fvd_fp":
+        feats = load_fvd_features(record)
+        return None if feats is None else ItemStat(feats["names"], features=(feats["fp"], feats["quant"]))
+    items = {k: v[metric] for k, v in record.get("per_item", {}).items() if v.get(metric) is not None}
+    if not items:
+        return None
+    names = sorted(items)
+    return ItemStat(names, values=[items[k] for k in names])
+
+
+def default_metrics(records: list[dict]) -> list[str]:
+    """The metric columns the records carry, in the paper's column order (VBench, FVD, LPIPS, PSNR, SSIM, latent)."""
+    have = {m for r in records for m in (*r.get("metrics", {}), *r.get("unavailable", {}))}
+    order = list(VBENCH_KEYS) + ["fvd_fp", "lpips_fp", "psnr_fp", "ssim_fp", "latent_mse"]
+    return [m for m in order if m in have]
+
+
+def caption(title: str, records: list[dict]) -> str:
+    """``title`` plus n (items per cell), the calib preset(s) and the model(s) of the records."""
+    ns = sorted({n for r in records if r.get("bits") != "bf16" and (n := int(r.get("num_items") or len(r.get("per_item", {}))))})
+    n = "n/a" if not ns else (str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}")
+    calib = ", ".join(sorted({str(r.get("calib")) for r in records if r.get("calib")})) or "n/a"
+    models = ", ".join(sorted({str(r.get("model")) for r in records})) or "no results"
+    unit = "prompts" if all(r.get("stage") == "calibrate" for r in records) else "videos"
+    return (f"{title} Model: {models}; calib: {calib}; n = {n} {unit} per cell; "
+            f"[95 % bootstrap interval over {unit}]; bold: better than the runner-up (paired interval excludes 0).")
 
 
 def _index(records: list[dict], key: Callable[[dict], object]) -> dict:
@@ -82,26 +187,30 @@ def _index(records: list[dict], key: Callable[[dict], object]) -> dict:
     return out
 
 
-def main_table(records: list[dict], caption: str) -> Table:
-    """Table 1 / Table 2 layout: BF16, then each bitwidth group of methods."""
-    quant = [r for r in records if r["bits"] in BITS]
+def main_table(records: list[dict], title: str, metrics: Optional[list[str]] = None, n_boot: int = 1000,
+               seed: int = 0, name: str = "main") -> Table:
+    """Tables 1/2: BF16 (evaluation records), then each bitwidth group of the methods that were run."""
+    quant = [r for r in records if r["bits"] in BITS or (r["bits"] != "bf16" and r["method"] != "bf16")]
+    metrics = metrics or default_metrics(quant)
     cells = _index(quant, lambda r: (r["method"], r["bits"]))
-    extra = [m for m in ("psnr_fp", "ssim_fp") if any(m in r.get("metrics", {}) or m in r.get("unavailable", {}) for r in quant)]
-    metrics = list(VBENCH_KEYS) + ["fvd_fp", "lpips_fp"] + extra
-    table = Table(caption, ["Method", "Bitwidth"] + [COLUMNS[m][0] for m in metrics])
-    cell = _Cells()
-    fp = fp_record(records)
+    b = _Builder(n_boot, seed)
+    table = Table(name, caption(title, quant), ["Method", "Bitwidth"] + [COLUMNS.get(m, (m,))[0] for m in metrics], 2)
+    fp = fp_record(records) if any(r.get("stage") == "evaluate" for r in records) else None
     if fp is not None:
-        table.rows.append(["Bfloat16", "16/16"] + [cell(fp, m) for m in metrics])
+        table.rows.append(["Bfloat16", "16/16"] + [b.cell(fp, m) for m in metrics])
         table.groups_end.append(0)
-    methods = list(METHODS) + sorted({r["method"] for r in quant} - set(METHODS))
-    for bits in [b for b in BITS if any(r["bits"] == b for r in quant)]:
-        for i, method in enumerate(methods):
-            label = BITS[bits] if i == 0 else ""
-            table.rows.append([METHODS.get(method, method), label] + [cell(cells.get((method, bits)), m) for m in metrics])
+    run = {r["method"] for r in quant}
+    methods = [m for m in METHODS if m in run] + sorted(run - set(METHODS))
+    bits_run = [x for x in BITS if any(r["bits"] == x for r in quant)] + sorted({r["bits"] for r in quant} - set(BITS))
+    for bits in bits_run:
+        first = len(table.rows)
+        for method in methods:
+            label = BITS.get(bits, bits) if len(table.rows) == first else ""
+            table.rows.append([METHODS.get(method, method), label] + [b.cell(cells.get((method, bits)), m) for m in metrics])
+        for j, m in enumerate(metrics):
+            b.mark([row[2 + j] for row in table.rows[first:]], f"{bits} {m}")
         table.groups_end.append(len(table.rows) - 1)
-    table.notes = cell.notes
-    return table
+    return b.finish(table)
 
 
 def _on(value) -> bool:
@@ -109,41 +218,58 @@ def _on(value) -> bool:
     return value not in (None, False, "uniform", "none", "off", 0)
 
 
-def ablation_table(records: list[dict], caption: str, bits: tuple[str, ...] = ("w4a8", "w8a8")) -> Table:
-    """Table 3: dual scale x frame weighting (Q-ARVD runs), FVD and LPIPS at each bitwidth."""
-    runs = [r for r in records if r["method"] == "qarvd" and r["bits"] in bits]
-    cells = _index(runs, lambda r: (_on(r["tags"].get("dual_scale")), _on(r["tags"].get("frame_weighting")), r["bits"]))
-    header = ["Dual Scale", "Frame Weighting"] + [f"{BITS[b]} {COLUMNS[m][0]}" for b in bits for m in ("fvd_fp", "lpips_fp")]
-    table, cell = Table(caption, header), _Cells()
+def ablation_table(records: list[dict], title: str, metrics: Optional[list[str]] = None, n_boot: int = 1000,
+                   seed: int = 0, name: str = "ablation") -> Table:
+    """Table 3: dual scale x frame weighting (Q-ARVD runs; AdaRound, the same recipe with both off, fills the
+    both-off cell when no Q-ARVD run has it), one column group per bitwidth that was run."""
+    runs = [r for r in records if r["method"] in ("qarvd", "adaround") and r["bits"] in BITS]
+    qarvd = _index([r for r in runs if r["method"] == "qarvd"],
+                   lambda r: (_on(r["tags"].get("dual_scale")), _on(r["tags"].get("frame_weighting")), r["bits"]))
+    base = _index([r for r in runs if r["method"] == "adaround"], lambda r: r["bits"])
+    metrics = metrics or [m for m in default_metrics(runs) if m in ("fvd_fp", "lpips_fp", "psnr_fp", "ssim_fp", "latent_mse")]
+    bits_run = [x for x in BITS if any(r["bits"] == x for r in runs)]
+    b = _Builder(n_boot, seed)
+    header = ["Dual Scale", "Frame Weighting"] + [f"{BITS[x]} {COLUMNS.get(m, (m,))[0]}" for x in bits_run for m in metrics]
+    table = Table(name, caption(title, runs), header, 2)
     for ds in (False, True):
         for fw in (False, True):
-            row = ["✓" if ds else "✗", "✓" if fw else "✗"]
-            table.rows.append(row + [cell(cells.get((ds, fw, b)), m) for b in bits for m in ("fvd_fp", "lpips_fp")])
-    table.notes = cell.notes
-    return table
+            rec = {x: qarvd.get((ds, fw, x)) or (base.get(x) if not (ds or fw) else None) for x in bits_run}
+            if any(rec.values()):
+                table.rows.append(["✓" if ds else "✗", "✓" if fw else "✗"] + [b.cell(rec[x], m) for x in bits_run for m in metrics])
+    for j in range(len(header) - 2):
+        b.mark([row[2 + j] for row in table.rows], header[2 + j])
+    return b.finish(table)
 
 
-def strategy_table(records: list[dict], caption: str, bits: str = "w4a8") -> Table:
+def strategy_table(records: list[dict], title: str, metrics: Optional[list[str]] = None, n_boot: int = 1000,
+                   seed: int = 0, name: str = "strategies", bits: str = "w4a8") -> Table:
     """Table 4: frame-weighting strategies of Q-ARVD (dual scale on) at one bitwidth."""
     runs = [r for r in records if r["method"] == "qarvd" and r["bits"] == bits and _on(r["tags"].get("dual_scale", True))]
     cells = _index(runs, lambda r: _strategy(r["tags"].get("frame_weighting")))
-    table, cell = Table(caption, ["Strategy", COLUMNS["fvd_fp"][0], COLUMNS["lpips_fp"][0]]), _Cells()
-    for key, label in STRATEGIES.items():
-        table.rows.append([label] + [cell(cells.get(key), m) for m in ("fvd_fp", "lpips_fp")])
-    table.notes = cell.notes
-    return table
+    metrics = metrics or [m for m in default_metrics(runs) if m in ("fvd_fp", "lpips_fp", "psnr_fp", "ssim_fp", "latent_mse")]
+    b = _Builder(n_boot, seed)
+    table = Table(name, caption(f"{title} ({BITS.get(bits, bits)})", runs), ["Strategy"] + [COLUMNS.get(m, (m,))[0] for m in metrics], 1)
+    for key in [k for k in STRATEGIES if k in cells] + sorted(set(cells) - set(STRATEGIES)):
+        table.rows.append([STRATEGIES.get(key, key)] + [b.cell(cells[key], m) for m in metrics])
+    for j, m in enumerate(metrics):
+        b.mark([row[1 + j] for row in table.rows], m)
+    return b.finish(table)
 
 
-def sweep_table(records: list[dict], caption: str, tag: str, label: str, bits: str = "w4a8") -> Table:
-    """Table 5 (alpha) and the tau sweep: one column per value of ``tag``, rows FVD and LPIPS."""
+def sweep_table(records: list[dict], title: str, tag: str, label: str, metrics: Optional[list[str]] = None,
+                n_boot: int = 1000, seed: int = 0, name: str = "sweep", bits: str = "w4a8") -> Table:
+    """Table 5 (outlier ratio) and the tau sweep: one column per swept value, one row per metric."""
     runs = [r for r in records if r["method"] == "qarvd" and r["bits"] == bits and r["tags"].get(tag) is not None]
     cells = _index(runs, lambda r: float(r["tags"][tag]))
     values = sorted(cells)
-    table, cell = Table(caption, [label] + [f"{v:.2f}" for v in values]), _Cells()
-    for metric, name in (("fvd_fp", "FVD"), ("lpips_fp", "LPIPS")):
-        table.rows.append([name] + [cell(cells[v], metric) for v in values])
-    table.notes = cell.notes
-    return table
+    metrics = metrics or [m for m in default_metrics(runs) if m in ("fvd_fp", "lpips_fp", "psnr_fp", "ssim_fp", "latent_mse")]
+    b = _Builder(n_boot, seed)
+    table = Table(name, caption(f"{title} ({BITS.get(bits, bits)})", runs), [label] + [f"{v:.2f}" for v in values], 1)
+    for m in metrics:
+        row = [COLUMNS.get(m, (m,))[0]] + [b.cell(cells[v], m) for v in values]
+        b.mark(row[1:], f"{tag} {m}")
+        table.rows.append(row)
+    return b.finish(table)
 
 
 def _strategy(value) -> str:
@@ -154,23 +280,31 @@ def _strategy(value) -> str:
     return str(value)
 
 
-def _models(records: list[dict]) -> str:
-    return ", ".join(sorted({str(r.get("model")) for r in records})) or "no results"
-
-
-TABLES: dict[str, Callable[[list[dict]], Table]] = {
-    "table1": lambda r: main_table(r, f"Table 1 layout: quantitative results of {_models(r)}."),
-    "table2": lambda r: main_table(r, f"Table 2 layout: quantitative results of {_models(r)}."),
-    "table3": lambda r: ablation_table(r, "Table 3: Ablation study of frame weighting and dual scale quantization."),
-    "table4": lambda r: strategy_table(r, "Table 4: Comparison of different frame-weighting strategies."),
-    "table5": lambda r: sweep_table(r, "Table 5: Ablation of minimum constraint alpha.", "alpha", "alpha"),
-    "tau_sweep": lambda r: sweep_table(r, "Sensitivity to the Modified Z-score threshold tau (Fig. 6).", "tau", "tau"),
+_MAIN = "Quantitative results (Table {} layout)."
+# table name -> builder; every experiment preset (conf/experiment/*.yaml) has its table here
+TABLES: dict[str, Callable[..., Table]] = {
+    "table1": lambda r, **kw: main_table(r, _MAIN.format(1), name="table1", **kw),
+    "table2": lambda r, **kw: main_table(r, _MAIN.format(2), name="table2", **kw),
+    "table3": lambda r, **kw: ablation_table(r, "Table 3: ablation of frame weighting and dual scale.", name="table3", **kw),
+    "table4": lambda r, **kw: strategy_table(r, "Table 4: frame-weighting strategies.", name="table4", **kw),
+    "table5": lambda r, **kw: sweep_table(r, "Table 5: minimum outlier ratio (alpha in the paper).", "outlier_ratio",
+                                          "outlier ratio", name="table5", **kw),
+    "tau_sweep": lambda r, **kw: sweep_table(r, "Modified Z-score threshold tau (Fig. 6).", "tau", "tau",
+                                             name="tau_sweep", **kw),
 }
+TABLES["alpha_sweep"] = lambda r, **kw: TABLES["table5"](r, **kw)  # preset alpha_sweep: the Table 5 layout
+TABLES["latent_methods"] = lambda r, **kw: main_table(r, "Latent MSE to the FP rollout: methods x bits.", name="latent_methods", **kw)
+TABLES["latent_ablation"] = lambda r, **kw: ablation_table(r, "Q-ARVD ablation (latent MSE).", name="latent_ablation", **kw)
+TABLES["latent_weighting"] = lambda r, **kw: strategy_table(r, "Frame-weighting strategies (latent MSE).", name="latent_weighting", **kw)
+
+
+def _texts(row: list, with_interval: bool = True) -> list[str]:
+    return [c.text(with_interval) if isinstance(c, Cell) else c for c in row]
 
 
 def to_markdown(table: Table) -> str:
     lines = [f"**{table.caption}**", "", "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
-    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    lines += ["| " + " | ".join(_texts(row)) + " |" for row in table.rows]
     lines += [""] + [f"[{i}] {note}" for i, note in enumerate(table.notes, 1)] if table.notes else []
     return "\n".join(lines) + "\n"
 
@@ -184,13 +318,25 @@ def _tex(s: str) -> str:
     return "".join(_LATEX_ESCAPES.get(c, c) for c in s)
 
 
+def _tex_cell(c) -> str:
+    if not isinstance(c, Cell):
+        return _tex(c)
+    if c.value is None:
+        return _tex(c.text())
+    s = fmt(c.metric, c.value)
+    s = rf"\textbf{{{s}}}" if c.best else s
+    if c.interval is not None:
+        s += rf"{{\tiny [{fmt(c.metric, c.interval.lo)}, {fmt(c.metric, c.interval.hi)}]}}"
+    return s
+
+
 def to_latex(table: Table) -> str:
     """A booktabs table (needs \\usepackage{booktabs} and amssymb for \\checkmark)."""
     lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_tex(table.caption)}}}",
-             r"\begin{tabular}{" + "l" * 2 + "c" * (len(table.header) - 2) + "}", r"\toprule",
+             r"\begin{tabular}{" + "l" * table.labels + "c" * (len(table.header) - table.labels) + "}", r"\toprule",
              " & ".join(_tex(h) for h in table.header) + r" \\", r"\midrule"]
     for i, row in enumerate(table.rows):
-        lines.append(" & ".join(_tex(c) for c in row) + r" \\")
+        lines.append(" & ".join(_tex_cell(c) for c in row) + r" \\")
         if i in table.groups_end and i != len(table.rows) - 1:
             lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -199,9 +345,40 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cell_rows(table: Table) -> list[dict]:
+    """One flat dict per value cell (labels, column, metric, value, interval, n, marked, source record)."""
+    out = []
+    for row in table.rows:
+        labels = [c for c in row[: table.labels]]
+        for col, c in zip(table.header[table.labels:], row[table.labels:]):
+            if isinstance(c, Cell) and c.record is not None and (c.value is not None or c.note is not None):
+                out.append({"table": table.name, "row": " / ".join(x for x in labels if x), "column": col,
+                            "metric": c.metric, "value": c.value, "lo": c.interval.lo if c.interval else None,
+                            "hi": c.interval.hi if c.interval else None, "n": c.n, "best": c.best,
+                            "method": c.record.get("method"), "bits": c.record.get("bits"),
+                            "source": c.record.get("_source")})
+    return out
+
+
+def to_csv(table: Table) -> str:
+    rows = cell_rows(table)
+    buf = io.StringIO()
+    cols = ["table", "row", "column", "metric", "value", "lo", "hi", "n", "best", "method", "bits", "source"]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def to_json(table: Table) -> str:
+    return json.dumps({"name": table.name, "caption": table.caption, "header": table.header, "notes": table.notes,
+                       "rows": [_texts(r) for r in table.rows], "cells": cell_rows(table),
+                       "comparisons": table.comparisons}, indent=2) + "\n"
+
+
 def ds_table(ds: dict, caption: str) -> Table:
     """Fig. 7 as a table: CV, BOA and DS of every metric (``eval.ds.ds_from_records`` output)."""
-    table = Table(caption, ["Metric", "CV", "BOA", "DS"])
+    table = Table("ds", caption, ["Metric", "CV", "BOA", "DS"], 4)
     for metric, v in ds.items():
         table.rows.append([COLUMNS.get(metric, (metric,))[0], f"{v['cv']:.4f}", f"{v['boa']:.3f}", f"{v['ds']:.4f}"])
     return table

@@ -5,7 +5,7 @@
     python scripts/evaluate.py eval.fp_dir=A eval.quant_dir=B          # only the metrics of two existing folders
     python scripts/evaluate.py -m experiment=table2                    # the sweep of a paper table
 
-Writes <run dir>/results.json (scripts/make_tables.py reads it) and mirrors it to the logger (W&B offline).
+Writes <run dir>/record.json (scripts/make_tables.py reads it) and mirrors it to the logger (W&B offline).
 Returns FVD-FP for Hydra sweepers.
 """
 from pathlib import Path
@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> Optional[float]:
             return None
         record = evaluate_run(cfg, dirs["fp"], dirs["quant"], output_dir, extra)
         log_record(logger, record, float(e.video.fps), int(e.sample_videos), output_dir)
-    print(f"results: {output_dir / 'results.json'}")
+    print(f"record: {output_dir / 'record.json'}")
     print("  " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()))
     return record["metrics"].get("fvd_fp")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from eval.ds import bitwidth_order_agreement, coefficient_of_variation, discriminability, ds_from_records
-from eval.results import load_results
+from eval.records import load_records
 
 DATA = Path(__file__).parent / "data"
 
@@ -47,7 +47,7 @@ PAPER_T1 = {  # FVD-FP and motion smoothness of paper Table 1, method x (W8A8, W
 
 
 def test_ds_of_the_papers_table1():
-    records = load_results([DATA / "paper_table1.json"])
+    records = load_records([DATA / "paper_table1.json"])
     ds = ds_from_records(records, ["fvd_fp", "lpips_fp", "motion_smoothness", "aesthetic_quality", "vbench_avg"])
     fvd = [v for row in PAPER_T1["fvd_fp"] for v in row]
     assert ds["fvd_fp"]["cv"] == pytest.approx(statistics.pstdev(fvd) / statistics.mean(fvd))

@@ -32,17 +32,17 @@ def test_logging_run_always_finishes():
 
 def test_offline_run_files(tmp_path):
     cfg = OmegaConf.create({"task_name": "evaluate", "x": "${y}", "y": 3})
-    (tmp_path / "results.json").write_text(json.dumps({"metrics": {"fvd_fp": 1.5}}))
+    (tmp_path / "record.json").write_text(json.dumps({"metrics": {"fvd_fp": 1.5}}))
     logger = WandbLogger(project="qarvd-test", mode="offline", dir=str(tmp_path))
     with logging_run(logger, cfg):
         assert logger.run.config["x"] == 3  # the resolved config
         assert logger.run.group == "evaluate" and logger.run.name == "evaluate"  # outside Hydra: the task name
         logger.log_metrics({"fvd_fp": 1.5})
-        logger.log_table("per_video", ["video", "lpips_fp"], [["a-0.mp4", 0.1]])
-        logger.log_file(tmp_path / "results.json")
+        logger.log_table("per_item", ["video", "lpips_fp"], [["a-0.mp4", 0.1]])
+        logger.log_file(tmp_path / "record.json")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and logger.run is None
-    assert json.loads((runs[0] / "files" / "results.json").read_text())["metrics"]["fvd_fp"] == 1.5
+    assert json.loads((runs[0] / "files" / "record.json").read_text())["metrics"]["fvd_fp"] == 1.5
     assert list(runs[0].glob("*.wandb"))  # the run record itself (config, history, summary, exit code)
     with pytest.raises(ValueError, match="logger.mode"):
         WandbLogger(mode="sometimes")

@@ -35,7 +35,7 @@ def test_lpips_fp_equals_lpips_called_directly(tmp_path):
             per_frame = [model(a[k : k + 1], b[k : k + 1]).item() for k in range(a.shape[0])]  # lpips, one frame at a time
         per_video.append(sum(per_frame) / len(per_frame))  # mean over frames ...
     assert out["metrics"]["lpips_fp"] == pytest.approx(sum(per_video) / n, rel=1e-5)  # ... then over videos
-    assert out["per_video"]["v0-0.mp4"]["lpips_fp"] == pytest.approx(per_video[0], rel=1e-5)
+    assert out["per_item"]["v0-0.mp4"]["lpips_fp"] == pytest.approx(per_video[0], rel=1e-5)
     assert out["metrics"]["lpips_fp"] > 0
 
 
@@ -90,11 +90,11 @@ def test_missing_lpips_package_is_named_and_optional_when_not_required(monkeypat
         build_lpips(pnet_rand=True)
     seen = {}
     monkeypatch.setattr(ev, "evaluate_pairs", lambda fp, q, metrics, backbone, device: seen.update(metrics) or
-                        {"metrics": {}, "per_video": {}})
+                        {"metrics": {}, "per_item": {}})
     cfg = OmegaConf.create({"eval": {"lpips": {"enabled": True, "required": False, "alexnet_path": None, "pnet_rand": True,
                                                "frames_per_batch": 8},
                                      "psnr": True, "ssim": True, "fvd": {"enabled": False}, "metrics_device": "cpu"}})
-    _, _, unavailable = ev.reference_metrics(cfg, "fp", "quant")
+    _, unavailable = ev.reference_metrics(cfg, "fp", "quant")
     assert "pip install lpips" in unavailable["lpips_fp"] and set(seen) == {"psnr_fp", "ssim_fp"}
     cfg.eval.lpips.required = True
     with pytest.raises(ImportError):

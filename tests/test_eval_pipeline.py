@@ -2,7 +2,7 @@
 
 calibrate (train_quant.py) -> generate.py (FP + quantized, one process) -> the same under torchrun with 2 processes
 (gloo, CPU): byte-identical files; resuming redoes only unfinished batches; evaluate.py on the two folders writes
-results.json and an offline W&B run.
+record.json and an offline W&B run.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def artifact(tmp_path_factory):
     run = tmp_path_factory.mktemp("calib")
     _run([sys.executable, str(REPO / "scripts" / "train_quant.py"), *SMALL, "method=minmax", "bits=w4a8", "calib=fast",
           "calib.eval_prompts=1", "calib.sensitivity_prompts=1", f"hydra.run.dir={run}"], REPO)
-    return json.loads((run / "metrics.json").read_text())["artifact"]
+    return json.loads((run / "record.json").read_text())["provenance"]["artifact"]
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +110,16 @@ def test_generation_resumes_without_redoing_finished_videos(tmp_path):
     assert {k: v for k, v in _digests(tmp_path).items() if k != "fp/a-0.mp4"} == before  # ... identically
 
 
-def test_evaluate_writes_results_and_an_offline_wandb_run(tmp_path, videos):
+def test_evaluate_writes_its_record_and_an_offline_wandb_run(tmp_path, videos):
     fp, quant = videos / "one" / "videos" / "fp", videos / "one" / "videos" / "quant"
     _run([sys.executable, str(REPO / "scripts" / "evaluate.py"), *wiring("wandb"), *SMALL, "eval.fvd.enabled=false",
           "eval.lpips.pnet_rand=true", f"eval.fp_dir={fp}", f"eval.quant_dir={quant}", "logger.mode=offline",
           f"hydra.run.dir={tmp_path}"], REPO)
-    record = json.loads((tmp_path / "results.json").read_text())
-    assert record["num_videos"] == 5 and record["method"] == "minmax" and record["bits"] == "w4a8"
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["num_items"] == 5 and record["stage"] == "evaluate" and len(record["per_item"]) == 5 and record["method"] == "minmax" and record["bits"] == "w4a8"
     assert record["metrics"]["lpips_fp"] > 0 and 10 < record["metrics"]["psnr_fp"] < 100 and 0 < record["metrics"]["ssim_fp"] < 1
     wb = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(wb) == 1 and json.loads((wb[0] / "files" / "results.json").read_text())["metrics"] == record["metrics"]
+    assert len(wb) == 1 and json.loads((wb[0] / "files" / "record.json").read_text())["metrics"] == record["metrics"]
     assert len(list((tmp_path / "samples").glob("*.mp4"))) == 4  # FP | quantized side by side, logged as videos
 
 

@@ -42,7 +42,8 @@ CHECKS = {"smoothquant": _check_smoothquant, "ptq4dit": _check_ptq4dit, "svdquan
 def test_method_runs_saves_and_reloads_bitwise(method, tmp_path):
     cfg = tiny_cfg(f"method={method}", "bits=w4a8", *(FORCE_OUTLIERS if method == "qarvd" else []))
     metrics = train_quant(cfg, tmp_path)
-    mse = metrics["latent_mse"]
+    mse = {"overall": metrics["metrics"]["latent_mse"], "per_chunk": metrics["per_chunk"]["latent_mse"],
+           "per_prompt": [v["latent_mse"] for v in metrics["per_item"].values()]}
     assert len(mse["per_chunk"]) == 2 and 0 < mse["overall"] < 1 and metrics["calib"] == "default"
     assert ("recon" in metrics["calibration"]) == (method != "minmax")
     if method != "minmax":
@@ -52,7 +53,8 @@ def test_method_runs_saves_and_reloads_bitwise(method, tmp_path):
     for name, spec in layers.items():
         spec["name"] = name
     CHECKS.get(method, lambda *a: None)(layers, metrics)
-    assert json.loads((tmp_path / "metrics.json").read_text())["latent_mse"] == mse
+    saved = json.loads((tmp_path / "record.json").read_text())
+    assert saved["metrics"]["latent_mse"] == mse["overall"] and saved["per_chunk"]["latent_mse"] == mse["per_chunk"]
     # reload into a freshly built FP model: the quantized rollout is reproduced bit for bit
     pipe, cfg2 = tiny_pipeline(f"method={method}")
     ps = prompts(cfg2, "eval", 2)
@@ -70,9 +72,9 @@ def test_method_runs_on_cuda_like_on_cpu(method, tmp_path):
     """Calibration on the GPU (activation statistics gathered on the host meet CUDA weights in smoothing and the
     outlier split): it runs, and its latent MSE is the CPU run's up to float summation order."""
     extra = FORCE_OUTLIERS if method == "qarvd" else []
-    cpu = train_quant(tiny_cfg(f"method={method}", "bits=w4a8", *extra), tmp_path / "cpu")["latent_mse"]["overall"]
+    cpu = train_quant(tiny_cfg(f"method={method}", "bits=w4a8", *extra), tmp_path / "cpu")["metrics"]["latent_mse"]
     gpu = train_quant(tiny_cfg(f"method={method}", "bits=w4a8", "device=cuda", *extra), tmp_path / "cuda")
-    assert gpu["latent_mse"]["overall"] == pytest.approx(cpu, rel=0.25), (gpu["latent_mse"], cpu)
+    assert gpu["metrics"]["latent_mse"] == pytest.approx(cpu, rel=0.25), (gpu["metrics"], cpu)
 
 
 @pytest.mark.parametrize("paper_weighting", [False, True])

@@ -71,35 +71,6 @@ def test_sensitivity_is_cached_by_what_it_depends_on(tmp_path):
     assert "cached" not in other and len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 2
 
 
-def test_latent_tables_render_every_table(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import latent_tables
-    finally:
-        sys.path.pop(0)
-
-    def rec(method, bits, ds=False, fw="none", mse=1e-3):
-        return {"model": "tiny", "random_init": False, "method": method, "bits": bits, "calib": "default",
-                "method_config": {"dual_scale": ds, "frame_weighting": fw},
-                "latent_mse": {"overall": mse, "per_chunk": [mse, 2 * mse]}}
-
-    records = [rec(m, b) for m in ("minmax", "adaround") for b in ("w4a8", "w8a8")]
-    records += [rec("qarvd", b, ds, fw, 5e-4) for b in ("w4a8", "w8a8") for ds in (False, True) for fw in ("uniform", "final_quality")]
-    records += [rec("qarvd", "w4a8", True, fw, 4e-4) for fw in ("exp2", "reverse")]
-    for i, r in enumerate(records):
-        (tmp_path / str(i)).mkdir()
-        (tmp_path / str(i) / "metrics.json").write_text(json.dumps(r))
-    latent_tables.main([str(tmp_path), "--out", str(tmp_path / "out")])
-    md = (tmp_path / "out" / "latent_tables.md").read_text()
-    assert md.count("| MinMax |") == 2 and md.count("| Q-ARVD (Ours) |") == 2  # only the both-on Q-ARVD rows
-    assert md.count("| ✓ | ✓ |") == 2 and md.count("| ✗ | ✗ |") == 2
-    assert "| Heuristic Exp 2^-i | 4.000e-04 | 4.000e-04 | 8.000e-04 | default |" in md
-    assert md.count("### ") == 1 and "weights: unrecorded" in md
-    v2 = {**records[0], "weights": {"model.checkpoint": {"path": "x", "sha256": "ab" * 32}}}  # a retrained model
-    assert latent_tables.render(records + [v2]).count("### ") == 2 and "model.checkpoint sha256 abababababab" in \
-        latent_tables.render([v2])
-
-
 def _diagnostics():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

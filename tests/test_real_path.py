@@ -348,9 +348,9 @@ def test_calibrate_generate_evaluate_through_the_self_forcing_config(e2e):
     from eval.video_io import read_video
 
     out = e2e["dir"]
-    metrics = json.loads((out / "calib" / "metrics.json").read_text())
+    metrics = json.loads((out / "calib" / "record.json").read_text())
     assert (out / "calib" / "quant_artifact.safetensors").exists()
-    assert 0 < metrics["latent_mse"]["overall"] < 1 and len(metrics["latent_mse"]["per_chunk"]) == 2
+    assert 0 < metrics["metrics"]["latent_mse"] < 1 and len(metrics["per_chunk"]["latent_mse"]) == 2
     fp, q = sorted((out / "gen" / "videos" / "fp").glob("*.mp4")), sorted((out / "gen" / "videos" / "quant").glob("*.mp4"))
     assert [p.name for p in fp] == [p.name for p in q] and len(fp) == 2
     assert [p.name for p in fp] == ["a drone flies-0.mp4", "clouds   drifting-0.mp4"]  # VBench short prompts name the files
@@ -360,8 +360,8 @@ def test_calibrate_generate_evaluate_through_the_self_forcing_config(e2e):
     res = _script("evaluate.py", e2e["ov"] + _wiring() + [
         f"hydra.run.dir={out / 'eval'}", f"eval.fp_dir={out / 'gen' / 'videos' / 'fp'}",
         f"eval.quant_dir={out / 'gen' / 'videos' / 'quant'}", "eval.fvd.enabled=false", "eval.lpips.enabled=false"])
-    record = json.loads((out / "eval" / "results.json").read_text())
-    assert record["model"] == "self_forcing" and record["num_videos"] == 2, res.stdout[-2000:]
+    record = json.loads((out / "eval" / "record.json").read_text())
+    assert record["model"] == "self_forcing" and record["num_items"] == 2, res.stdout[-2000:]
     assert 15 < record["metrics"]["psnr_fp"] < 100 and 0 < record["metrics"]["ssim_fp"] <= 1
 
 
@@ -392,7 +392,7 @@ def test_two_job_multirun_with_the_submitit_local_launcher(tmp_path):
                                f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep}"])
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]
-    mse = [json.loads((p / "metrics.json").read_text())["latent_mse"]["overall"] for p in jobs]
+    mse = [json.loads((p / "record.json").read_text())["metrics"]["latent_mse"] for p in jobs]
     assert mse[0] < mse[1]  # W8A8 is closer to FP than W4A8
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert logs.count("submitit task: RANK=0 WORLD_SIZE=1") == 2  # each job ran as a submitit task

@@ -11,7 +11,8 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import compose
-from qarvd.app.calibrate import train_quant, weights_identity
+from qarvd.app.calibrate import train_quant
+from qarvd.app.provenance import weights_identity
 from quant_helpers import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,11 +22,13 @@ def test_cli_demo_writes_artifact_config_and_metrics(tmp_path):
     out = subprocess.run([sys.executable, "scripts/train_quant.py", "debug=tiny", f"hydra.run.dir={tmp_path}", f"paths.log_dir={tmp_path}/logs"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"artifact: {tmp_path}" in out.stdout and f"metrics:  {tmp_path / 'metrics.json'}" in out.stdout
+    assert f"artifact: {tmp_path}" in out.stdout and f"record:   {tmp_path / 'record.json'}" in out.stdout
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"quant_artifact.safetensors", "quant_config.json", "resolved_config.yaml", "metrics.json"} <= names
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert (m["method"], m["bits"], m["calib"], m["model"]) == ("minmax", "w4a8", "default", "tiny")
+    assert {"quant_artifact.safetensors", "quant_config.json", "resolved_config.yaml", "record.json"} <= names
+    m = json.loads((tmp_path / "record.json").read_text())
+    assert (m["method"], m["bits"], m["calib"], m["model"], m["stage"]) == ("minmax", "w4a8", "default", "tiny", "calibrate")
+    assert len(m["per_item"]) == m["num_items"] == 2 and len(m["per_chunk"]["latent_mse"]) == 2
+    assert m["metrics"]["latent_mse"] == pytest.approx(sum(v["latent_mse"] for v in m["per_item"].values()) / 2, rel=1e-12)
     assert "${" not in (tmp_path / "resolved_config.yaml").read_text()
 
 
@@ -34,7 +37,7 @@ def test_error_grows_as_bits_shrink_on_the_tiny_model(tmp_path):
     mse = {}
     for bits in ("w8a8", "w4a8", "w4a6"):
         cfg = compose(["method=minmax", f"bits={bits}", "calib.eval_prompts=2", "paths.output_dir=/nonexistent"])
-        mse[bits] = train_quant(cfg, tmp_path / bits)["latent_mse"]["overall"]
+        mse[bits] = train_quant(cfg, tmp_path / bits)["metrics"]["latent_mse"]
     assert mse["w8a8"] < mse["w4a8"] < mse["w4a6"], mse
 
 
@@ -54,7 +57,7 @@ def test_bits_outside_2_to_8_fail_before_anything_is_written(key, value, tmp_pat
 
 def test_nan_activation_stops_the_run_naming_layer_and_chunk_and_saves_nothing(tmp_path, monkeypatch):
     from qarvd.models.context import current_forward
-    from qarvd.methods import runner
+    from qarvd.app import calibrate as runner
     from qarvd.quant.linear import NonFiniteActivationError
 
     real_build = runner.build_pipeline
@@ -73,11 +76,11 @@ def test_nan_activation_stops_the_run_naming_layer_and_chunk_and_saves_nothing(t
     monkeypatch.setattr(runner, "build_pipeline", poisoned)
     with pytest.raises(NonFiniteActivationError, match=r"blocks\.1\.ffn\.0.*chunk 1"):
         train_quant(tiny_cfg("method=adaround"), tmp_path)
-    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "quant_artifact.safetensors").exists()
+    assert not (tmp_path / "record.json").exists() and not (tmp_path / "quant_artifact.safetensors").exists()
 
 
 def test_results_name_their_weights_by_file_hash(tmp_path):
-    """Every weight file a run reads is identified by sha256 (recorded in metrics.json and the resume fingerprint)."""
+    """Every weight file a run reads is identified by sha256 (recorded in the run record and the resume fingerprint)."""
     bundle = tmp_path / "bundle.safetensors"
     bundle.write_bytes(b"weights v1")
     cfg = compose([f"model.checkpoint.path={bundle}"])

@@ -1,12 +1,12 @@
-"""One calibration run from a composed config: FP reference, method recipe, artifact, metrics (train_quant.py).
+"""One calibration run from a composed config: FP reference, method recipe, artifact, record (train_quant.py).
 
-Outputs in ``out_dir`` (written atomically, metrics.json last, so a failed run never looks finished):
-``quant_artifact.safetensors`` + ``quant_config.json``, ``resolved_config.yaml``, ``metrics.json``
-with the latent MSE of the quantized rollout to the FP rollout (same per-prompt seeds) on held-out prompts.
+Outputs in ``out_dir`` (written atomically, the record last, so a failed run never looks finished):
+``quant_artifact.safetensors`` + ``quant_config.json``, ``resolved_config.yaml`` and ``record.json`` (stage
+``calibrate``) with the latent MSE of the quantized rollout to the FP rollout (same per-prompt seeds) on held-out
+prompts: overall, per chunk and per prompt.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -16,6 +16,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from eval.records import RECORD_FILE, new_record
+from qarvd.app.provenance import checkpoint_identity, run_identity, weights_identity
 from qarvd.data.prompts import select
 from qarvd.methods.base import Calibration
 from qarvd.models.pipeline import build_pipeline
@@ -25,44 +27,6 @@ from qarvd.quant.sensitivity import generate, latent_mse_by_chunk
 from qarvd.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def run_identity(cfg: DictConfig) -> dict:
-    """What a result row needs to say where it came from."""
-    return {"model": cfg.model.name, "method": cfg.method.name, "bits": cfg.bits.name, "calib": cfg.calib.name,
-            "seed": int(cfg.seed), "random_init": bool(cfg.model.checkpoint.get("random_init", False)),
-            "checkpoint": None if cfg.model.checkpoint.get("random_init", False) else str(cfg.model.checkpoint.path)}
-
-
-def checkpoint_identity(cfg: DictConfig) -> dict:
-    """The weights a run used: seeded random init, or the checkpoint file (path, size, mtime)."""
-    ck = cfg.model.checkpoint
-    if ck.get("random_init", False):
-        return {"random_init": True, "init_seed": int(cfg.model.init_seed)}
-    p = Path(str(ck.path))
-    st = p.stat() if p.exists() else None
-    return {"path": str(p), "size": st.st_size if st else None, "mtime": st.st_mtime if st else None}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_identity(cfg: DictConfig) -> dict:
-    """sha256 of every weight file the run read (DiT checkpoint, text encoder), so a result names its exact model
-    and a resume folder written for other weights at the same path is refused."""
-    out = {}
-    for key in ("checkpoint", "text_encoder"):
-        node = cfg.model.get(key)
-        if node is None or node.get("random_init", False) or not node.get("path"):
-            continue
-        p = Path(str(node.path))
-        out[f"model.{key}"] = {"path": str(p), "sha256": file_sha256(p) if p.is_file() else None}
-    return out
 
 
 def calib_prompts(cfg: DictConfig, pool: Optional[list[str]] = None) -> list[str]:
@@ -111,7 +75,7 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
 
 
 def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and metrics; return metrics."""
+    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and record; return the record."""
     out_dir = Path(out_dir)
     check_bits(cfg.bits.w_bits, "bits.w_bits")
     check_bits(cfg.bits.a_bits, "bits.a_bits")
@@ -128,16 +92,23 @@ def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
     identity = run_identity(cfg)
     artifact = save_artifact(pipeline.model, out_dir, {**identity, "bits_cfg": OmegaConf.to_container(cfg.bits)})
     atomic_write_text(out_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = {
-        **identity,
-        "weights": cal.fingerprint["weights"],
-        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
-        "latent_mse": mse,
-        "eval_prompts": len(eval_prompts),
-        "calib_prompts": len(cal.prompts),
-        "artifact": str(artifact / TENSORS_FILE),
-        "calibration": info,
-        "seconds": {"build_and_fp_reference": t1 - t0, "calibration": t2 - t1, "evaluation": time.perf_counter() - t2},
-    }
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    record = new_record(
+        "calibrate", identity,
+        tags=OmegaConf.to_container(cfg.eval.tags, resolve=True),
+        metrics={"latent_mse": mse["overall"]},
+        per_chunk={"latent_mse": mse["per_chunk"]},
+        per_item={item_name(p, s): {"latent_mse": v} for p, s, v in zip(eval_prompts, eval_seeds, mse["per_prompt"])},
+        num_items=len(eval_prompts),
+        provenance={"weights": cal.fingerprint["weights"], "artifact": str(artifact / TENSORS_FILE),
+                    "config": str(out_dir / "resolved_config.yaml"), "calib_prompts": len(cal.prompts)},
+        method_config=OmegaConf.to_container(cfg.method, resolve=True),
+        calibration=info,
+        seconds={"build_and_fp_reference": t1 - t0, "calibration": t2 - t1, "evaluation": time.perf_counter() - t2},
+    )
+    atomic_write_json(out_dir / RECORD_FILE, record)
+    return record
+
+
+def item_name(prompt: str, seed: int) -> str:
+    """The paired item of a latent-MSE comparison: a prompt with its noise seed."""
+    return f"{prompt} #{seed}"

@@ -1,4 +1,4 @@
-"""One evaluation job: paired videos -> reference metrics (+ VBench) -> ``results.json`` -> logger.
+"""One evaluation job: paired videos -> reference metrics (+ VBench) -> ``record.json`` (stage evaluate) -> logger.
 
 Metrics that cannot be computed because an optional weight file is missing (LPIPS without the AlexNet backbone
 under ``eval.lpips.required=false``) are recorded under ``unavailable`` with the error message, so a table shows
@@ -16,14 +16,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from qarvd.app.generate import StripSpec, dist_env, generate_pair, shard, video_jobs
 from eval.lpips_fp import LPIPSMetric, build_lpips, psnr_frames, ssim_frames
 from eval.reference import evaluate_pairs
-from eval.results import RESULTS_FILE
+from eval.records import RECORD_FILE, load_records, new_record, save_fvd_features
 from eval.vbench import parse_vbench_results, run_vbench
 from eval.video_io import VideoEncoding, read_video, write_video
+from qarvd.app.generate import StripSpec, dist_env, generate_pair, shard, video_jobs
+from qarvd.app.provenance import run_identity
 from qarvd.utils.errors import MissingWeightsError
 from qarvd.utils.io import atomic_write_json
+
+
+CALIBRATION_DIR = "calibration"  # sub-folder of an evaluation run that calibrates first (artifact + its record)
 
 
 def encoding(cfg: DictConfig) -> VideoEncoding:
@@ -72,8 +76,8 @@ def generate(cfg: DictConfig, quantize: Optional[Callable[[object], None]] = Non
                          StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), fp_folder(cfg))
 
 
-def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> tuple[dict, dict, dict]:
-    """(metrics, per-video values, unavailable reasons) for the enabled reference-based metrics."""
+def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """(``eval.reference.evaluate_pairs`` output, unavailable reasons) for the enabled reference-based metrics."""
     e = cfg.eval
     frame_metrics, unavailable = {}, {}
     if e.lpips.enabled:
@@ -89,8 +93,7 @@ def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str
     if e.ssim:
         frame_metrics["ssim_fp"] = ssim_frames
     backbone = instantiate(e.fvd.backbones[e.fvd.backbone]) if e.fvd.enabled else None
-    out = evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone, device=e.metrics_device)
-    return out["metrics"], out["per_video"], unavailable
+    return evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone, device=e.metrics_device), unavailable
 
 
 def vbench_metrics(cfg: DictConfig, videos_dir: str | os.PathLike, name: str) -> dict:
@@ -107,38 +110,35 @@ def vbench_metrics(cfg: DictConfig, videos_dir: str | os.PathLike, name: str) ->
     return scores
 
 
-def run_identity(cfg: DictConfig) -> dict:
-    """Model, method and bits names of this run: ``<group>.name`` if the config has it, else Hydra's choice."""
-    from hydra.core.hydra_config import HydraConfig
-
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    return {key: OmegaConf.select(cfg, f"{key}.name") or choices.get(key) for key in ("model", "method", "bits")}
-
-
 def evaluate_run(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike, output_dir: str | os.PathLike,
                  extra: Optional[dict] = None) -> dict:
-    """All enabled metrics for one FP/quantized pair of folders; writes ``<output_dir>/results.json``."""
+    """All enabled metrics for one FP/quantized pair of folders; writes ``<output_dir>/record.json`` (and the FVD
+    feature pairs beside it)."""
     e = cfg.eval
-    metrics, per_video, unavailable = reference_metrics(cfg, fp_dir, quant_dir)
-    record = {**run_identity(cfg), "tags": OmegaConf.to_container(e.tags, resolve=True), "metrics": metrics,
-              "fp_metrics": {}, "unavailable": unavailable, "num_videos": len(per_video),
-              "fvd_backbone": e.fvd.backbone if e.fvd.enabled else None, "per_video": per_video,
-              "dirs": {"fp": str(fp_dir), "quant": str(quant_dir)}, **(extra or {})}
+    out, unavailable = reference_metrics(cfg, fp_dir, quant_dir)
+    record = new_record(
+        "evaluate", run_identity(cfg), tags=OmegaConf.to_container(e.tags, resolve=True), metrics=out["metrics"],
+        per_item=out["per_item"], num_items=out["num_items"], unavailable=unavailable,
+        fvd_backbone=e.fvd.backbone if e.fvd.enabled else None,
+        dirs={"fp": str(fp_dir), "quant": str(quant_dir)}, **(extra or {}))
     if e.vbench.enabled:
-        metrics.update(vbench_metrics(cfg, quant_dir, "quant"))
+        record["metrics"].update(vbench_metrics(cfg, quant_dir, "quant"))
         if e.vbench.score_fp:
             record["fp_metrics"] = vbench_metrics(cfg, fp_dir, "fp")
-    atomic_write_json(Path(output_dir) / RESULTS_FILE, record)
+    if out["features"] is not None:
+        f = out["features"]
+        save_fvd_features(output_dir, f["names"], f["fp"], f["quant"])
+    atomic_write_json(Path(output_dir) / RECORD_FILE, record)
     return record
 
 
 def log_record(logger, record: dict, fps: float, sample_videos: int, output_dir: str | os.PathLike) -> None:
     """Mirror a result into the logger: metrics, results.json, the per-video table, FP|quantized sample videos."""
     logger.log_metrics(record["metrics"])
-    logger.log_file(Path(output_dir) / RESULTS_FILE)
-    cols = sorted({k for v in record["per_video"].values() for k in v})
-    logger.log_table("per_video", ["video"] + cols, [[n] + [v.get(c) for c in cols] for n, v in record["per_video"].items()])
-    names = sorted(record["per_video"])[: max(sample_videos, 0)]
+    logger.log_file(Path(output_dir) / RECORD_FILE)
+    cols = sorted({k for v in record["per_item"].values() for k in v})
+    logger.log_table("per_item", ["video"] + cols, [[n] + [v.get(c) for c in cols] for n, v in record["per_item"].items()])
+    names = sorted(record["per_item"])[: max(sample_videos, 0)]
     videos = {}
     for i, name in enumerate(names):
         fp, q = read_video(Path(record["dirs"]["fp"]) / name), read_video(Path(record["dirs"]["quant"]) / name)
@@ -186,13 +186,14 @@ def deploy_real_(pipe, cfg: DictConfig) -> None:
 
 
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
-    """Run the configured method x bits calibration (train_quant's library call) into ``output_dir``, unless a
-    finished calibration is already there (``metrics.json`` is written last); returns the artifact path."""
+    """Run the configured method x bits calibration (train_quant's library call) into ``<output_dir>/calibration``,
+    unless a finished calibration is already there (its record is written last); returns the artifact path."""
     from qarvd.app.calibrate import train_quant
 
-    done = Path(output_dir) / "metrics.json"
-    metrics = json.loads(done.read_text()) if done.exists() else train_quant(cfg, output_dir)
-    return Path(metrics["artifact"])
+    folder = Path(output_dir) / CALIBRATION_DIR
+    done = folder / RECORD_FILE
+    record = load_records([done])[0] if done.exists() else train_quant(cfg, folder)
+    return Path(record["provenance"]["artifact"])
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

@@ -21,10 +21,11 @@ STRATEGIES = ("final_quality", "uniform", "exp2", "reverse", "none")
 
 
 def latent_mse_by_chunk(q: torch.Tensor, ref: torch.Tensor, chunk_frames: Sequence[tuple[int, int]]) -> dict:
-    """MSE of latents [B, F, C, H, W] overall and per chunk ((start, frames) per chunk)."""
+    """MSE of latents [B, F, C, H, W] overall, per chunk ((start, frames) per chunk) and per prompt (the paired
+    items of a comparison's interval)."""
     d = (q.double() - ref.double()).pow(2)
     per_chunk = [float(d[:, s : s + n].mean()) for s, n in chunk_frames]
-    return {"overall": float(d.mean()), "per_chunk": per_chunk}
+    return {"overall": float(d.mean()), "per_chunk": per_chunk, "per_prompt": d.flatten(1).mean(1).tolist()}
 
 
 def generate(pipeline, prompts: Sequence[str], seeds: Sequence[int], batch_size: int,

@@ -1,0 +1,74 @@
+"""Tables and figures of a sweep from its run records (scripts/make_tables.py).
+
+Writes, per table, ``<name>.md`` / ``.tex`` / ``.csv`` / ``.json`` (cells with their intervals, n and the winner
+comparisons), and for Tables 1/2 the Discriminability Score table and figures (Fig. 7, the quality/size frontier);
+for the tau / outlier-ratio sweeps the sweep figure; Fig. 2 from ``sensitivity.json`` files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from eval import plots
+from eval.ds import ds_from_records, scorable_metrics
+from eval.records import REFERENCE_METRICS, VBENCH_KEYS, load_records
+from eval.tables import TABLES, Table, ds_table, to_csv, to_json, to_latex, to_markdown
+from qarvd.utils.io import atomic_write_text
+
+SWEEP_TAGS = {"tau_sweep": "tau", "table5": "outlier_ratio", "alpha_sweep": "outlier_ratio"}
+
+
+def output_folder(cfg: DictConfig) -> Path:
+    """``cfg.out``, else the first records folder (or the folder of the first records file)."""
+    if cfg.out:
+        return Path(cfg.out)
+    first = Path((list(cfg.records) or list(cfg.sensitivity))[0])
+    return first if first.is_dir() else first.parent
+
+
+def write_table(table: Table, out: Path, name: str) -> None:
+    for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".csv", to_csv), (".json", to_json)):
+        atomic_write_text(out / f"{name}{suffix}", render(table))
+
+
+def make_tables(cfg: DictConfig) -> tuple[Path, list[Table]]:
+    """Render ``cfg.table`` from ``cfg.records`` (and Fig. 2 from ``cfg.sensitivity``) into the output folder."""
+    if not (cfg.table or cfg.sensitivity):
+        raise ValueError("nothing to do: set table=<name> with records=[...], and/or sensitivity=[...]")
+    if cfg.table and cfg.table not in TABLES:
+        raise ValueError(f"table={cfg.table!r}; choose from {sorted(TABLES)}")
+    if cfg.table and not cfg.records:
+        raise ValueError("table=... needs records=[<record files or sweep folders>]")
+    out = output_folder(cfg)
+    if cfg.sensitivity:
+        runs = [json.loads(Path(f).read_text()) for f in cfg.sensitivity]
+        plots.plot_sensitivity({f"{r.get('model')} {str(r.get('bits')).upper()}": r["alpha"] for r in runs},
+                               out / "fig2_sensitivity.png")
+    if not cfg.table:
+        return out, []
+    records = load_records(list(cfg.records), stage=cfg.stage)
+    if cfg.model:
+        records = [r for r in records if r.get("model") == cfg.model]
+    models = sorted({str(r.get("model")) for r in records})
+    if len(models) != 1:
+        raise ValueError(f"records of {len(models)} models {models}: choose one with model=<name>")
+    table = TABLES[cfg.table](records, n_boot=int(cfg.n_boot), seed=int(cfg.seed))
+    write_table(table, out, cfg.table)
+    rendered = [table]
+    if cfg.table in ("table1", "table2"):
+        metrics = scorable_metrics(records, list(VBENCH_KEYS) + list(REFERENCE_METRICS))
+        if metrics:
+            ds = ds_from_records(records, metrics, bool(cfg.ds.include_bf16), int(cfg.ds.ddof))
+            sigma = "sample" if cfg.ds.ddof else "population"
+            rendered.append(ds_table(ds, f"Discriminability Score (BF16 in sigma/mu: {cfg.ds.include_bf16}; {sigma} sigma)"))
+            write_table(rendered[-1], out, "ds")
+            plots.plot_ds(ds, out / "ds.png")
+        if any(r.get("weight_bytes") for r in records):
+            plots.plot_frontier(records, "fvd_fp" if any("fvd_fp" in r["metrics"] for r in records) else "psnr_fp",
+                                out / "frontier.png")
+    tag = SWEEP_TAGS.get(cfg.table)
+    if tag:
+        plots.plot_sweep(records, tag, out / f"{tag}_sweep.png")
+    return out, rendered
