@@ -1,8 +1,8 @@
 """The paper's figures from plain data (lists, dicts, result records), for files and notebooks alike.
 
-Fig. 2: chunk sensitivity alpha of several runs side by side (``sensitivity.json`` of scripts/sensitivity.py; the
-per-run figure and Figs. 3/4 are drawn by scripts/sensitivity.py and scripts/outliers.py). Fig. 6: FVD/LPIPS over the
-tau sweep. Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
+Fig. 2: chunk sensitivity alpha of several runs side by side (``sensitivity.json`` of scripts/sensitivity.py) and of
+one run (drawn by :mod:`qarvd.app.sensitivity`). Figs. 3/4: sorted column norms with their outliers, and the share of
+layers with outliers (drawn by :mod:`qarvd.app.outlier_report`). Fig. 6: FVD/LPIPS over the tau sweep. Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
 Every function returns the Figure and, given ``path``, also saves it (PNG, atomically).
 """
 from __future__ import annotations
@@ -95,4 +95,63 @@ def plot_frontier(records: list[dict], metric: str = "fvd_fp", path=None):
     ax.set_xlabel("weight memory (MiB)")
     ax.set_ylabel(COLUMNS.get(metric, (metric,))[0])
     ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_chunk_alpha(alpha: Sequence[float], title: str, path=None):
+    """Fig. 2 of one run: the sensitivity of each chunk (``alpha``, summing to 1) as bars joined by a line."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    chunks = list(range(1, len(alpha) + 1))
+    ax.bar(chunks, alpha, color="#d9822b")
+    ax.plot(chunks, alpha, "o-", color="#333333", lw=1)
+    ax.set_xlabel("chunk")
+    ax.set_ylabel("sensitivity (sum = 1)")
+    ax.set_xticks(chunks)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_outlier_patterns(norms: Mapping[str, tuple], layers: Sequence[str], path=None):
+    """Fig. 3: per layer, its input-column L2 norms sorted in descending order, the outlier columns in red.
+
+    ``norms[name] = (column norms, indices of the outlier columns)``, arrays or CPU tensors.
+    """
+    cols = min(5, len(layers))
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, layers):
+        v, out = (np.asarray(x) for x in norms[name])
+        order = np.argsort(-v, kind="stable")
+        ranked = v[order]
+        is_out = np.zeros(v.size, dtype=bool)
+        is_out[out] = True
+        pos = np.flatnonzero(is_out[order])
+        ax.fill_between(range(len(ranked)), ranked, color="#1f77b4", step="mid", lw=0)
+        ax.fill_between(pos, ranked[pos], color="#d62728", step="mid", lw=0)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{name} ({len(pos)} outliers)", fontsize=8)
+        ax.set_xlabel("input channel (sorted)", fontsize=7)
+        ax.set_ylabel("L2 norm", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_outlier_ratio(summary: Mapping[str, Mapping], path=None):
+    """Fig. 4: the share of layers with outliers by layer type and by block depth (``share_by_type`` and
+    ``share_by_block`` of an outlier summary, fractions)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    t = summary["share_by_type"]
+    a.bar(list(t), [100 * x for x in t.values()], color="#d9822b")
+    a.set_ylabel("layers with outliers (%)")
+    a.set_title("by layer type", fontsize=9)
+    a.tick_params(axis="x", rotation=45, labelsize=7)
+    d = summary["share_by_block"]
+    b.bar([int(k) for k in d], [100 * x for x in d.values()], color="#1f77b4")
+    b.set_xlabel("block")
+    b.set_title("by block depth", fontsize=9)
+    fig.tight_layout()
     return save(fig, path)

@@ -1,29 +1,22 @@
-"""scripts/deploy_quality.py --attention: the FP8-attention row of a calibrated run, end to end on the debug=tiny model."""
+"""deploy_quality (scripts/deploy_quality.py) attention=[default,cudnn_fp8]: the FP8-attention row of a calibrated run, end to end on the debug=tiny model."""
 from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_fp8_attention_row_next_to_the_default_row(tmp_path):
+    from conftest import compose
     from qarvd.app.calibrate import train_quant
+    from qarvd.app.deploy_quality import deploy_quality
     from quant_helpers import tiny_cfg
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import deploy_quality
-    finally:
-        sys.path.pop(0)
     run = tmp_path / "run"
     train_quant(tiny_cfg("method=minmax", "bits=w8a8"), run)
-    deploy_quality.main(["--run", str(run), "--out", str(tmp_path), "--weights", "artifact",
-                         "--attention", "default", "cudnn_fp8", "--batch", "2"])
+    deploy_quality(compose([f"run='{run}'", "weights=[artifact]", "attention=[default,cudnn_fp8]", "batch=2"],
+                           "deploy_quality"), tmp_path)
     res = json.loads((tmp_path / "deploy_quality.json").read_text())
     assert res["prompts"] == 2 and res["attention_calibration_prompts"] == 1
     default, fp8 = res["rows"]
@@ -34,3 +27,12 @@ def test_fp8_attention_row_next_to_the_default_row(tmp_path):
     # magnitude: 1.23x the default row's MSE to FP here, 2.12x on the embedded model (results/deploy_quality_fp8attn)
     assert fp8["mse_to_fake_quant"] > 2 * default["mse_to_fake_quant"]
     assert 1.0 < fp8["latent_mse"]["overall"] / default["latent_mse"]["overall"] < 3
+
+
+@pytest.mark.parametrize("override,key", [("kernels=[cutlass]", "kernels"), ("attention=[fp4]", "attention")])
+def test_unknown_choice_fails_before_any_rollout(tmp_path, override, key):
+    from conftest import compose
+    from qarvd.app.deploy_quality import deploy_quality
+
+    with pytest.raises(ValueError, match=f"^{key}="):  # the run folder does not even exist: checked first
+        deploy_quality(compose([f"run='{tmp_path / 'missing'}'", override], "deploy_quality"), tmp_path)

@@ -1,4 +1,5 @@
-"""scripts/sensitivity.py, scripts/outliers.py and scripts/latent_tables.py produce their files; the alpha cache."""
+"""scripts/sensitivity.py, scripts/outliers.py, scripts/latent_diagnostics.py and their qarvd.app stages (outlier report,
+latent diagnostics) produce their files; the alpha cache."""
 from __future__ import annotations
 
 import json
@@ -27,11 +28,8 @@ def test_sensitivity_script_writes_alpha_and_figure(tmp_path):
 
 
 def test_outlier_statistics_and_figures(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import outliers as script
-    finally:
-        sys.path.pop(0)
+    from eval.plots import plot_outlier_patterns, plot_outlier_ratio
+    from qarvd.app.outlier_report import outlier_stats, summarise
     from qarvd.models.wan import CausalWanModel, WanConfig
     from qarvd.quant.outliers import OutlierConfig
 
@@ -40,14 +38,14 @@ def test_outlier_statistics_and_figures(tmp_path):
                                      in_dim=4, out_dim=4, patch_size=(1, 2, 2)))
     with torch.no_grad():
         model.blocks[1].ffn[2].weight[:, 5] *= 20  # one loud input channel
-    stats, norms = script.outlier_stats(model, OutlierConfig(multiple=32))
+    stats, norms = outlier_stats(model, OutlierConfig(multiple=32))
     assert len(stats) == 20 and stats["blocks.1.ffn.2"]["raw_count"] == 1 and stats["blocks.1.ffn.2"]["count"] == 32
     assert 5 in norms["blocks.1.ffn.2"][1].tolist()
-    summary = script.summarise(stats)
+    summary = summarise(stats)
     assert summary["layers_with_outliers"] == 1
     assert summary["share_by_type"]["ffn.2"] == 0.5 and summary["share_by_block"] == {"0": 0.0, "1": 0.1}
-    script.plot_fig3(norms, ["blocks.1.ffn.2", "blocks.0.self_attn.q"], tmp_path / "f3.png")
-    script.plot_fig4(summary, tmp_path / "f4.png")
+    plot_outlier_patterns(norms, ["blocks.1.ffn.2", "blocks.0.self_attn.q"], tmp_path / "f3.png")
+    plot_outlier_ratio(summary, tmp_path / "f4.png")
     assert (tmp_path / "f3.png").stat().st_size > 1000 and (tmp_path / "f4.png").stat().st_size > 1000
 
 
@@ -71,27 +69,20 @@ def test_sensitivity_is_cached_by_what_it_depends_on(tmp_path):
     assert "cached" not in other and len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 2
 
 
-def _diagnostics():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import latent_diagnostics
-    finally:
-        sys.path.pop(0)
-    return latent_diagnostics
-
-
 def test_outlier_use_and_recon_fit_by_hand():
-    d = _diagnostics()
+    from eval.diagnostics import paired_ratio
+    from qarvd.app.diagnostics import outlier_use, recon_fit
+
     metrics = {"calibration": {
         "dual_scale": {"a": {"raw_count": 3, "count": 32}, "b": {"raw_count": 0, "count": 0}, "c": {"raw_count": 10, "count": 32}},
         "recon": {"units": {"a": {"loss_nearest": 2.0, "loss_final": 0.5}, "c": {"loss_nearest": 1.0, "loss_final": 0.75}}}}}
-    use = d.outlier_use(metrics, {"a": 128, "b": 128, "c": 512})
+    use = outlier_use(metrics, {"a": 128, "b": 128, "c": 512})
     assert (use["split_layers"], use["checked_layers"], use["raw_columns"], use["group_columns"]) == (2, 3, 13, 64)
     assert use["eq12_share_of_group"] == pytest.approx(13 / 64) and use["layers"]["a"]["share"] == 0.25
     assert use["layers"]["c"]["share"] == pytest.approx(32 / 512)
-    assert d.recon_fit(metrics) == {"layers": 2, "mean_final_over_nearest": pytest.approx((0.25 + 0.75) / 2)}
-    assert d.paired_ratio([2.0, 4.0], [1.0, 2.0]) == pytest.approx((2.0, 2.0, 2.0))  # every resample has ratio 2
-    m, lo, hi = d.paired_ratio([1.0, 3.0], [1.0, 1.0])
+    assert recon_fit(metrics) == {"layers": 2, "mean_final_over_nearest": pytest.approx((0.25 + 0.75) / 2)}
+    assert paired_ratio([2.0, 4.0], [1.0, 2.0]) == pytest.approx((2.0, 2.0, 2.0))  # every resample has ratio 2
+    m, lo, hi = paired_ratio([1.0, 3.0], [1.0, 1.0])
     assert m == 2.0 and lo == pytest.approx(1.0) and hi == pytest.approx(3.0)  # resamples: {1,1}, {1,3}, {3,3}
 
 
@@ -100,18 +91,19 @@ def g_seen_both(r):
 
 
 def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
+    from conftest import compose
     from qarvd.app.calibrate import train_quant
+    from qarvd.app.diagnostics import latent_diagnostics
     from quant_helpers import tiny_cfg
 
     run = tmp_path / "run"
     metrics = train_quant(tiny_cfg("method=qarvd", "method.frame_weighting=uniform", "calib.num_prompts=1"), run)
-    d = _diagnostics()
-    d.main([str(run), "--prompts", "3", "--outlier-multiples", "8", "1", "--split-runs", "run",
-            "--out", str(tmp_path / "diag.json")])
+    cfg = compose([f"runs=['{run}']", "prompts=3", "outlier_multiples=[8,1]", "split_runs=[run]"], "latent_diagnostics")
+    latent_diagnostics(cfg, tmp_path / "diag.json")
     res = json.loads((tmp_path / "diag.json").read_text())
     r = res["runs"]["run"]
-    assert r["eval_rerun"]["overall"] == pytest.approx(metrics["latent_mse"]["overall"], rel=1e-6)  # artifact reproduces
-    assert len(r["eval_rerun"]["per_prompt"]) == metrics["eval_prompts"]
+    assert r["eval_rerun"]["overall"] == pytest.approx(metrics["metrics"]["latent_mse"], rel=1e-6)  # artifact reproduces
+    assert len(r["eval_rerun"]["per_prompt"]) == metrics["num_items"]
     wa = r["weights_vs_acts"]  # each half alone is a different (smaller) perturbation than both together
     assert 0 < wa["weights_only"]["seen"] != g_seen_both(r) and 0 < wa["acts_only"]["unseen"]
     g = r["generalization"]
@@ -121,3 +113,13 @@ def test_latent_diagnostics_on_a_calibrated_run(tmp_path):
     for name, row in res["weight_error_w4"].items():  # the unrounded count is Eq. 12's raw count, the m8 one the run's
         assert row["m1"]["count"] == ds[name]["raw_count"] and row["m8"]["count"] == ds[name]["count"]
     assert "| run | default | 1 |" in (tmp_path / "diag.md").read_text()
+
+
+def test_latent_diagnostics_run_patterns(tmp_path):
+    from qarvd.app.diagnostics import run_folders
+
+    for name in ("b_run", "a_run", "c_other"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in run_folders([str(tmp_path / "*_run"), str(tmp_path / "c_other")])] == ["a_run", "b_run", "c_other"]
+    with pytest.raises(FileNotFoundError, match="runs: .*nothing_here"):
+        run_folders([str(tmp_path / "nothing_here*")])

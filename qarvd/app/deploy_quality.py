@@ -1,0 +1,93 @@
+"""Quality of the real-kernel deployment against the fake-quant rollout it replaces (scripts/deploy_quality.py's stage).
+
+For the held-out prompts of a train_quant run (same prompts and per-prompt seeds as its ``record.json``) it rolls out
+the FP model, the fake-quant model, and the converted real model once per (kernel backend, weights mode, dual mode,
+attention mode), and records the latent MSE of each to the FP rollout, overall and per chunk, and the ratio to the
+fake-quant MSE (the deployment criterion: within 5%). ``weights=symmetric`` re-quantizes 8-bit weights without zero
+point (:func:`qarvd.deploy.packing.symmetric_weights`); ``artifact`` keeps the calibrated weights exactly.
+
+``cudnn_fp8`` attention runs the self-attention in FP8 with a float8 KV cache (torch_ref emulates cuDNN's numerics on
+the CPU). Its static per-layer scales need one bf16-attention rollout (:func:`qarvd.deploy.calibrate_attention_fp8_`)
+on the run's own calibration prompts and seeds (not the held-out ones), so the row measures scales a deployment would
+ship, not scales fitted to the prompts they are scored on.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from qarvd.app.calibrate import calibration_prompts
+from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
+from qarvd.deploy.backends import TorchRefBackend, TritonInt8Backend
+from qarvd.deploy.from_quant import real_specs
+from qarvd.models.pipeline import build_pipeline
+from qarvd.quant.artifact import load_artifact
+from qarvd.quant.sensitivity import generate, latent_mse_by_chunk
+from qarvd.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+BACKENDS = dict(torch_ref=TorchRefBackend, triton_int8=TritonInt8Backend)  # `kernels` value -> backend class
+ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8")  # `attention` value -> the backend's attention argument
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for key, allowed in (("kernels", BACKENDS), ("attention", ATTENTION)):
+        bad = [v for v in cfg[key] if v not in allowed]
+        if bad:
+            raise ValueError(f"{key}={bad} unknown; choose from {list(allowed)}")
+
+
+def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Compare the real-kernel rollouts of the train_quant run ``cfg.run`` (conf/deploy_quality.yaml) with its
+    fake-quant rollout; write ``deploy_quality.json`` into ``out_dir`` after every row and return its contents."""
+    _check_choices(cfg)
+    run = Path(cfg.run)
+    if not (run / "resolved_config.yaml").is_file():
+        raise FileNotFoundError(f"run={run}: no resolved_config.yaml (not a scripts/train_quant.py output folder)")
+    rcfg = OmegaConf.load(run / "resolved_config.yaml")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    calib_prompts, _, prompts = calibration_prompts(rcfg)
+    prompts = prompts[: cfg.prompts] if cfg.prompts else prompts
+    seeds = [int(rcfg.seed) + i for i in range(len(prompts))]
+    calib_seeds = [int(rcfg.seed) + i for i in range(len(calib_prompts))]  # as the run's calibration drew them
+    pipe = build_pipeline(rcfg.model, cfg.device)
+    chunks = pipe.rollout_cfg.chunk_frames()
+    result = dict(run=str(run), model=rcfg.model.name, bits=rcfg.bits.name, method=rcfg.method.name,
+                  prompts=len(prompts), attention_calibration_prompts=len(calib_prompts), device=cfg.device, rows=[])
+
+    def roll(name: str, ps=prompts, ss=seeds) -> torch.Tensor:
+        t = time.perf_counter()
+        with torch.no_grad():
+            lat = generate(pipe, ps, ss, int(cfg.batch)).cpu()
+        log.info("%s: %.1f s", name, time.perf_counter() - t)
+        return lat
+
+    fp = roll("fp")
+    load_artifact(pipe.model, run)
+    fake = roll("fake-quant")
+    fake_mse = latent_mse_by_chunk(fake, fp, chunks)
+    result["fake_quant"] = fake_mse
+    quant_model = pipe.model
+    for kernel, weights, dual, attn in itertools.product(cfg.kernels, cfg.weights, cfg.dual_modes, cfg.attention):
+        name = f"{kernel}/{weights}/{dual}/{attn}"
+        be = BACKENDS[kernel](attention=ATTENTION[attn], dual_mode=dual, weights=weights)
+        pipe.model = accelerate_(convert_to_real(copy.deepcopy(quant_model), real_specs(quant_model), be), be)
+        if be.fp8_attention_on:
+            calibrate_attention_fp8_(pipe.model, lambda: roll(f"{name} calibration", calib_prompts, calib_seeds))
+        lat = roll(name)
+        mse = latent_mse_by_chunk(lat, fp, chunks)
+        result["rows"].append(dict(kernel=kernel, weights=weights, dual_mode=dual, attention=attn, latent_mse=mse,
+                                   vs_fake_quant=mse["overall"] / fake_mse["overall"],
+                                   mse_to_fake_quant=latent_mse_by_chunk(lat, fake, chunks)["overall"]))
+        atomic_write_json(out / "deploy_quality.json", result)  # after every row: a long GPU sweep keeps what it did
+        log.info("%s: latent MSE %.4g, %.4fx fake quant", name, mse["overall"], result["rows"][-1]["vs_fake_quant"])
+    atomic_write_json(out / "deploy_quality.json", result)
+    return result
