@@ -280,22 +280,34 @@ def _strategy(value) -> str:
     return str(value)
 
 
+def of_stage(records: list[dict], stage: Optional[str]) -> list[dict]:
+    """The records a table shows: those of ``stage``; with None, the evaluation records if any, else the calibration
+    records (an evaluation sweep also holds the calibration record of every job, which must not fill the same cells)."""
+    if stage is None:
+        stage = "evaluate" if any(r.get("stage") == "evaluate" for r in records) else "calibrate"
+    return [r for r in records if r.get("stage") == stage]
+
+
 _MAIN = "Quantitative results (Table {} layout)."
 # table name -> builder; every experiment preset (conf/experiment/*.yaml) has its table here
 TABLES: dict[str, Callable[..., Table]] = {
-    "table1": lambda r, **kw: main_table(r, _MAIN.format(1), name="table1", **kw),
-    "table2": lambda r, **kw: main_table(r, _MAIN.format(2), name="table2", **kw),
-    "table3": lambda r, **kw: ablation_table(r, "Table 3: ablation of frame weighting and dual scale.", name="table3", **kw),
-    "table4": lambda r, **kw: strategy_table(r, "Table 4: frame-weighting strategies.", name="table4", **kw),
-    "table5": lambda r, **kw: sweep_table(r, "Table 5: minimum outlier ratio (alpha in the paper).", "outlier_ratio",
-                                          "outlier ratio", name="table5", **kw),
-    "tau_sweep": lambda r, **kw: sweep_table(r, "Modified Z-score threshold tau (Fig. 6).", "tau", "tau",
+    "table1": lambda r, **kw: main_table(of_stage(r, None), _MAIN.format(1), name="table1", **kw),
+    "table2": lambda r, **kw: main_table(of_stage(r, None), _MAIN.format(2), name="table2", **kw),
+    "table3": lambda r, **kw: ablation_table(of_stage(r, None), "Table 3: ablation of frame weighting and dual scale.",
+                                             name="table3", **kw),
+    "table4": lambda r, **kw: strategy_table(of_stage(r, None), "Table 4: frame-weighting strategies.", name="table4", **kw),
+    "table5": lambda r, **kw: sweep_table(of_stage(r, None), "Table 5: minimum outlier ratio (alpha in the paper).",
+                                          "outlier_ratio", "outlier ratio", name="table5", **kw),
+    "tau_sweep": lambda r, **kw: sweep_table(of_stage(r, None), "Modified Z-score threshold tau (Fig. 6).", "tau", "tau",
                                              name="tau_sweep", **kw),
+    "latent_methods": lambda r, **kw: main_table(of_stage(r, "calibrate"), "Latent MSE to the FP rollout: methods x bits.",
+                                                 name="latent_methods", **kw),
+    "latent_ablation": lambda r, **kw: ablation_table(of_stage(r, "calibrate"), "Q-ARVD ablation (latent MSE).",
+                                                      name="latent_ablation", **kw),
+    "latent_weighting": lambda r, **kw: strategy_table(of_stage(r, "calibrate"), "Frame-weighting strategies (latent MSE).",
+                                                       name="latent_weighting", **kw),
 }
 TABLES["alpha_sweep"] = lambda r, **kw: TABLES["table5"](r, **kw)  # preset alpha_sweep: the Table 5 layout
-TABLES["latent_methods"] = lambda r, **kw: main_table(r, "Latent MSE to the FP rollout: methods x bits.", name="latent_methods", **kw)
-TABLES["latent_ablation"] = lambda r, **kw: ablation_table(r, "Q-ARVD ablation (latent MSE).", name="latent_ablation", **kw)
-TABLES["latent_weighting"] = lambda r, **kw: strategy_table(r, "Frame-weighting strategies (latent MSE).", name="latent_weighting", **kw)
 
 
 def _texts(row: list, with_interval: bool = True) -> list[str]:

@@ -20,11 +20,18 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def experiment_preset() -> str | None:
+    """The ``experiment=`` preset of the running Hydra job (which table the record belongs to), or None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+
+
 def run_identity(cfg: DictConfig) -> dict:
     """What a result row needs to say where it came from."""
     random_init = bool(cfg.model.checkpoint.get("random_init", False))
     return {"model": cfg.model.name, "method": cfg.method.name, "bits": cfg.bits.name, "calib": cfg.calib.name,
-            "seed": int(cfg.seed), "random_init": random_init,
+            "seed": int(cfg.seed), "random_init": random_init, "experiment": experiment_preset(),
             "checkpoint": None if random_init else str(cfg.model.checkpoint.path)}
 
 
