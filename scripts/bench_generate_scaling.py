@@ -37,7 +37,7 @@ def run_generation(nproc: int, work: Path, args, tokenizer: Path, prompt_file: P
     overrides = [f"model={args.model}", f"device={args.device}", "model.checkpoint.random_init=true",
                  f"model.text_encoder.tokenizer={tokenizer}", "model.text_encoder.cache_dir=null",
                  f"model.prompts.eval.path={prompt_file}", f"eval.samples_per_prompt={args.videos // len(PROMPTS)}",
-                 f"eval.batch_size={args.batch_size}", f"eval.video_dir={run_dir / 'videos'}", "eval.strip.scale=1",
+                 f"eval.prompts_per_batch={args.batch_size}", f"eval.video_dir={run_dir / 'videos'}", "eval.strip.scale=1",
                  f"hydra.run.dir={run_dir / 'run'}", *args.overrides]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(REPO / "scripts" / "generate.py"), *overrides]
@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2], help="process counts (one GPU each); the first is the base")
     ap.add_argument("--videos", type=int, default=16, help="videos per run (a multiple of the 4 prompts)")
-    ap.add_argument("--batch-size", type=int, default=1, help="prompts per rollout (eval.batch_size)")
+    ap.add_argument("--batch-size", type=int, default=1, help="prompts per rollout (eval.prompts_per_batch)")
     ap.add_argument("--model", default="self_forcing", help="model config group option (conf/model/)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads-per-proc", type=int, default=4, help="OMP_NUM_THREADS of every process")

@@ -28,9 +28,9 @@ def main(cfg: DictConfig) -> list[float]:
     except Exception:
         log.exception("sensitivity failed (model=%s, bits=%s)", cfg.model.name, cfg.bits.name)
         raise
-    log.info("alpha = %s", [round(a, 4) for a in result["alpha"]])
+    log.info("frame_alpha = %s", [round(a, 4) for a in result["frame_alpha"]])
     print(f"sensitivity: {out / 'sensitivity.json'}\nfigure:      {out / 'fig2_sensitivity.png'}")
-    return result["alpha"]
+    return result["frame_alpha"]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 #
 #   OUT=/tmp/tiny bash scripts/train_tiny_all.sh                  # GPU (an H100 takes about 8 minutes)
 #   OUT=/tmp/tiny DEVICE=cpu FEAT_STEPS=2 TINY_STEPS=2 EVAL_VIDEOS=8 SENS_PROMPTS=1 \
-#     TINY_ARGS="train.batch_size=2 train.first_chunk_batch=2" bash scripts/train_tiny_all.sh   # smoke test
+#     TINY_ARGS="train.videos_per_step=2 train.first_chunk_batch=2" bash scripts/train_tiny_all.sh   # smoke test
 #
 # Everything lands flat in $OUT: featnet.safetensors, featnet_metrics.json, tiny_arvd.safetensors,
 # tiny_arvd_metrics.json, tiny_samples.png, sensitivity.json, and state.pt when the ARVD training stopped early (TRAIN_LIMIT seconds;

@@ -32,3 +32,33 @@ def clone(pipeline):
     import dataclasses
 
     return dataclasses.replace(pipeline, model=copy.deepcopy(pipeline.model))
+
+
+def _conf(path: str):
+    from pathlib import Path
+
+    from conftest import CONF_DIR
+
+    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / path), resolve=False)
+
+
+def outlier_cfg(**overrides):
+    """OutlierConfig with the YAML defaults (conf/method/recipe/base.yaml), some overridden."""
+    from qarvd.quant.outliers import OutlierConfig
+
+    return OutlierConfig(**{**_conf("method/recipe/base.yaml")["outlier"], **overrides})
+
+
+def recon_cfg(**overrides):
+    """ReconConfig with the YAML defaults (conf/calib/default.yaml, the base recipe's skipped roles), some overridden."""
+    import dataclasses
+
+    from qarvd.methods.base import recon_config
+
+    base = recon_config(_conf("calib/default.yaml"), _conf("method/recipe/base.yaml")["recon_skip_roles"], 0)
+    return dataclasses.replace(base, **overrides)
+
+
+def recipe(method: str, **overrides):
+    """The method's recipe object as its config builds it, some fields overridden."""
+    return instantiate(compose([f"method={method}"]).method, **overrides, _convert_="all")

@@ -21,7 +21,7 @@ from qarvd.deploy.from_quant import real_specs  # noqa: E402
 from qarvd.models.rollout import RolloutConfig, rollout  # noqa: E402
 from qarvd.models.wan import CausalWanModel, WanConfig  # noqa: E402
 from qarvd.quant.api import QuantConfig, calibrate_activations_, harden_, quantize_  # noqa: E402
-from qarvd.quant.outliers import OutlierConfig  # noqa: E402
+from quant_helpers import outlier_cfg
 
 LAYER_BOUND = 1e-5  # fp32 activations, exact dual-scale and single-scale layers
 ARCH = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=16, text_dim=16, text_len=4, in_dim=4,
@@ -41,7 +41,7 @@ def quantized():
     fp = CausalWanModel(WanConfig(**ARCH)).eval()
     ctx = torch.randn(1, 4, 16)
     q = copy.deepcopy(fp)
-    quantize_(q, QuantConfig(w_bits=8, a_bits=8, dual_scale=OutlierConfig(tau=1.0, alpha=1.0)))
+    quantize_(q, QuantConfig(w_bits=8, a_bits=8, dual_scale=outlier_cfg(tau=1.0, outlier_ratio=1.0)))
     calibrate_activations_(q, lambda: rollout(q, ctx, [0], SHAPE, RC))
     harden_(q)
     return fp, q, ctx, rollout(fp, ctx, [0], SHAPE, RC)

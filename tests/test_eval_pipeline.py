@@ -91,7 +91,7 @@ def test_generation_resumes_without_redoing_finished_videos(tmp_path):
 
     from qarvd.app.evaluate import generate, jobs
 
-    cfg = compose([*wiring(), *SMALL, "model.prompts.eval.count=3", "eval.batch_size=2"])
+    cfg = compose([*wiring(), *SMALL, "model.prompts.eval.count=3", "eval.prompts_per_batch=2"])
     with open_dict(cfg):
         cfg.eval.video_dir = str(tmp_path)
     threads = torch.get_num_threads()
@@ -131,7 +131,7 @@ def test_shared_fp_folder_is_keyed_by_what_fp_videos_depend_on():
     base = [*wiring(), *SMALL, "eval.share_fp=true"]
     folder = fp_folder(compose(base))
     assert folder.parent == Path(compose(base).eval.fp_cache_dir) and folder.name.startswith("tiny-")
-    assert fp_folder(compose([*base, "eval.count=2", "eval.batch_size=4", "method=qarvd", "bits=w8a8"])) == folder
+    assert fp_folder(compose([*base, "eval.count=2", "eval.prompts_per_batch=4", "method=qarvd", "bits=w8a8"])) == folder
     for change in ("seed=1", "model.arch.num_layers=2", "eval.video.crf=10", "eval.samples_per_prompt=2"):
         assert fp_folder(compose([*base, change])) != folder, change
     assert fp_folder(compose([*wiring(), *SMALL])) is None  # not shared: <video_dir>/fp

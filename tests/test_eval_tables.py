@@ -173,7 +173,7 @@ def test_make_tables_entry_point(tmp_path):
 
 def test_fig2_from_several_sensitivity_runs(tmp_path):
     for bits, alpha in (("w8a8", [0.7, 0.2, 0.1]), ("w4a8", [2.0, 1.0, 1.0])):  # the second is not normalised
-        (tmp_path / f"{bits}.json").write_text(json.dumps({"model": "tiny", "bits": bits, "alpha": alpha}))
+        (tmp_path / f"{bits}.json").write_text(json.dumps({"model": "tiny", "bits": bits, "frame_alpha": alpha}))
     cfg = OmegaConf.load(REPO / "conf" / "make_tables.yaml")
     cfg.pop("defaults")
     cfg.sensitivity, cfg.out = [str(tmp_path / "w8a8.json"), str(tmp_path / "w4a8.json")], str(tmp_path)

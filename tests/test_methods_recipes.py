@@ -8,10 +8,10 @@ import torch
 
 from qarvd.app.calibrate import train_quant
 from qarvd.quant.artifact import CONFIG_FILE, load_artifact
-from quant_helpers import prompts, tiny_cfg, tiny_pipeline
+from quant_helpers import prompts, recipe, tiny_cfg, tiny_pipeline
 
 METHODS = ["minmax", "adaround", "smoothquant", "ptq4dit", "svdquant", "qarvd"]
-FORCE_OUTLIERS = ["method.outlier.tau=0.5", "method.outlier.alpha=1.0"]  # random weights rarely have outliers
+FORCE_OUTLIERS = ["method.outlier.tau=0.5", "method.outlier.outlier_ratio=1.0"]  # random weights rarely have outliers
 
 
 def _check_smoothquant(layers, metrics):
@@ -26,13 +26,13 @@ def _check_ptq4dit(layers, metrics):
 
 def _check_svdquant(layers, metrics):
     assert all(s["lowrank_rank"] == 32 for s in layers.values())
-    assert all(0.0 <= a <= 1.0 for a in metrics["calibration"]["prepare"]["smooth_alpha"].values())
+    assert all(0.0 <= a <= 1.0 for a in metrics["calibration"]["prepare"]["smooth_strength"].values())
 
 
 def _check_qarvd(layers, metrics):
     cal = metrics["calibration"]
     assert cal["dual_scale_layers"] > 0 and sum(s["groups"] == 2 for s in layers.values()) == cal["dual_scale_layers"]
-    assert len(cal["frame_weighting"]["alpha"]) == 2 and sum(cal["frame_weighting"]["alpha"]) == pytest.approx(1.0)
+    assert len(cal["frame_weighting"]["frame_alpha"]) == 2 and sum(cal["frame_weighting"]["frame_alpha"]) == pytest.approx(1.0)
 
 
 CHECKS = {"smoothquant": _check_smoothquant, "ptq4dit": _check_ptq4dit, "svdquant": _check_svdquant, "qarvd": _check_qarvd}
@@ -81,17 +81,17 @@ def test_method_runs_on_cuda_like_on_cpu(method, tmp_path):
 def test_dual_scale_frame_weight_switch(paper_weighting, tmp_path):
     """Release quirk: split layers get chunk weight 1; the paper weights every layer."""
     from qarvd.methods.base import Calibration
-    from qarvd.methods.qarvd import QARVD
     from qarvd.quant.linear import quant_layers
     from omegaconf import OmegaConf
 
     pipe, cfg = tiny_pipeline()
-    (tmp_path / "alpha.json").write_text(json.dumps({"alpha": [0.75, 0.25]}))
-    recipe = QARVD(name="qarvd", recon=False, sensitivity_file=str(tmp_path / "alpha.json"),
-                   outlier={"tau": 0.5, "alpha": 1.0, "multiple": 8}, dual_scale_frame_weights=paper_weighting)
+    (tmp_path / "alpha.json").write_text(json.dumps({"frame_alpha": [0.75, 0.25]}))
+    qarvd = recipe("qarvd", recon=False, sensitivity_file=str(tmp_path / "alpha.json"),
+                   outlier={"tau": 0.5, "outlier_ratio": 1.0, "multiple": 8, "max_fraction": 0.5},
+                   dual_scale_frame_weights=paper_weighting)
     cal = Calibration(pipeline=pipe, w_bits=4, a_bits=8, symmetric=False, calib=OmegaConf.to_container(cfg.calib),
                       prompts=prompts(cfg, "calib", 1), seeds=[0], work_dir=tmp_path)
-    info = recipe.run(cal)
+    info = qarvd.run(cal)
     assert info["frame_weighting"]["chunk_weights"] == pytest.approx([1.5, 0.5])
     layers = quant_layers(pipe.model).values()
     split = [l for l in layers if len(l.groups) == 2]

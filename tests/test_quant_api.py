@@ -8,9 +8,8 @@ from torch import nn
 
 from qarvd.quant.api import QuantConfig, quantize_, register_quantize_handler
 from qarvd.quant.linear import quant_layers
-from qarvd.quant.outliers import OutlierConfig
 from qarvd.quant.roles import input_group, role_of
-from quant_helpers import tiny_pipeline
+from quant_helpers import outlier_cfg, tiny_pipeline
 
 
 def test_default_selection_is_the_released_one():
@@ -26,7 +25,7 @@ def test_default_selection_is_the_released_one():
 
 def test_filter_fn_and_dual_scale_config():
     pipe, _ = tiny_pipeline()
-    quantize_(pipe.model, QuantConfig(dual_scale=OutlierConfig(tau=0.5, alpha=1.0, multiple=8)),
+    quantize_(pipe.model, QuantConfig(dual_scale=outlier_cfg(tau=0.5, outlier_ratio=1.0, multiple=8)),
               filter_fn=lambda m, n: n.startswith("blocks.0.") or n == "text_embedding.0")
     layers = quant_layers(pipe.model)
     assert set(layers) == {n for n in layers if n.startswith("blocks.0.")} | {"text_embedding.0"}

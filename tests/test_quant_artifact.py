@@ -12,9 +12,8 @@ from qarvd.quant.artifact import CONFIG_FILE, TENSORS_FILE, ArtifactError, load_
 from qarvd.quant.capture import run_calibration
 from qarvd.quant.linear import quant_layers
 from qarvd.quant.lowrank import lowrank_factors
-from qarvd.quant.outliers import OutlierConfig
 from qarvd.quant.smoothing import fold_into_norm
-from quant_helpers import clone, prompts, tiny_pipeline
+from quant_helpers import clone, outlier_cfg, prompts, tiny_pipeline
 
 
 def test_reload_is_bitwise_identical_with_split_smoothed_folded_and_lowrank_layers(tmp_path):
@@ -23,7 +22,7 @@ def test_reload_is_bitwise_identical_with_split_smoothed_folded_and_lowrank_laye
     ps = prompts(cfg, "eval", 2)
     quantize_(pipe.model, QuantConfig(w_bits=4, a_bits=6, symmetric=False))
     layers = quant_layers(pipe.model)
-    split = split_outliers(layers["blocks.0.ffn.2"], OutlierConfig(tau=0.5, alpha=1.0, multiple=8))
+    split = split_outliers(layers["blocks.0.ffn.2"], outlier_cfg(tau=0.5, outlier_ratio=1.0, multiple=8))
     assert split.count > 0
     s = torch.rand(64) + 0.5
     fold_into_norm(pipe.model, "blocks.1.norm3", s)

@@ -4,19 +4,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qarvd.quant.outliers import OutlierConfig, column_norms, detect_outliers
+from qarvd.quant.outliers import column_norms, detect_outliers
+from quant_helpers import outlier_cfg
 
 
 def test_mad_zero_means_no_outliers_even_with_a_far_column():
     v = torch.tensor([1.0] * 9 + [5.0])
-    res = detect_outliers(v)
+    res = detect_outliers(v, outlier_cfg())
     assert res.mad == 0.0 and res.count == 0 and res.raw_count == 0 and res.normal.numel() == 10
 
 
 def test_hand_example_rounds_up_to_32_with_the_top_norm_columns():
     normal = [1.0 + 0.01 * (i % 5) for i in range(125)]
     v = torch.tensor(normal[:40] + [10.0] + normal[40:80] + [9.0, 8.0] + normal[80:])  # 128 columns, 3 outliers
-    res = detect_outliers(v, OutlierConfig(tau=3.5, alpha=1.2))
+    res = detect_outliers(v, outlier_cfg(tau=3.5, outlier_ratio=1.2))
     # median 1.02, MAD 0.01: threshold = max(1.02 + 3.5 / 0.6745 * 0.01, 1.2 * 1.02) = 1.224
     assert res.median == pytest.approx(1.02) and res.mad == pytest.approx(0.01)
     assert res.threshold == pytest.approx(1.224)
@@ -28,14 +29,14 @@ def test_hand_example_rounds_up_to_32_with_the_top_norm_columns():
 
 def test_count_is_capped_at_half_the_inputs():
     v = torch.tensor([1.0, 1.01, 1.02] * 10 + [20.0] * 10)  # 40 columns, 10 outliers -> 32 -> cap 20
-    res = detect_outliers(v)
+    res = detect_outliers(v, outlier_cfg())
     assert res.raw_count == 10 and res.count == 20
 
 
 def test_alpha_guard_rejects_false_outliers_of_smooth_layers():
     v = torch.tensor([1.0, 1.001, 1.002, 1.003, 1.004] * 4 + [1.1])  # z-score passes, but 1.1 < 1.2 * median
-    assert detect_outliers(v, OutlierConfig(tau=3.5, alpha=1.2)).count == 0
-    assert detect_outliers(v, OutlierConfig(tau=3.5, alpha=1.05)).raw_count == 1
+    assert detect_outliers(v, outlier_cfg(tau=3.5, outlier_ratio=1.2)).count == 0
+    assert detect_outliers(v, outlier_cfg(tau=3.5, outlier_ratio=1.05)).raw_count == 1
 
 
 def test_column_norms_are_input_channel_l2_norms():
@@ -45,4 +46,4 @@ def test_column_norms_are_input_channel_l2_norms():
 
 def test_invalid_config_fails():
     with pytest.raises(ValueError):
-        OutlierConfig(tau=0)
+        outlier_cfg(tau=0)

@@ -10,8 +10,8 @@ from qarvd.quant.api import QuantConfig, calibrate_activations_, quantize_
 from qarvd.quant.capture import CaptureBudget, RamLedger, Sample, SampleStore, run_calibration
 from qarvd.quant.linear import QuantLinear, quant_layers
 from qarvd.quant.quantizer import ActivationHistogram
-from qarvd.quant.reconstruct import ReconConfig, ResumeStore, reconstruct_layer, reconstruct_model
-from quant_helpers import prompts, tiny_pipeline
+from qarvd.quant.reconstruct import ResumeStore, reconstruct_layer, reconstruct_model
+from quant_helpers import prompts, recon_cfg, tiny_pipeline
 
 
 def _synthetic(tmp_path, n=12, w_bits=3):
@@ -39,7 +39,7 @@ def test_learned_rounding_beats_nearest_rounding(tmp_path):
     nearest.groups[0].aq.scale.data = layer.groups[0].aq.scale.data.clone()
     nearest.groups[0].aq.zero_point = layer.groups[0].aq.zero_point.clone()
     nearest.harden()
-    stats = reconstruct_layer(layer, store, ReconConfig(iters=300, batch_size=4), seed=0)
+    stats = reconstruct_layer(layer, store, recon_cfg(iters=300, calls_per_step=4), seed=0)
     assert layer.hardened and layer.groups[0].rounding is None
     assert not layer.groups[0].aq.scale.requires_grad
     with torch.no_grad():
@@ -55,14 +55,14 @@ def test_chunk_weights_enter_the_loss(tmp_path):
     """Weights (3, 0, 0) over 12 samples = the uniform loss of the 4 chunk-0 samples alone (loss is a batch mean)."""
     _, weighted, store, _ = _synthetic(tmp_path)
     weighted.chunk_weights = torch.tensor([3.0, 0.0, 0.0])
-    one_step = ReconConfig(iters=1, batch_size=12)  # a single batch of every sample: the loss before any update
+    one_step = recon_cfg(iters=1, calls_per_step=12)  # a single batch of every sample: the loss before any update
     lw = reconstruct_layer(weighted, store, one_step)["soft_loss_first"]
     _, plain, _, _ = _synthetic(tmp_path / "b")
     chunk0 = SampleStore("c0", RamLedger(1 << 30), tmp_path, None, 0)
     for smp in store.samples:
         if smp.info.chunk == 0:
             chunk0.put(chunk0.slot(), Sample(smp.info, 0), smp.tensors)
-    l0 = reconstruct_layer(plain, chunk0, ReconConfig(iters=1, batch_size=4))["soft_loss_first"]
+    l0 = reconstruct_layer(plain, chunk0, recon_cfg(iters=1, calls_per_step=4))["soft_loss_first"]
     assert lw == pytest.approx(l0, rel=1e-5)
     _, uniform, _, _ = _synthetic(tmp_path / "c")
     lu = reconstruct_layer(uniform, store, one_step)["soft_loss_first"]
@@ -78,7 +78,7 @@ def _calibrated(granularity="layer"):
 
 
 def test_resume_skips_finished_layers_and_guards_the_config(tmp_path):
-    cfg = ReconConfig(iters=5, batch_size=2)
+    cfg = recon_cfg(iters=5, calls_per_step=2)
     pipe, ps = _calibrated()
     first = reconstruct_model(pipe, ps, [0], cfg, CaptureBudget(), ResumeStore(tmp_path, {"k": 1}))
     codes = {n: l.groups[0].w_int.clone() for n, l in quant_layers(pipe.model).items()}
@@ -94,9 +94,9 @@ def test_resume_skips_finished_layers_and_guards_the_config(tmp_path):
 
 def test_block_granularity_learns_on_the_block_output():
     pipe, ps = _calibrated()
-    stats = reconstruct_model(pipe, ps, [0], ReconConfig(iters=40, batch_size=2, granularity="block"), CaptureBudget())
+    stats = reconstruct_model(pipe, ps, [0], recon_cfg(iters=40, calls_per_step=2, granularity="block"), CaptureBudget())
     assert set(stats["units"]) == {"blocks.0", "blocks.1"}
     assert all(l.hardened for l in quant_layers(pipe.model).values())
     assert all(u["loss_final"] < u["loss_nearest"] for u in stats["units"].values())
     with pytest.raises(ValueError, match="granularity"):
-        ReconConfig(granularity="model")
+        recon_cfg(granularity="model")

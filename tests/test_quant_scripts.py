@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from quant_helpers import outlier_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ def _run(script, tmp_path, *overrides):
 def test_sensitivity_script_writes_alpha_and_figure(tmp_path):
     stdout = _run("sensitivity.py", tmp_path, "bits=w4a6")
     res = json.loads((tmp_path / "sensitivity.json").read_text())
-    assert len(res["alpha"]) == 2 and sum(res["alpha"]) == pytest.approx(1.0) and res["a_bits"] == 6
+    assert len(res["frame_alpha"]) == 2 and sum(res["frame_alpha"]) == pytest.approx(1.0) and res["a_bits"] == 6
     assert (tmp_path / "fig2_sensitivity.png").stat().st_size > 1000 and "sensitivity.json" in stdout
 
 
@@ -31,14 +32,13 @@ def test_outlier_statistics_and_figures(tmp_path):
     from eval.plots import plot_outlier_patterns, plot_outlier_ratio
     from qarvd.app.outlier_report import outlier_stats, summarise
     from qarvd.models.wan import CausalWanModel, WanConfig
-    from qarvd.quant.outliers import OutlierConfig
 
     torch.manual_seed(0)
     model = CausalWanModel(WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4,
                                      in_dim=4, out_dim=4, patch_size=(1, 2, 2)))
     with torch.no_grad():
         model.blocks[1].ffn[2].weight[:, 5] *= 20  # one loud input channel
-    stats, norms = outlier_stats(model, OutlierConfig(multiple=32))
+    stats, norms = outlier_stats(model, outlier_cfg(multiple=32))
     assert len(stats) == 20 and stats["blocks.1.ffn.2"]["raw_count"] == 1 and stats["blocks.1.ffn.2"]["count"] == 32
     assert 5 in norms["blocks.1.ffn.2"][1].tolist()
     summary = summarise(stats)
@@ -50,7 +50,7 @@ def test_outlier_statistics_and_figures(tmp_path):
 
 
 def test_outliers_cli(tmp_path):
-    _run("outliers.py", tmp_path, "method.outlier.tau=1.0", "method.outlier.alpha=1.02")
+    _run("outliers.py", tmp_path, "method.outlier.tau=1.0", "method.outlier.outlier_ratio=1.02")
     data = json.loads((tmp_path / "outliers.json").read_text())
     assert data["outlier_config"]["tau"] == 1.0 and data["summary"]["layers"] == 20
     assert {"fig3_outlier_patterns.png", "fig4_outlier_ratio.png"} <= {p.name for p in tmp_path.iterdir()}
@@ -64,7 +64,7 @@ def test_sensitivity_is_cached_by_what_it_depends_on(tmp_path):
     cfg = tiny_cfg(f"calib.cache_dir={tmp_path}/cache")
     first = measure_sensitivity(build_calibration(cfg, tmp_path)[0])
     again = measure_sensitivity(build_calibration(cfg, tmp_path)[0])
-    assert "cached" not in first and again["cached"] and again["alpha"] == first["alpha"]
+    assert "cached" not in first and again["cached"] and again["frame_alpha"] == first["frame_alpha"]
     other = measure_sensitivity(build_calibration(tiny_cfg(f"calib.cache_dir={tmp_path}/cache", "bits=w8a8"), tmp_path)[0])
     assert "cached" not in other and len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 2
 

@@ -46,13 +46,13 @@ def test_chunk_only_quantization_touches_only_chunk_k(calibrated):
 def test_alpha_is_a_normalised_vector_per_chunk(calibrated, tmp_path):
     pipe, ps = calibrated
     res = frame_sensitivity(pipe, ps, [0, 1], progress=False)
-    assert len(res["alpha"]) == 3 and sum(res["alpha"]) == pytest.approx(1.0)
-    assert res["alpha"] == pytest.approx([m / sum(res["mse"]) for m in res["mse"]])
+    assert len(res["frame_alpha"]) == 3 and sum(res["frame_alpha"]) == pytest.approx(1.0)
+    assert res["frame_alpha"] == pytest.approx([m / sum(res["mse"]) for m in res["mse"]])
     assert all(m > 0 for m in res["mse"])
     import json
 
     (tmp_path / "s.json").write_text(json.dumps(res))
-    assert load_sensitivity(tmp_path / "s.json") == pytest.approx(res["alpha"])
+    assert load_sensitivity(tmp_path / "s.json") == pytest.approx(res["frame_alpha"])
     with pytest.raises(FileNotFoundError, match="sensitivity_file"):
         load_sensitivity(tmp_path / "missing.json")
 

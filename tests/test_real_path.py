@@ -236,7 +236,7 @@ def test_generate_encodes_its_prompts_once_then_frees_umt5(release, tmp_path, mo
     monkeypatch.setattr(UMT5TextEncoder, "precompute",
                         lambda self, p: (precompute(self, p), released.append(self._model is None)))
     cfg = compose(real_overrides(release, tmp_path / "logs") + CPU_FP32 + _wiring() + [
-        "eval.count=2", "eval.batch_size=1", f"eval.video_dir={tmp_path / 'videos'}"])
+        "eval.count=2", "eval.prompts_per_batch=1", f"eval.video_dir={tmp_path / 'videos'}"])
     out = generate(cfg)
     assert out["counts"]["fp"]["written"] == 2
     assert batches == [PROMPTS[1:3]] and released == [True]  # one encoder batch, before the rollouts, then freed
@@ -337,7 +337,7 @@ def e2e(release, tmp_path_factory):
     ov = real_overrides(release, out / "logs") + CPU_FP32 + ["debug=tiny", "model.checkpoint.random_init=false"]
     calib = _script("train_quant.py", ov + [f"hydra.run.dir={out / 'calib'}"])
     cache = {p.name: p.stat().st_mtime_ns for p in (out / "logs" / "prompt_cache").glob("*.safetensors")}
-    gen_ov = ov + _wiring() + ["eval.count=2", "eval.batch_size=1", f"eval.artifact={out / 'calib'}"]
+    gen_ov = ov + _wiring() + ["eval.count=2", "eval.prompts_per_batch=1", f"eval.artifact={out / 'calib'}"]
     gen = _script("generate.py", gen_ov + [f"hydra.run.dir={out / 'gen'}", f"eval.video_dir={out / 'gen' / 'videos'}"])
     return {"dir": out, "ov": ov, "gen_ov": gen_ov, "cache_after_calib": cache, "logs": calib.stdout + gen.stdout}
 

@@ -68,7 +68,7 @@ def _train_cfg(tmp_path, steps, resume=None):
         cfg.model.arch.update({k: list(v) if isinstance(v, tuple) else v for k, v in ARCH.items()})
         cfg.model.latent.update(height=16, width=16)
         cfg.model.rollout.num_frames = 6
-        cfg.train.update(steps=steps, batch_size=2, checkpoint_every=2, probe_every=0, warmup_steps=1)
+        cfg.train.update(steps=steps, videos_per_step=2, checkpoint_every=2, probe_every=0, warmup_steps=1)
         cfg.train.own_context.start_fraction = 0.5
         cfg.eval.num_videos = 0
     return cfg

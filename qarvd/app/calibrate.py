@@ -68,7 +68,8 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
                          "checkpoint": checkpoint_identity(cfg), "rollout": OmegaConf.to_container(cfg.model.rollout, resolve=True),
                          "bits": [int(bits.w_bits), int(bits.a_bits), bool(bits.symmetric)],
                          "calib": {k: calib[k] for k in ("percentiles", "hist_bins")},
-                         "calib_prompts": list(calib_prompts), "sensitivity_prompts": list(sens_prompts), "seed": seed},
+                         "calib_prompts": list(calib_prompts), "sensitivity_prompts": list(sens_prompts), "seed": seed,
+                         "format": "frame_alpha/1"},  # the cached result's layout: older caches are not reused
         seed=seed,
     )
     return cal, eval_prompts, [seed + i for i in range(len(eval_prompts))]

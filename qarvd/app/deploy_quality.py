@@ -66,7 +66,7 @@ def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
     def roll(name: str, ps=prompts, ss=seeds) -> torch.Tensor:
         t = time.perf_counter()
         with torch.no_grad():
-            lat = generate(pipe, ps, ss, int(cfg.batch)).cpu()
+            lat = generate(pipe, ps, ss, int(cfg.prompts_per_batch)).cpu()
         log.info("%s: %.1f s", name, time.perf_counter() - t)
         return lat
 

@@ -69,7 +69,7 @@ class Reference:
             start = int(cfg.calib.prompt_start) if split == "calib" else 0
             prompts = select(instantiate(cfg.model.prompts[split]), start, n)
             seeds = [int(cfg.seed) + i for i in range(n)]  # the seeds train_quant uses for both sets
-            self.latents[(key, split, n)] = (prompts, seeds, generate(pipe, prompts, seeds, int(cfg.calib.prompt_batch)))
+            self.latents[(key, split, n)] = (prompts, seeds, generate(pipe, prompts, seeds, int(cfg.calib.prompts_per_batch)))
         return (pipe, state, *self.latents[(key, split, n)])
 
 
@@ -79,7 +79,7 @@ def _quantized(run: Path, cfg, ref: Reference, split: str, n: int, weights: bool
     model.load_state_dict(state)
     load_artifact(model, run)
     with quant_state(model, weights=weights, acts=acts):
-        q = generate(dataclasses.replace(pipe, model=model), prompts, seeds, int(cfg.calib.prompt_batch))
+        q = generate(dataclasses.replace(pipe, model=model), prompts, seeds, int(cfg.calib.prompts_per_batch))
     return q, fp, pipe.rollout_cfg.chunk_frames()
 
 

@@ -39,7 +39,7 @@ def judge_bundle(cfg: DictConfig, out_dir: str | Path) -> dict:
     if h != w:
         raise ValueError(f"the feature network judges square frames; model.latent is {h}x{w}")
     metrics = evaluate_domain(lambda p, s: pipe.decode(pipe.generate_latents(p, s)), featnet, fvd_from_features,
-                              int(cfg.num_videos), rc.num_frames, h, int(cfg.seed), int(cfg.batch_size),
+                              int(cfg.num_videos), rc.num_frames, h, int(cfg.seed), int(cfg.prompts_per_batch),
                               list(cfg.noise_stds))
     metrics["rollout"] = OmegaConf.to_container(cfg.model.rollout, resolve=True)
     metrics["checkpoint"] = str(cfg.model.checkpoint.path)

@@ -71,8 +71,8 @@ def generate(cfg: DictConfig, quantize: Optional[Callable[[object], None]] = Non
     if getattr(pipe.text_encoder, "cache_dir", None) is not None:
         # umT5-XXL: encode this rank's prompts into the cache once and free the encoder (~11 GB) before the rollouts
         rank, world = dist_env()
-        pipe.text_encoder.precompute([j.prompt for b in shard(todo, int(e.batch_size), rank, world) for j in b])
-    return generate_pair(pipe, todo, e.video_dir, encoding(cfg), quantize, int(e.batch_size),
+        pipe.text_encoder.precompute([j.prompt for b in shard(todo, int(e.prompts_per_batch), rank, world) for j in b])
+    return generate_pair(pipe, todo, e.video_dir, encoding(cfg), quantize, int(e.prompts_per_batch),
                          StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), fp_folder(cfg))
 
 
@@ -182,7 +182,7 @@ def deploy_real_(pipe, cfg: DictConfig) -> None:
     if backend.fp8_attention_on:
         prompts = calib_prompts(cfg)
         seeds = [int(cfg.seed) + i for i in range(len(prompts))]
-        calibrate_attention_fp8_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.batch_size)))
+        calibrate_attention_fp8_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.prompts_per_batch)))
 
 
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:

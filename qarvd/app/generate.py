@@ -82,11 +82,11 @@ def dist_env() -> tuple[int, int]:
     return rank, world
 
 
-def shard(jobs: Sequence[VideoJob], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[VideoJob]]:
+def shard(jobs: Sequence[VideoJob], prompts_per_batch: int, rank: int = 0, world_size: int = 1) -> list[list[VideoJob]]:
     """This rank's batches: fixed batches of the global job list, dealt round-robin."""
-    if batch_size < 1:
-        raise ValueError(f"eval.batch_size must be >= 1, got {batch_size}")
-    batches = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
+    if prompts_per_batch < 1:
+        raise ValueError(f"eval.prompts_per_batch must be >= 1, got {prompts_per_batch}")
+    batches = [list(jobs[i : i + prompts_per_batch]) for i in range(0, len(jobs), prompts_per_batch)]
     return batches[rank::world_size]
 
 
@@ -150,7 +150,7 @@ def generate_pair(
     video_dir: str | os.PathLike,
     enc: VideoEncoding,
     quantize: Optional[Callable[[object], None]] = None,
-    batch_size: int = 1,
+    prompts_per_batch: int = 1,
     strip: StripSpec = StripSpec(),
     skip_existing: bool = True,
     fp_dir: Optional[str | os.PathLike] = None,
@@ -159,7 +159,7 @@ def generate_pair(
     into ``<video_dir>/quant``; strips per :func:`strip_dir`. This process's share only (RANK / WORLD_SIZE)."""
     video_dir = Path(video_dir)
     rank, world = dist_env()
-    batches = shard(jobs, batch_size, rank, world)
+    batches = shard(jobs, prompts_per_batch, rank, world)
     dirs = {"fp": Path(fp_dir) if fp_dir else video_dir / "fp"}
     counts = {"fp": generate_set(pipe, batches, dirs["fp"], strip_dir(dirs["fp"]), enc, strip, skip_existing, f"FP videos (rank {rank})")}
     if quantize is not None:

@@ -44,7 +44,7 @@ def make_tables(cfg: DictConfig) -> tuple[Path, list[Table]]:
     out = output_folder(cfg)
     if cfg.sensitivity:
         runs = [json.loads(Path(f).read_text()) for f in cfg.sensitivity]
-        plots.plot_sensitivity({f"{r.get('model')} {str(r.get('bits')).upper()}": r["alpha"] for r in runs},
+        plots.plot_sensitivity({f"{r.get('model')} {str(r.get('bits')).upper()}": r["frame_alpha"] for r in runs},
                                out / "fig2_sensitivity.png")
     if not cfg.table:
         return out, []

@@ -24,6 +24,6 @@ def frame_sensitivity(cfg: DictConfig, out_dir: str | Path) -> dict:
     result = {**run_identity(cfg), **measure_sensitivity(cal), "prompts_from": "model.prompts.calib"}
     result.pop("method", None)  # alpha depends on the model and bits, not on the method it will weight
     atomic_write_json(out / "sensitivity.json", result)
-    plot_chunk_alpha(result["alpha"], f"{cfg.model.name} {cfg.bits.name.upper()}, {result['num_prompts']} prompts",
+    plot_chunk_alpha(result["frame_alpha"], f"{cfg.model.name} {cfg.bits.name.upper()}, {result['num_prompts']} prompts",
                      out / "fig2_sensitivity.png")
     return result

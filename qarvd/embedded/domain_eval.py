@@ -31,10 +31,10 @@ def real_set(split: str, count: int, num_frames: int, size: int, batch_size: int
     return torch.cat(videos), captions
 
 
-def generated_set(generate: GenerateFn, prompts: Sequence[str], seed: int, batch_size: int) -> torch.Tensor:
+def generated_set(generate: GenerateFn, prompts: Sequence[str], seed: int, prompts_per_batch: int) -> torch.Tensor:
     out = []
-    for s in tqdm(range(0, len(prompts), batch_size), desc="generate", leave=False):
-        p = list(prompts[s : s + batch_size])
+    for s in tqdm(range(0, len(prompts), prompts_per_batch), desc="generate", leave=False):
+        p = list(prompts[s : s + prompts_per_batch])
         out.append(generate(p, [seed + s + i for i in range(len(p))]).float().cpu())
     return torch.cat(out)
 
@@ -51,14 +51,14 @@ def add_noise(videos: torch.Tensor, std: float, seed: int) -> torch.Tensor:
 
 
 def evaluate_domain(generate: GenerateFn, backbone, frechet: FrechetFn, num_videos: int, num_frames: int, size: int, seed: int = 0,
-                    batch_size: int = 64, noise_stds: Sequence[float] = (0.1, 0.2, 0.4)) -> dict:
+                    prompts_per_batch: int = 64, noise_stds: Sequence[float] = (0.1, 0.2, 0.4)) -> dict:
     """Caption accuracy (generated, real held-out) and Fréchet distances of the generated and reference sets.
 
     ``frechet`` is the metric layer's distance (``eval.fvd.fvd_from_features``), handed in by the application layer
     so that the embedded domain does not import the evaluation package."""
     real_a, prompts = real_set("eval", num_videos, num_frames, size)
     real_b, captions_b = real_set("test", num_videos, num_frames, size)
-    generated = generated_set(generate, prompts, seed, batch_size)
+    generated = generated_set(generate, prompts, seed, prompts_per_batch)
     feats = {name: backbone.features(v) for name, v in [("real_a", real_a), ("real_b", real_b), ("generated", generated)]}
     fd = {"real_b": frechet(feats["real_a"], feats["real_b"]),
           "generated": frechet(feats["real_a"], feats["generated"])}

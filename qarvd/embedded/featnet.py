@@ -104,17 +104,17 @@ def featnet_metadata(net: VideoFeatureNet) -> dict:
 class FeatNetBackbone:
     """FVD backbone for the embedded domain (``_target_: qarvd.embedded.featnet.FeatNetBackbone``), batched."""
 
-    def __init__(self, path: str | os.PathLike | None, device: str | torch.device = "cpu", batch_size: int = 64,
+    def __init__(self, path: str | os.PathLike | None, device: str | torch.device = "cpu", videos_per_batch: int = 64,
                  net: Optional[VideoFeatureNet] = None) -> None:
         """Load the bundle at ``path``, or wrap an in-memory ``net`` (training-time evaluation)."""
         self.net = load_featnet(path, device) if net is None else net.to(device).eval()
-        self.device, self.batch_size = torch.device(device), int(batch_size)
+        self.device, self.videos_per_batch = torch.device(device), int(videos_per_batch)
 
     @torch.no_grad()
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.net.features(v.to(self.device)).float().cpu() for v in video.split(self.batch_size)])
+        return torch.cat([self.net.features(v.to(self.device)).float().cpu() for v in video.split(self.videos_per_batch)])
 
     @torch.no_grad()
     def predict(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = [self.net.predict(v.to(self.device)) for v in video.split(self.batch_size)]
+        parts = [self.net.predict(v.to(self.device)) for v in video.split(self.videos_per_batch)]
         return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}

@@ -161,7 +161,7 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None, frechet=None) 
         load_strict(nets, read_state_dict(require_file(cfg.init_from, "init_from", "a tiny_arvd bundle")), cfg.init_from)
     ema = copy.deepcopy(nets).requires_grad_(False)
     opt = torch.optim.AdamW(nets.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
-    per_step = tc.batch_size + tc.first_chunk_batch
+    per_step = tc.videos_per_step + tc.first_chunk_batch
     data = ProceduralVideos("train", tc.steps * per_step, rc.num_frames, size, offset=int(cfg.seed) * 10**9)
     mask = teacher_forcing_mask(rc, nets.model.tokens_per_frame(size, size), device)
     own_from = int(tc.own_context.start_fraction * tc.steps)
@@ -181,12 +181,12 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None, frechet=None) 
             stage_start[step] = time.time()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, tc.steps)
-        video, captions, _ = data.batch(range(step * tc.batch_size, (step + 1) * tc.batch_size), device)
+        video, captions, _ = data.batch(range(step * tc.videos_per_step, (step + 1) * tc.videos_per_step), device)
         gen = step_generator(cfg.seed, step, device)
         loss = _loss_step(nets, video, captions, rc, mask, gen, tc, step >= own_from, device)
         if tc.first_chunk_batch:
-            first = range(tc.steps * tc.batch_size + step * tc.first_chunk_batch,
-                          tc.steps * tc.batch_size + (step + 1) * tc.first_chunk_batch)
+            first = range(tc.steps * tc.videos_per_step + step * tc.first_chunk_batch,
+                          tc.steps * tc.videos_per_step + (step + 1) * tc.first_chunk_batch)
             video0, captions0, _ = data.batch(first, device)
             loss = loss + _first_chunk_loss(nets, video0, captions0, rc, gen, tc, device)
         opt.zero_grad(set_to_none=True)
@@ -209,7 +209,7 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None, frechet=None) 
         from qarvd.embedded.domain_eval import evaluate_domain
 
         metrics["domain"] = evaluate_domain(generate_fn(pipeline_of(ema, rc, size)), featnet, frechet, int(cfg.eval.num_videos),
-                                            rc.num_frames, size, int(cfg.eval.seed), int(cfg.eval.batch_size),
+                                            rc.num_frames, size, int(cfg.eval.seed), int(cfg.eval.prompts_per_batch),
                                             list(cfg.eval.noise_stds))
     meta = bundle_metadata(cfg, ema, rc, data, metrics)
     for path in [out_dir / "tiny_arvd.safetensors"] + ([Path(cfg.export_path)] if cfg.export_path else []):
@@ -225,7 +225,7 @@ def _probe(ema: TinyARVD, rc: RolloutConfig, size: int, featnet, cfg: DictConfig
     from qarvd.embedded.procedural import caption_prompts
 
     prompts = caption_prompts("eval", int(cfg.train.probe_videos))
-    videos = generated_set(generate_fn(pipeline_of(ema, rc, size)), prompts, int(cfg.eval.seed), int(cfg.eval.batch_size))
+    videos = generated_set(generate_fn(pipeline_of(ema, rc, size)), prompts, int(cfg.eval.seed), int(cfg.eval.prompts_per_batch))
     return {k: round(v, 3) for k, v in accuracy(featnet, videos, prompts).items()}
 
 

@@ -39,7 +39,7 @@ def train_featnet(cfg: DictConfig, out_dir: Path) -> dict:
     torch.manual_seed(int(cfg.seed))
     net = VideoFeatureNet(FeatNetConfig(**OmegaConf.to_container(cfg.net, resolve=True))).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    data = ProceduralVideos("train", tc.steps * tc.batch_size, cfg.data.num_frames, cfg.data.size)
+    data = ProceduralVideos("train", tc.steps * tc.videos_per_step, cfg.data.num_frames, cfg.data.size)
     start = 0
     resume = find_resume(cfg.resume)
     if resume is not None:
@@ -52,7 +52,7 @@ def train_featnet(cfg: DictConfig, out_dir: Path) -> dict:
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, tc.steps)
-        video, _, labels = data.batch(range(step * tc.batch_size, (step + 1) * tc.batch_size), device)
+        video, _, labels = data.batch(range(step * tc.videos_per_step, (step + 1) * tc.videos_per_step), device)
         video = random_blur(video, tc.blur_prob, step_generator(cfg.seed, step, device))
         with autocast(device, tc.amp):
             logits = net(video)
@@ -66,7 +66,7 @@ def train_featnet(cfg: DictConfig, out_dir: Path) -> dict:
             save_state(out_dir / "state.pt", {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step + 1})
     train_seconds = time.time() - t0
 
-    backbone = FeatNetBackbone(None, device, batch_size=256, net=net)
+    backbone = FeatNetBackbone(None, device, videos_per_batch=256, net=net)
     videos, captions = real_set(cfg.eval.split, cfg.eval.num_videos, cfg.data.num_frames, cfg.data.size)
     metrics = {"heldout_accuracy": accuracy(backbone, videos, captions), "heldout_split": cfg.eval.split,
                "heldout_videos": int(cfg.eval.num_videos), "train_seconds": train_seconds, "peak_memory_gb": peak_memory_gb(device),

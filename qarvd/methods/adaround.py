@@ -9,4 +9,4 @@ from qarvd.methods.base import Recipe
 
 @dataclass
 class AdaRound(Recipe):
-    recon: bool = True
+    """The shared recipe as configured by conf/method/adaround.yaml (reconstruction on, no components)."""

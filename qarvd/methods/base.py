@@ -62,7 +62,7 @@ class Calibration:
 
     @property
     def batch(self) -> int:
-        return int(self.calib.get("prompt_batch", 8))
+        return int(self.calib["prompts_per_batch"])
 
     def quant_config(self, **kw) -> QuantConfig:
         return QuantConfig(w_bits=self.w_bits, a_bits=self.a_bits, symmetric=self.symmetric,
@@ -83,7 +83,7 @@ class Calibration:
         layers = quant_layers(self.model)
         budget = CaptureBudget(max_calls=max_calls, tokens_per_call=tokens, ram_bytes=1 << 62, seed=self.seed)
         session = capture(self.pipeline, self.prompts, self.seeds, {n: layers[n] for n in names}, budget,
-                          batch_size=self.batch, context_cache=self.contexts)
+                          prompts_per_batch=self.batch, context_cache=self.contexts)
         try:
             return {n: torch.cat([s.tensors["x"] for s in session.stores[n].samples]).float() for n in names}
         finally:
@@ -94,20 +94,22 @@ class Calibration:
 class Recipe:
     """A quantization method: shared stages plus an optional ``prepare`` transformation (see module doc)."""
 
+    # every field comes from conf/method/<name>.yaml (shared keys: conf/method/recipe/base.yaml), the one place
+    # that holds their defaults
     name: str
-    recon: bool = True
-    dual_scale: bool = False
-    outlier: dict = field(default_factory=dict)
-    frame_weighting: str = "none"
-    sensitivity_file: Optional[str] = None
-    dual_scale_frame_weights: bool = False
-    keep: Sequence[str] = ("time_embedding.*", "time_projection.*", "head.*", "patch_embedding")
-    recon_skip_roles: Sequence[str] = ("cross_kv", "embed")
+    recon: bool
+    dual_scale: bool
+    outlier: dict
+    frame_weighting: str
+    sensitivity_file: Optional[str]
+    dual_scale_frame_weights: bool
+    keep: Sequence[str]
+    recon_skip_roles: Sequence[str]
 
     def __post_init__(self) -> None:
         if self.frame_weighting not in STRATEGIES:
             raise ValueError(f"method.frame_weighting='{self.frame_weighting}' is not one of {list(STRATEGIES)}")
-        self.outlier_cfg = OutlierConfig(**dict(self.outlier or {}))
+        self.outlier_cfg = OutlierConfig(**dict(self.outlier))
         self.keep = tuple(self.keep)
         self.recon_skip_roles = tuple(self.recon_skip_roles)
 
@@ -130,15 +132,15 @@ class Recipe:
             else:
                 result = measure_sensitivity(cal)
                 atomic_write_json(cal.work_dir / "sensitivity.json", result)
-                alpha = result["alpha"]
+                alpha = result["frame_alpha"]
                 info["sensitivity_file"] = str(cal.work_dir / "sensitivity.json")
-            info["alpha"] = list(alpha)
+            info["frame_alpha"] = list(alpha)
         w = chunk_weights(self.frame_weighting, num_chunks, alpha)
         info["chunk_weights"] = w.tolist()
         return w, info
 
     def run(self, cal: Calibration) -> dict:
-        """Calibrate ``cal.pipeline.model`` in place; returns what happened (for metrics.json)."""
+        """Calibrate ``cal.pipeline.model`` in place; returns what happened (the record's ``calibration``)."""
         t0 = time.perf_counter()
         torch.manual_seed(cal.seed)
         info: dict[str, Any] = {"method": self.name}
@@ -163,7 +165,7 @@ class Recipe:
             info["recon"] = reconstruct_model(
                 cal.pipeline, cal.prompts, cal.seeds, recon_config(cal.calib, self.recon_skip_roles, cal.seed),
                 capture_budget(cal.calib, cal.seed), resume=ResumeStore(resume_dir(cal), cal.fingerprint),
-                prompt_batch=cal.batch, context_cache=cal.contexts)
+                prompts_per_batch=cal.batch, context_cache=cal.contexts)
         harden_(cal.model)
         info["seconds"] = {"prepare_and_weights": t1 - t0, "activations": t2 - t1, "reconstruction": time.perf_counter() - t2}
         return info
@@ -171,7 +173,7 @@ class Recipe:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def recon_config(calib: dict, skip_roles: Sequence[str], seed: int) -> ReconConfig:
-    keys = ("iters", "batch_size", "lr_round", "lr_act", "reg_weight", "warmup", "beta_start", "beta_end", "granularity")
+    keys = ("iters", "calls_per_step", "lr_round", "lr_act", "reg_weight", "warmup", "beta_start", "beta_end", "granularity")
     return ReconConfig(**{k: calib[k] for k in keys}, skip_roles=tuple(skip_roles), seed=seed)
 
 

@@ -6,4 +6,4 @@ from qarvd.methods.base import Recipe
 
 @dataclass
 class MinMax(Recipe):
-    recon: bool = False
+    """The shared recipe as configured by conf/method/minmax.yaml (reconstruction off)."""

@@ -17,8 +17,8 @@ from qarvd.quant.smoothing import smoothing_factors, ssc_salience, weight_input_
 
 @dataclass
 class PTQ4DiT(Recipe):
-    csb_roles: Sequence[str] = ("attn_qkv", "cross_q", "cross_kv", "attn_out", "ffn_up")
-    fold_norm: bool = True
+    csb_roles: Sequence[str]
+    fold_norm: bool
 
     def prepare(self, cal: Calibration, layers: dict[str, QuantLinear]) -> dict:
         names = [n for n in layers if role_of(n) in self.csb_roles]

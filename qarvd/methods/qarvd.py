@@ -10,5 +10,4 @@ from qarvd.methods.base import Recipe
 
 @dataclass
 class QARVD(Recipe):
-    dual_scale: bool = True
-    frame_weighting: str = "final_quality"
+    """The shared recipe with both components on by default (conf/method/qarvd.yaml)."""

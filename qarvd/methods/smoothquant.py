@@ -12,9 +12,9 @@ from qarvd.quant.smoothing import smoothing_factors, weight_input_absmax
 
 @dataclass
 class SmoothQuant(Recipe):
-    smooth_alpha: float = 0.5
-    smooth_roles: Optional[Sequence[str]] = None  # None: every quantized layer
-    fold_norm: bool = True
+    smooth_strength: float
+    smooth_roles: Optional[Sequence[str]]  # None: every quantized layer
+    fold_norm: bool
 
     def prepare(self, cal: Calibration, layers: dict[str, QuantLinear]) -> dict:
         names = [n for n in layers if self.smooth_roles is None or role_of(n) in self.smooth_roles]
@@ -22,7 +22,7 @@ class SmoothQuant(Recipe):
         folded = []
         for group, members in input_groups(names).items():
             act_max = absmax[members[0]].amax(dim=0)  # max over every calibration sample
-            s = smoothing_factors(act_max, weight_input_absmax([layers[n].weight for n in members]), self.smooth_alpha)
+            s = smoothing_factors(act_max, weight_input_absmax([layers[n].weight for n in members]), self.smooth_strength)
             if apply_smoothing(cal.model, layers, members, s, self.fold_norm):
                 folded.append(group)
-        return {"smoothed_layers": len(names), "folded_into_norm": folded, "alpha": self.smooth_alpha}
+        return {"smoothed_layers": len(names), "folded_into_norm": folded, "smooth_strength": self.smooth_strength}

@@ -17,17 +17,17 @@ from qarvd.quant.smoothing import smoothing_factors, weight_input_absmax
 
 @dataclass
 class SVDQuant(Recipe):
-    rank: int = 32
-    lowrank_dtype: str = "bfloat16"
-    alpha_grid: int = 20
-    refine_iters: int = 100
-    search_calls: int = 8
-    search_tokens: int = 256
+    rank: int
+    lowrank_dtype: str
+    strength_grid: int
+    refine_iters: int
+    search_calls: int
+    search_tokens: int
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1 or self.alpha_grid < 1 or self.refine_iters < 0:
-            raise ValueError("svdquant needs rank >= 1, alpha_grid >= 1 and refine_iters >= 0")
+        if self.rank < 1 or self.strength_grid < 1 or self.refine_iters < 0:
+            raise ValueError("svdquant needs rank >= 1, strength_grid >= 1 and refine_iters >= 0")
 
     def prepare(self, cal: Calibration, layers: dict[str, QuantLinear]) -> dict:
         dtype = parse_dtype(self.lowrank_dtype)
@@ -54,8 +54,8 @@ class SVDQuant(Recipe):
 
             ref = x @ w.T
             best = None
-            for k in range(self.alpha_grid + 1):
-                a = k / self.alpha_grid
+            for k in range(self.strength_grid + 1):
+                a = k / self.strength_grid
                 s = smoothing_factors(absmax[n].amax(dim=0), weight_input_absmax([w]), a).to(w.device)
                 ws, xs = w * s, x / s
                 down, up = lowrank_factors(ws, self.rank, dtype)
@@ -68,4 +68,4 @@ class SVDQuant(Recipe):
             layer.set_smoothing(s)
             layer.set_lowrank(down, up)
             chosen[n], refine_rounds[n] = a, len(history) - 1
-        return {"smooth_alpha": chosen, "refine_rounds": refine_rounds, "rank": self.rank}
+        return {"smooth_strength": chosen, "refine_rounds": refine_rounds, "rank": self.rank}

@@ -119,13 +119,13 @@ class UMT5TextEncoder:
         published_at: str = "",
         dtype: str = "bfloat16",
         arch: Optional[dict] = None,
-        batch_size: int = 8,
+        prompts_per_batch: int = 8,
         random_init: bool = False,
         init_seed: int = 0,
     ) -> None:
-        if int(text_len) < 1 or int(batch_size) < 1:
-            raise ValueError(f"text_len ({text_len}) and batch_size ({batch_size}) must be >= 1")
-        self.text_len, self.batch_size = int(text_len), int(batch_size)
+        if int(text_len) < 1 or int(prompts_per_batch) < 1:
+            raise ValueError(f"text_len ({text_len}) and prompts_per_batch ({prompts_per_batch}) must be >= 1")
+        self.text_len, self.prompts_per_batch = int(text_len), int(prompts_per_batch)
         self.arch = {**UMT5_XXL, **(arch or {})}
         self.text_dim = int(self.arch["d_model"])
         self.device, self.dtype = torch.device(device), _parse_dtype(dtype)
@@ -244,9 +244,9 @@ class UMT5TextEncoder:
         if todo:
             from tqdm import tqdm
 
-            starts = range(0, len(todo), self.batch_size)
+            starts = range(0, len(todo), self.prompts_per_batch)
             for s in tqdm(starts, desc="umT5 encode", unit="batch", disable=not progress):
-                idx = todo[s : s + self.batch_size]
+                idx = todo[s : s + self.prompts_per_batch]
                 for i, emb in zip(idx, self._encode_batch([prompts[i] for i in idx])):
                     out[i] = emb
                     path = self.cache_path(prompts[i])

@@ -259,11 +259,11 @@ class CaptureSession:
         return hook
 
 
-def run_calibration(pipeline, prompts: Sequence[str], seeds: Sequence[int], batch_size: int,
+def run_calibration(pipeline, prompts: Sequence[str], seeds: Sequence[int], prompts_per_batch: int,
                     context_cache: Optional[dict] = None, on_batch_start: Optional[Callable[[int], None]] = None) -> None:
     """Roll out the calibration prompts in batches (prompt embeddings are computed once and reused)."""
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start : start + batch_size])
+    for start in range(0, len(prompts), prompts_per_batch):
+        batch = list(prompts[start : start + prompts_per_batch])
         key = (start, len(batch))
         if context_cache is not None and key in context_cache:
             ctx = context_cache[key]
@@ -273,11 +273,11 @@ def run_calibration(pipeline, prompts: Sequence[str], seeds: Sequence[int], batc
                 context_cache[key] = ctx
         if on_batch_start is not None:
             on_batch_start(start)
-        pipeline.generate_latents(batch, list(seeds[start : start + batch_size]), context=ctx)
+        pipeline.generate_latents(batch, list(seeds[start : start + prompts_per_batch]), context=ctx)
 
 
 def capture(pipeline, prompts: Sequence[str], seeds: Sequence[int], targets: dict[str, nn.Module],
-            budget: CaptureBudget, recorder=None, batch_size: int = 8, context_cache: Optional[dict] = None) -> CaptureSession:
+            budget: CaptureBudget, recorder=None, prompts_per_batch: int = 8, context_cache: Optional[dict] = None) -> CaptureSession:
     """One FP pass over the calibration prompts recording ``targets``; returns the session (``.stores``).
 
     The caller owns the returned session and must ``close()`` it (frees RAM and spill files).
@@ -289,7 +289,7 @@ def capture(pipeline, prompts: Sequence[str], seeds: Sequence[int], targets: dic
             def set_offset(start: int) -> None:
                 session.prompt_offset = start
 
-            run_calibration(pipeline, prompts, seeds, batch_size, context_cache, on_batch_start=set_offset)
+            run_calibration(pipeline, prompts, seeds, prompts_per_batch, context_cache, on_batch_start=set_offset)
     except BaseException:
         session.close()
         raise
@@ -297,7 +297,7 @@ def capture(pipeline, prompts: Sequence[str], seeds: Sequence[int], targets: dic
 
 
 def channel_absmax(pipeline, prompts: Sequence[str], seeds: Sequence[int], modules: dict[str, nn.Module],
-                   batch_size: int = 8, context_cache: Optional[dict] = None) -> dict[str, torch.Tensor]:
+                   prompts_per_batch: int = 8, context_cache: Optional[dict] = None) -> dict[str, torch.Tensor]:
     """Per-sample input channel abs-max of every module: ``{name: [samples, in]}``, one row per (prompt, call).
 
     The salience statistics of SmoothQuant (max over rows) and PTQ4DiT (per-sample rows) come from this pass.
@@ -315,7 +315,7 @@ def channel_absmax(pipeline, prompts: Sequence[str], seeds: Sequence[int], modul
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in modules.items()]
     try:
         with quant_state(pipeline.model, weights=False, acts=False):
-            run_calibration(pipeline, prompts, seeds, batch_size, context_cache)
+            run_calibration(pipeline, prompts, seeds, prompts_per_batch, context_cache)
     finally:
         for h in handles:
             h.remove()

@@ -18,14 +18,16 @@ Z_CONST = 0.6745
 
 @dataclass(frozen=True)
 class OutlierConfig:
-    tau: float = 3.5  # Modified Z-score threshold
-    alpha: float = 1.2  # minimum ratio to the median norm
-    multiple: int = 32  # outlier count rounded up to a multiple of this
-    max_fraction: float = 0.5  # cap on the outlier share of the input channels
+    """Eq. 12's detection settings (``method.outlier`` in conf/method/recipe/base.yaml holds the defaults)."""
+
+    tau: float  # Modified Z-score threshold
+    outlier_ratio: float  # minimum ratio of an outlier column norm to the median norm (the paper's alpha)
+    multiple: int  # outlier count rounded up to a multiple of this
+    max_fraction: float  # cap on the outlier share of the input channels
 
     def __post_init__(self) -> None:
-        if self.tau <= 0 or self.alpha <= 0 or self.multiple < 1 or not 0 < self.max_fraction <= 1:
-            raise ValueError(f"invalid outlier config {self}: need tau > 0, alpha > 0, multiple >= 1, 0 < max_fraction <= 1")
+        if self.tau <= 0 or self.outlier_ratio <= 0 or self.multiple < 1 or not 0 < self.max_fraction <= 1:
+            raise ValueError(f"invalid outlier config {self}: need tau > 0, outlier_ratio > 0, multiple >= 1, 0 < max_fraction <= 1")
 
 
 @dataclass
@@ -54,13 +56,13 @@ def column_norms(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().norm(dim=0)
 
 
-def detect_outliers(norms: torch.Tensor, cfg: OutlierConfig = OutlierConfig()) -> OutlierResult:
+def detect_outliers(norms: torch.Tensor, cfg: OutlierConfig) -> OutlierResult:
     """Eq. 9-12 on a vector of column norms, with the release's rounding and cap."""
     v = norms.detach().double().flatten()
     n = v.numel()
     med = float(v.median())
     mad = float((v - med).abs().median())
-    threshold = max(med + cfg.tau / Z_CONST * mad, cfg.alpha * med)
+    threshold = max(med + cfg.tau / Z_CONST * mad, cfg.outlier_ratio * med)
     raw = 0 if mad < MAD_EPS else int((v > threshold).sum())
     count = 0
     if raw > 0:

@@ -2,7 +2,7 @@
 
 Layer-wise, as released: each Linear alone, input = its captured FP input, target = its FP output (computed from
 the FP weight on the fly, which is exactly the captured output and halves capture memory). Per iteration a batch
-of ``batch_size`` random captured calls; loss per sample = squared error summed over tokens (and channels) times
+of ``calls_per_step`` random captured calls; loss per sample = squared error summed over tokens (and channels) times
 the sample's chunk weight, averaged over batch and output channels; plus ``lambda * sum(1 - |2h-1|^beta)`` after
 the warm-up. Adam (lr 2e-3) on the rounding variables, Adam (lr 4e-5, cosine to 0) on the activation steps.
 
@@ -36,23 +36,25 @@ from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
 
 @dataclass
 class ReconConfig:
-    iters: int = 2000
-    batch_size: int = 8
-    lr_round: float = 2e-3
-    lr_act: float = 4e-5
-    reg_weight: float = 0.01
-    warmup: float = 0.2
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    granularity: str = "layer"  # layer | block
-    skip_roles: tuple = ("cross_kv", "embed")  # not reconstructed (nearest rounding, percentile-init steps)
-    seed: int = 0
+    """The reconstruction settings of ``conf/calib`` (and the method's skipped roles); the YAML holds the defaults."""
+
+    iters: int
+    calls_per_step: int
+    lr_round: float
+    lr_act: float
+    reg_weight: float
+    warmup: float
+    beta_start: float
+    beta_end: float
+    granularity: str  # layer | block
+    skip_roles: tuple  # not reconstructed (nearest rounding, percentile-init steps)
+    seed: int
 
     def __post_init__(self) -> None:
         if self.granularity not in ("layer", "block"):
             raise ValueError(f"reconstruction granularity must be 'layer' or 'block', got '{self.granularity}'")
-        if self.iters < 1 or self.batch_size < 1:
-            raise ValueError("reconstruction needs iters >= 1 and batch_size >= 1")
+        if self.iters < 1 or self.calls_per_step < 1:
+            raise ValueError("reconstruction needs calib.iters >= 1 and calib.calls_per_step >= 1")
         self.skip_roles = tuple(self.skip_roles)
 
 
@@ -87,7 +89,7 @@ def _run_loop(layers: Sequence[QuantLinear], loss_fn: Callable[[torch.Tensor], t
 
     Reports the loss on a fixed check batch with nearest rounding (before) and with the hardened result (after).
     """
-    check = torch.arange(min(n, 4 * cfg.batch_size))
+    check = torch.arange(min(n, 4 * cfg.calls_per_step))
     with torch.no_grad():
         loss_nearest = float(loss_fn(check))
     rounds, steps = [], []
@@ -103,7 +105,7 @@ def _run_loop(layers: Sequence[QuantLinear], loss_fn: Callable[[torch.Tensor], t
     bar = tqdm(range(cfg.iters), desc=desc, leave=False, mininterval=2.0)
     with torch.enable_grad():
         for it in bar:
-            idx = torch.randperm(n, generator=gen)[: cfg.batch_size]
+            idx = torch.randperm(n, generator=gen)[: cfg.calls_per_step]
             rec = loss_fn(idx)
             beta, active = beta_of(it)
             loss = rec + cfg.reg_weight * _regularizer(layers, beta) if active else rec
@@ -271,7 +273,7 @@ def _capture_bytes(module: nn.Module, pipeline, budget: CaptureBudget, n_prompts
 
 
 def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cfg: ReconConfig, budget: CaptureBudget,
-                      resume: Optional[ResumeStore] = None, prompt_batch: int = 8,
+                      resume: Optional[ResumeStore] = None, prompts_per_batch: int = 8,
                       context_cache: Optional[dict] = None) -> dict:
     """Capture and reconstruct every eligible unit of ``pipeline.model`` in RAM-bounded passes; returns stats."""
     model = pipeline.model
@@ -302,7 +304,7 @@ def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cf
     peak_ram = 0
     for group in plan_passes(todo, nbytes, budget.ram_bytes):
         session = capture(pipeline, prompts, seeds, {u: units[u][0] for u in group}, budget, recorder,
-                          batch_size=prompt_batch, context_cache=context_cache)
+                          prompts_per_batch=prompts_per_batch, context_cache=context_cache)
         peak_ram = max(peak_ram, session.ledger.peak)
         try:
             for u in group:

@@ -28,44 +28,46 @@ def latent_mse_by_chunk(q: torch.Tensor, ref: torch.Tensor, chunk_frames: Sequen
     return {"overall": float(d.mean()), "per_chunk": per_chunk, "per_prompt": d.flatten(1).mean(1).tolist()}
 
 
-def generate(pipeline, prompts: Sequence[str], seeds: Sequence[int], batch_size: int,
+def generate(pipeline, prompts: Sequence[str], seeds: Sequence[int], prompts_per_batch: int,
              contexts: Optional[list] = None) -> torch.Tensor:
     """Latents of all prompts, in batches (``contexts``: pre-encoded prompt batches to reuse)."""
     out = []
-    for i, start in enumerate(range(0, len(prompts), batch_size)):
-        batch = list(prompts[start : start + batch_size])
+    for i, start in enumerate(range(0, len(prompts), prompts_per_batch)):
+        batch = list(prompts[start : start + prompts_per_batch])
         ctx = contexts[i] if contexts is not None else None
-        out.append(pipeline.generate_latents(batch, list(seeds[start : start + batch_size]), context=ctx))
+        out.append(pipeline.generate_latents(batch, list(seeds[start : start + prompts_per_batch]), context=ctx))
     return torch.cat(out)
 
 
-def frame_sensitivity(pipeline, prompts: Sequence[str], seeds: Sequence[int], batch_size: int = 8,
+def frame_sensitivity(pipeline, prompts: Sequence[str], seeds: Sequence[int], prompts_per_batch: int = 8,
                       progress: bool = True) -> dict:
     """alpha per chunk for a quantized (percentile-initialised) ``pipeline.model``."""
     model = pipeline.model
     cfg = pipeline.rollout_cfg
-    contexts = [pipeline.encode_prompts(list(prompts[s : s + batch_size])) for s in range(0, len(prompts), batch_size)]
+    contexts = [pipeline.encode_prompts(list(prompts[s : s + prompts_per_batch])) for s in range(0, len(prompts), prompts_per_batch)]
     with quant_state(model, weights=False, acts=False):
-        fp = generate(pipeline, prompts, seeds, batch_size, contexts)
+        fp = generate(pipeline, prompts, seeds, prompts_per_batch, contexts)
     mse = []
     for k in tqdm(range(cfg.num_chunks), desc="chunk sensitivity", disable=not progress):
         with quant_state(model, weights=True, acts=True), chunk_gate(model, [k]):
-            q = generate(pipeline, prompts, seeds, batch_size, contexts)
+            q = generate(pipeline, prompts, seeds, prompts_per_batch, contexts)
         mse.append(latent_mse_by_chunk(q, fp, cfg.chunk_frames())["overall"])
     total = sum(mse)
     if not total > 0:
         raise RuntimeError("quantizing any single chunk left the latents unchanged: cannot normalise the sensitivity")
-    return {"alpha": [m / total for m in mse], "mse": mse, "num_prompts": len(prompts), "num_chunks": cfg.num_chunks}
+    return {"frame_alpha": [m / total for m in mse], "mse": mse, "num_prompts": len(prompts), "num_chunks": cfg.num_chunks}
 
 
 def load_sensitivity(path: str | Path) -> list[float]:
-    """The ``alpha`` vector of a sensitivity JSON (written by scripts/sensitivity.py)."""
+    """The ``frame_alpha`` vector of a sensitivity JSON (written by scripts/sensitivity.py), or a plain JSON list."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"method.sensitivity_file = '{p}' does not exist; compute it with "
                                 "`python scripts/sensitivity.py` (same model and bits) or set it to null")
     data = json.loads(p.read_text())
-    alpha = data["alpha"] if isinstance(data, dict) else data
+    if isinstance(data, dict) and "frame_alpha" not in data:
+        raise ValueError(f"'{path}' has no 'frame_alpha' (keys: {sorted(data)}); write it with scripts/sensitivity.py")
+    alpha = data["frame_alpha"] if isinstance(data, dict) else data
     return [float(a) for a in alpha]
 
 
