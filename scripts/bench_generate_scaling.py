@@ -1,7 +1,7 @@
 """Multi-GPU generation throughput: the same video list through ``torchrun scripts/generate.py`` on 1 and on N GPUs.
 
     python scripts/bench_generate_scaling.py gpus=[1,2] videos=16 out=benchmarks/results name=generate_scaling_h200x2
-    python scripts/bench_generate_scaling.py gpus=[1,2] videos=4 device=cpu 'overrides=["model.arch.dim=32",...]'  # smoke
+    python scripts/bench_generate_scaling.py device=cpu videos=4 'overrides=["model.arch.dim=32",...]'   # CPU smoke
 
 :func:`qarvd.bench.generate_scaling.generate_scaling` (what is measured) writes ``<out>/<name>.json``; settings in
 conf/bench/generate_scaling.yaml.

@@ -1,7 +1,7 @@
 """Latency and size of the CausalWan DiT rollout: bf16 baselines against real W8A8 / W4A8 / FP8 kernels.
 
-    python scripts/bench_latency.py out=benchmarks/results tune=true              # H100: tune GEMM tiles, then everything
-    TRITON_INTERPRET=1 python scripts/bench_latency.py device=cpu arch=tiny       # CPU smoke run
+    python scripts/bench_latency.py out=benchmarks/results tune=true          # H100: tune GEMM tiles, then everything
+    TRITON_INTERPRET=1 python scripts/bench_latency.py device=cpu arch=tiny   # CPU smoke run
     python scripts/bench_latency.py out=benchmarks/results name=b2 sections=[rollout] batches=[2] rows=[w8a8_graph]
 
 Rows are conf/kernel choices plus overrides (``row_specs`` in conf/bench/latency.yaml, with every setting);

@@ -42,7 +42,8 @@ class RandomContextPipeline:
     def encode_prompts(self, prompts):
         g = torch.Generator().manual_seed(len(prompts))
         cfg = self.model.cfg
-        return torch.randn(len(prompts), cfg.text_len, cfg.text_dim, generator=g).to(next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        return torch.randn(len(prompts), cfg.text_len, cfg.text_dim, generator=g).to(device)
 
     @torch.no_grad()
     def generate_latents(self, prompts, seeds, on_chunk=None, context=None):
@@ -76,7 +77,8 @@ def profile_calibration(cfg: DictConfig) -> Path:
     arch = WanConfig(**SMALL) if cfg.small else WanConfig()
     latent = (16, 8, 8) if cfg.small else (16, 60, 104)
     rcfg = RolloutConfig()  # 21 frames, 3 per chunk, 4 steps + refresh
-    res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    res: dict = {"device": name,
                  "torch": torch.__version__, "arch": arch.to_dict(), "latent_frame": list(latent),
                  "forwards_per_prompt": len(rcfg.forward_infos()), "prompts": cfg.prompts,
                  "bits": f"w{cfg.w_bits}a{cfg.a_bits}", "ram_budget_gb": cfg.ram_gb, "iters_measured": cfg.iters,

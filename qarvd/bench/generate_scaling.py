@@ -36,7 +36,8 @@ def run_generation(nproc: int, work: Path, cfg: DictConfig, tokenizer: Path, pro
     run_dir = work / f"nproc{nproc}"
     overrides = [f"model={cfg.model}", f"device={cfg.device}", "model.checkpoint.random_init=true",
                  f"model.text_encoder.tokenizer={tokenizer}", "model.text_encoder.cache_dir=null",
-                 f"model.prompts.eval.path={prompt_file}", f"eval.samples_per_prompt={cfg.videos // len(PROMPTS)}",
+                 f"model.prompts.eval.path={prompt_file}", "eval.names=null",  # files named by the prompts
+                 f"eval.samples_per_prompt={cfg.videos // len(PROMPTS)}",
                  f"eval.batch_size={cfg.prompts_per_batch}", f"eval.video_dir={run_dir / 'videos'}",
                  "eval.strip.scale=1", f"hydra.run.dir={run_dir / 'run'}", *cfg.overrides]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
