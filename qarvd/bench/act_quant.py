@@ -5,17 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels import _common
+from kernels.act_quant import norm_quant
+from kernels.layout import stack_acts
 from qarvd.bench.report import Report, log
 from qarvd.bench.timing import bench_ms
+from qarvd.deploy.modules import RealQuantLinear
+from qarvd.deploy.packing import minmax_spec
 
 
 def act_quant_section(device, rep: Report, m: int, d: int) -> None:
-    from kernels import _common
-    from kernels.act_quant import norm_quant
-    from kernels.layout import stack_acts
-    from qarvd.deploy.modules import RealQuantLinear
-    from qarvd.deploy.packing import minmax_spec
-
     x = torch.randn(m, d, device=device, dtype=torch.bfloat16)
     s = 1560 if m >= 1560 else m
     mod = torch.randn(m // s + 1, 6, d, device=device)

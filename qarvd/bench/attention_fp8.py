@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from kernels import attn_cudnn as C
+from kernels import attn_fp8 as A
 from qarvd.bench.report import Report, device_name
 from qarvd.bench.timing import bench_ms
 from qarvd.deploy.backends import sdpa_context
@@ -58,8 +60,6 @@ def attention_err(out, q, k, v, rows: int = 256) -> float:
 
 def fp8_cache(k, v, lq: int):
     """The Triton kernel's FP8 K/V cache, written chunk by chunk as the rollout does (one scale per chunk and head)."""
-    from kernels import attn_fp8 as A
-
     b, n, h, d = k.shape
     kv = A.Fp8KV(b, n, h, d, "cuda")
     for s in range(0, n, lq):
@@ -89,8 +89,6 @@ def tune_triton(q, k, v, lq: int, res: dict):
 def cudnn_fp8_times(cud, q, k, v, row: dict, graph_check: bool) -> None:
     """cuDNN FP8 SDPA at per-tensor amax scales: time (with and without quantizing q), error to float64 and to its
     float32 emulation; ``graph_check``: a replay inside a CUDA graph gives the eager output."""
-    from kernels import attn_cudnn as C
-
     amax = [t.abs().amax().float() / C.FP8_MAX for t in (q, k, v)]
     k8, v8 = C.quantize_fp8(k, amax[1]), C.quantize_fp8(v, amax[2])
     o_scale = v.abs().amax().float() / C.FP8_MAX  # |o| <= max |v|
@@ -142,8 +140,6 @@ def bench_attention_fp8(cfg: DictConfig) -> Path:
     res["best"] = list(best) if best else None
     cud = None
     if "cudnn" in impls:
-        from kernels import attn_cudnn as C
-
         cud = C.CudnnFp8Attention(CUDA)
         res["cudnn_frontend"] = C._cudnn().__version__ if hasattr(C._cudnn(), "__version__") else "?"
         res["cudnn_backend"] = C._cudnn().backend_version()

@@ -10,14 +10,13 @@ from omegaconf import DictConfig
 
 from qarvd.bench.report import Report, log, rel_err
 from qarvd.bench.rows import Row, backend, build_row
+from qarvd.deploy import accelerate_
 from qarvd.deploy.backends import sdpa_context
 
 FUSED_BF16 = "bf16_fused"  # the fused bf16 row checked against the eager model (JSON key bf16_fused_vs_eager_rel)
 
 
 def check_section(cfg: DictConfig, rows: dict[str, Row], base, fastest: str, device, rep: Report) -> None:
-    from qarvd.deploy import accelerate_
-
     arch = base.cfg
     b, f = 1, cfg.frames_per_chunk
     g = torch.Generator().manual_seed(1)

@@ -36,7 +36,9 @@ from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 from kernels import act_quant, attn_fp8, glue, qgemm  # noqa: E402
+from kernels.layout import stack_acts  # noqa: E402
 from kernels.qgemm import SMEM_LIMIT  # noqa: E402
+from qarvd.deploy.modules import RealQuantLinear, stack_group  # noqa: E402
 from qarvd.utils.io import atomic_write_json  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -129,8 +131,6 @@ def check(name: str, launch, compiled: list) -> dict:
 # ----------------------------------------------------------------------------------------------- launches
 def _linear(n: int, k: int, w_bits: int, outliers: int, dual: str, asym_w: bool):
     """A random min-max packed layer of the family's format (the values do not matter, the packing flags do)."""
-    from qarvd.deploy.modules import RealQuantLinear
-
     return RealQuantLinear.random(k, n, w_bits=w_bits, n_outliers=outliers, asym_w=asym_w, act_range=(-6.0, 6.0),
                                   dual_mode=dual)
 
@@ -146,9 +146,6 @@ def _int_launches(family: str, t: dict) -> list:
     one layer stands for the three), the plain-store ffn GEMMs of the module path (TritonInt8Backend.module_forward:
     blocks left unfused, e.g. with low-rank branches; its producers compile like ``attn->o_int8``) and, in ``w8``, the
     CUTLASS backend's GELU -> int8 producer."""
-    from kernels.layout import stack_acts
-    from qarvd.deploy.modules import stack_group
-
     fmt = next(f[1:] for f in INT_FAMILIES if f[0] == family)
     qkv = [_linear(DIM, DIM, *fmt) for _ in range(3)]
     sq, f0, f2 = (_linear(n, k, *fmt) for n, k in ((DIM, DIM), (FFN, DIM), (DIM, FFN)))

@@ -19,8 +19,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from kernels import act_quant, glue, qgemm
+from kernels import cutlass_gemm as C
 from qarvd.bench.report import Report, device_name
 from qarvd.bench.timing import graph_ms
+from qarvd.deploy.modules import RealQuantLinear
 
 SHAPES = [(1536, 1536), (1536, 8960), (8960, 1536)]
 TOKENS_PER_FRAME = 1560
@@ -36,15 +39,11 @@ def _ms(fn) -> float:
 
 def _layer(k: int, n: int, act_range=(-2.5, 4.0)):
     """A symmetric-weight W8A8 layer (the CUTLASS path's format) with random weights, on the GPU."""
-    from qarvd.deploy.modules import RealQuantLinear
-
     return RealQuantLinear.random(k, n, asym_w=False, act_range=act_range, device="cuda")
 
 
 def gemm_rows(m: int) -> list[dict]:
     """Per Wan shape: every CUTLASS config against cuBLAS bf16 and FP8 _scaled_mm."""
-    from kernels import cutlass_gemm as C
-
     rows = []
     for k, n in SHAPES:
         a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
@@ -80,9 +79,6 @@ def gemm_rows(m: int) -> list[dict]:
 
 def epilogue_rows(m: int) -> list[dict]:
     """Per Wan layer with a consumer: unfused (CUTLASS store + Triton pass) vs fused CUTLASS vs Triton qgemm."""
-    from kernels import act_quant, glue, qgemm
-    from kernels import cutlass_gemm as C
-
     rows = []
     for name, epilogue, k, n, gated in LAYERS:
         lin = _layer(k, n).group()
@@ -139,8 +135,6 @@ def epilogue_rows(m: int) -> list[dict]:
 
 def bench_cutlass_gemm(cfg: DictConfig) -> Path:
     """Every M of ``m``: the shape rows, then the epilogue rows; ``<out>/<name>.json`` rewritten after each M."""
-    from kernels import cutlass_gemm as C
-
     if not torch.cuda.is_available():
         raise RuntimeError("bench_cutlass_gemm times CUDA kernels: it needs a GPU")
     torch.manual_seed(cfg.seed)

@@ -11,9 +11,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from kernels import configs_sm90
+from kernels.configs_sm90 import GemmConfig
+from kernels.fp8 import fp8_linear
+from kernels.layout import stack_acts
+from kernels.qgemm import qgemm, qgemm_ref
 from qarvd.bench.dit import arch_config
 from qarvd.bench.report import Report, log, rel_err
 from qarvd.bench.timing import bench_ms, host_us
+from qarvd.deploy.modules import RealQuantLinear, stack_group
+from qarvd.deploy.packing import minmax_spec
 
 # Tile configs swept by ``tune``: (bm, bn, bk, warps, stages, persistent, occupancy[, subtile[, tma_store]])
 SPACE = {
@@ -47,9 +54,7 @@ def gemm_shapes(arch: str) -> tuple[list, list]:
                                       ("gelu_quant", d, f, 1), ("residual", f, d, 1)]
 
 
-def cfg_of(t) -> "GemmConfig":  # noqa: F821 - kernels.configs_sm90.GemmConfig
-    from kernels.configs_sm90 import GemmConfig
-
+def cfg_of(t) -> GemmConfig:
     bm, bn, bk, w, s, p, occ, *rest = t
     sub, tma = (tuple(rest) + (2, 1)[len(rest):])[:2]
     return GemmConfig(bm, bn, bk, 8, w, s, bool(p), occ, subtile=sub, tma_store=bool(tma))
@@ -58,10 +63,6 @@ def cfg_of(t) -> "GemmConfig":  # noqa: F821 - kernels.configs_sm90.GemmConfig
 def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, asym_w: bool, seed: int = 0):
     """Random packed layer(s) of one variant and random activation codes (row sums included); ``asym_w``: int8
     weights with zero points (int4 always keeps its in-kernel zero point)."""
-    from kernels.layout import stack_acts
-    from qarvd.deploy.modules import RealQuantLinear, stack_group
-    from qarvd.deploy.packing import minmax_spec
-
     _, w_bits, outliers, dual = variant
     asym_w = asym_w or w_bits == 4
     outliers = outliers if k > 256 else min(outliers, 32)
@@ -94,8 +95,6 @@ def gemm_problem(k: int, n: int, m: int, variant: tuple, count: int, device, asy
 
 
 def run_gemm(group, a, rs, m, epilogue, cfg, next_mod=None, residual=None, gate=None):
-    from kernels.qgemm import qgemm
-
     kw = dict(config=cfg, epilogue=epilogue)
     if epilogue == "residual":
         kw.update(residual=residual, gate=gate, tokens_per_frame=1560)
@@ -136,9 +135,6 @@ def precompile(jobs: list, workers: int, asym_w: bool) -> dict:
 def tune(cfg: DictConfig, device, rep: Report, asym_w: bool) -> dict:
     """Time every rollout GEMM at every M (sweeping SPACE at the largest M when ``tune``); returns the winners
     {(variant, epi, K, N, count): cfg tuple}, also written into kernels.configs_sm90.TABLE for this process."""
-    from kernels import configs_sm90
-    from kernels.qgemm import qgemm_ref
-
     ms = sorted(cfg.gemm_m, reverse=True)  # tune at the largest M first; smaller M reuse its winner
     sweep = cfg.tune and device.type == "cuda"
     table, tuning = {}, []
@@ -185,9 +181,6 @@ def tune(cfg: DictConfig, device, rep: Report, asym_w: bool) -> dict:
 def comparison_row(k: int, n: int, m: int, frozen: dict, device, asym_w: bool) -> dict:
     """One (M, K, N) of the comparison table: every Triton variant at its frozen config (plus w8 with weight zero
     points) against cuBLAS bf16, torch._int_mm and FP8 _scaled_mm."""
-    from kernels.fp8 import fp8_linear
-    from kernels.qgemm import qgemm_ref
-
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) / k**0.5
     b = torch.randn(n, device=device, dtype=torch.bfloat16)

@@ -2,10 +2,10 @@
 report, recorded at the end of a latency run)."""
 from __future__ import annotations
 
+from kernels import act_quant, glue, qgemm
+
 
 def kernel_resources() -> dict:
-    from kernels import act_quant, glue, qgemm
-
     out = {}
     for name, fn in (("norm_quant", act_quant._norm_quant_kernel), ("qgemm", qgemm._qgemm_kernel),
                      ("qk_rope", glue._qk_kernel), ("residual", glue._residual_kernel)):

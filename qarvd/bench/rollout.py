@@ -14,6 +14,7 @@ from qarvd.bench.dit import rollout_once, time_rollout
 from qarvd.bench.report import Report, log, rel_err
 from qarvd.bench.rows import Row, build_row
 from qarvd.bench.sizes import file_bytes, format_sizes, model_bytes
+from qarvd.deploy import calibrate_attention_fp8_
 
 FLASH_ROW = "bf16_eager_flash"  # the paper's setting: the reference of speedup_vs_bf16_flash
 LATENT_REF_ROW = "bf16_fused"  # same seeds: latent_rel_diff_to_bf16_fused measures how far a format moves the latents
@@ -24,8 +25,6 @@ def calibrated(model, attention: str, batch: int, cfg: DictConfig) -> dict:
     with bf16 attention (qarvd.deploy.calibrate_attention_fp8_); returns the per-layer amax medians for the record."""
     if attention != "cudnn_fp8":
         return {}
-    from qarvd.deploy import calibrate_attention_fp8_
-
     amax = calibrate_attention_fp8_(model, lambda: rollout_once(model, batch, cfg))
     return {"fp8_attention_amax_median": amax.median(0).values.tolist()}  # q, k, v, o
 

@@ -15,6 +15,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from qarvd.deploy import accelerate_, convert_to_real
+from qarvd.deploy.packing import minmax_spec
+from qarvd.quant.select import select_linears
+
 FASTEST = "fastest"  # a row's attention: the winner of the attention section ("auto" when it did not run)
 
 
@@ -46,10 +50,6 @@ def backend(cfg: DictConfig, kernel: str, **overrides):
 def real_model(base, be, w_bits: int, outliers: int):
     """A converted copy of ``base`` on backend ``be``: min-max specs of every quantized linear (block linears get
     ``outliers`` columns), weights with zero points exactly when the backend deploys the artifact's weights."""
-    from qarvd.deploy import accelerate_, convert_to_real
-    from qarvd.deploy.packing import minmax_spec
-    from qarvd.quant.select import select_linears
-
     model = copy.deepcopy(base)
     specs = {}
     for name in select_linears(model):
@@ -65,8 +65,6 @@ def real_model(base, be, w_bits: int, outliers: int):
 
 def _kernel_model(row: Row, cfg: DictConfig, base, attention: str, device):
     """Convert (int and fp8 formats) and accelerate_ a copy of the base model with the row's backend."""
-    from qarvd.deploy import accelerate_
-
     be = backend(cfg, row.kernel, **row.set, attention=attention, graphs=row.graphs)
     if be.format == "bf16":
         return accelerate_(copy.deepcopy(base), be)
@@ -83,8 +81,6 @@ def _torchao_int8_model(row: Row, cfg: DictConfig, base, attention: str, device)
     """torchao's dynamic int8 (Int8DynamicActivationInt8WeightConfig) on every linear we quantize, eager."""
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
     from torchao.quantization import quantize_ as ao_quantize_
-
-    from qarvd.quant.select import select_linears
 
     model = copy.deepcopy(base)
     names = set(select_linears(model))

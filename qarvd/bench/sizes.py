@@ -5,6 +5,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from qarvd.deploy import save_real
+from qarvd.utils.io import save_safetensors_atomic
+
 
 def model_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -12,9 +15,6 @@ def model_bytes(model) -> int:
 
 def file_bytes(model, bf16: bool = False) -> int:
     """Bytes of the model's safetensors file (bf16: the plain state dict; else the deployment format)."""
-    from qarvd.deploy import save_real
-    from qarvd.utils.io import save_safetensors_atomic
-
     with tempfile.TemporaryDirectory() as tmp:
         if bf16:
             save_safetensors_atomic(Path(tmp) / "model.safetensors", model.state_dict())
