@@ -1,7 +1,7 @@
 """Calibration cost at Wan2.1-T2V-1.3B dims (random weights): capture + layer-wise reconstruction of one block.
 
     python scripts/profile_calibration.py device=cuda out=benchmarks/results name=profile_calibration_h100
-    python scripts/profile_calibration.py device=cpu small=true iters=5 out=/tmp/p         # smoke run
+    python scripts/profile_calibration.py device=cpu small=true iters=5 out=/tmp/p   # smoke run
 
 :func:`qarvd.bench.calibration_profile.profile_calibration` (the stages, the projection) writes ``<out>/<name>.json``;
 settings in conf/bench/profile_calibration.yaml.

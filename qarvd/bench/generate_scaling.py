@@ -38,7 +38,7 @@ def run_generation(nproc: int, work: Path, cfg: DictConfig, tokenizer: Path, pro
                  f"model.text_encoder.tokenizer={tokenizer}", "model.text_encoder.cache_dir=null",
                  f"model.prompts.eval.path={prompt_file}", "eval.names=null",  # files named by the prompts
                  f"eval.samples_per_prompt={cfg.videos // len(PROMPTS)}",
-                 f"eval.batch_size={cfg.prompts_per_batch}", f"eval.video_dir={run_dir / 'videos'}",
+                 f"eval.prompts_per_batch={cfg.prompts_per_batch}", f"eval.video_dir={run_dir / 'videos'}",
                  "eval.strip.scale=1", f"hydra.run.dir={run_dir / 'run'}", *cfg.overrides]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(REPO_ROOT / "scripts" / "generate.py"), *overrides]
