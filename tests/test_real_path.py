@@ -144,7 +144,7 @@ def test_prompt_cache_is_reused_without_loading_the_encoder(release, tmp_path):
     again = _encoder(paths, tmp_path)
     ctx = again.encode(PROMPTS[::-1])
     assert again._model is None  # every prompt came from the cache
-    fresh = _encoder(paths, tmp_path, batch_size=3).__class__(
+    fresh = _encoder(paths, tmp_path, prompts_per_batch=3).__class__(
         str(paths["text_weights"]), str(paths["tokenizer"]), text_len=16, arch=T5_ARCH, dtype="float32", cache_dir=None)
     assert torch.equal(ctx, fresh.encode(PROMPTS[::-1]))
 
