@@ -4,12 +4,29 @@
 16 bits; the residual is computed against the 16-bit factors so ``R + L2 L1`` is exactly the smoothed weight the
 forward reproduces. Optional refinement (as in SVDQuant/nunchaku): re-take the SVD of ``W' - Q(R)`` so the
 branch absorbs the residual's quantization error; keep the best output error, stop when it rises.
+
+The paper's rank 32 is a share of a 1536-wide layer's parameters; :func:`lowrank_rank` keeps that share on a model
+of another width (rank 32 on a width-128 layer would hold about half of its parameters).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
+
+
+def lowrank_rank(in_features: int, out_features: int, reference: Sequence[int]) -> int:
+    """The rank whose branch holds the parameter share that rank ``reference[1]`` holds at width ``reference[0]``.
+
+    A rank-r branch of an [out, in] layer holds ``r (in + out) / (in out)`` of its parameters. Scaling both sides of a
+    layer by k divides that share by k, so the share is kept when the rank scales with the layer's narrow side
+    ``min(in, out)`` (the model width for every CausalWan linear): 32 on every Wan 1.3B layer (width 1536), 3 at
+    width 128 (share within rounding of the Wan layer of the same shape). At least 1.
+    """
+    width, rank = (int(v) for v in reference)
+    if width < 1 or rank < 1:
+        raise ValueError(f"the low-rank reference (width, rank) must be positive, got {tuple(reference)}")
+    return max(1, round(rank * min(int(in_features), int(out_features)) / width))
 
 
 def lowrank_factors(w: torch.Tensor, rank: int, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
