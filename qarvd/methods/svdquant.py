@@ -6,7 +6,8 @@
    over identity, ``(a, 0)`` and ``(a, 1 - a)`` of ``s = max|X|^a / max|W|^b`` (:func:`smoothing_candidates`), scored
    by the output error of the quantized group WITH its low-rank branch, activations AND weights quantized.
 2. A 16-bit rank-r branch from the SVD of the group's smoothed stacked weight (one ``L1`` shared by the group, as
-   deepcompressor's default non-exclusive branch), refined by re-taking the SVD of ``W' - Q(R)`` (early stop).
+   deepcompressor's default non-exclusive branch), refined by re-taking the SVD of ``W' - Q(R)`` while the output
+   error (quantized activations on the residual path) falls (``calib/lowrank.py``, early stop).
 3. Only the residual is quantized: ``y = Q(X/s) Q(R)^T + (X/s) L1^T L2^T + b``.
 
 The group's error is taken on the stacked outputs of its layers (deepcompressor scores q/k/v on the attention
@@ -114,7 +115,8 @@ class SVDQuant(Recipe):
             rank = self.branch_rank(w)
             pair, s, errors = search_smoothing(x, w, absmax[members[0]].amax(dim=0), self.candidates, quant, rank, dtype)
             with torch.no_grad():
-                down, up, history = refine_lowrank(w * s, rank, quant.weight, x / s, self.refine_iters, dtype)
+                down, up, history = refine_lowrank(w * s, rank, quant.weight, x / s, self.refine_iters, dtype,
+                                                   x_quantized=quant.act(x / s))
             row = 0
             for n in members:
                 layers[n].set_smoothing(None if pair == IDENTITY else s)

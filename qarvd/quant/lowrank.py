@@ -44,18 +44,23 @@ def branch(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def refine_lowrank(w: torch.Tensor, rank: int, quantize: Callable[[torch.Tensor], torch.Tensor],
-                   x: Optional[torch.Tensor], iters: int, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                   x: Optional[torch.Tensor], iters: int, dtype: torch.dtype = torch.bfloat16,
+                   x_quantized: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Iterate ``L <- SVD_r(W - Q(W - L))`` up to ``iters`` times; returns the best (L1, L2) and the error history.
 
-    The error is the output error ``mean((x (Q(R) + L)^T - x W^T)^2)`` on the sample ``x`` (the weight error if
-    ``x`` is None). ``quantize`` maps a residual to its quantize-dequantized version.
+    The error is the output error ``mean((Q(x) Q(R)^T + x L^T - x W^T)^2)`` on the sample ``x`` (the weight error if
+    ``x`` is None), where ``Q(x)`` is ``x_quantized`` (the quantized input the residual path sees) or ``x`` itself.
+    ``quantize`` maps a residual to its quantize-dequantized version.
     """
     w = w.float()
     ref = w if x is None else x.float() @ w.T
+    xq = None if x is None else (x if x_quantized is None else x_quantized).float()
 
     def error(down, up):
-        approx = quantize(w - branch(down, up)) + branch(down, up)
-        return float(((approx if x is None else x.float() @ approx.T) - ref).pow(2).mean())
+        lr = branch(down, up)
+        if x is None:
+            return float((quantize(w - lr) + lr - ref).pow(2).mean())
+        return float((xq @ quantize(w - lr).T + x.float() @ lr.T - ref).pow(2).mean())
 
     down, up = lowrank_factors(w, rank, dtype)
     best, history = (down, up), [error(down, up)]
