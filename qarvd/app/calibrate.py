@@ -17,7 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from eval.records import RECORD_FILE, new_record
-from qarvd.app.provenance import checkpoint_identity, run_identity, weights_identity
+from qarvd.app.preflight import preflight
+from qarvd.app.provenance import base_weights, checkpoint_identity, run_identity, run_lock, weights_identity
 from qarvd.data.prompts import select
 from qarvd.methods.base import Calibration
 from qarvd.models.pipeline import build_pipeline
@@ -33,7 +34,7 @@ def calib_prompts(cfg: DictConfig, pool: Optional[list[str]] = None) -> list[str
     """The calibration prompts alone (also what a deployment calibrates its FP8 attention scales on); ``pool``: the
     calibration prompt file's contents when the caller has read it already."""
     pool = instantiate(cfg.model.prompts.calib) if pool is None else pool
-    return select(pool, int(cfg.calib.prompt_start), int(cfg.calib.num_prompts))
+    return select(pool, int(cfg.calib.prompt_start), cfg.calib.num_prompts, "calib.num_prompts")
 
 
 def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str]]:
@@ -42,8 +43,18 @@ def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str
     eval_pool = instantiate(cfg.model.prompts.eval)
     c = cfg.calib
     calib = calib_prompts(cfg, calib_pool)
-    sens = select(calib_pool, int(c.prompt_start), min(int(c.sensitivity_prompts), len(calib_pool) - int(c.prompt_start)))
-    return calib, sens, select(eval_pool, 0, int(c.eval_prompts))
+    sens = select(calib_pool, int(c.prompt_start), min(int(c.sensitivity_prompts), len(calib_pool) - int(c.prompt_start)),
+                  "calib.sensitivity_prompts")
+    return calib, sens, select(eval_pool, 0, c.eval_prompts, "calib.eval_prompts")
+
+
+def calibration_fingerprint(cfg: DictConfig) -> dict:
+    """Everything a calibration's result depends on (model, method, bits, calibration settings, seed, weight file
+    hashes): resumable reconstruction and the reuse of a finished calibration both require it to match."""
+    calib = OmegaConf.to_container(cfg.calib, resolve=True)
+    return ({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
+            | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")},
+               "seed": int(cfg.seed), "weights": weights_identity(cfg)})
 
 
 def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration, list[str], list[int]]:
@@ -56,14 +67,11 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
     calib_prompts, sens_prompts, eval_prompts = calibration_prompts(cfg)
     seed = int(cfg.seed)
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
-    weights = weights_identity(cfg)
     cal = Calibration(
         pipeline=pipeline, w_bits=int(bits.w_bits), a_bits=int(bits.a_bits), symmetric=bool(bits.symmetric),
         calib=calib, prompts=calib_prompts, seeds=[seed + i for i in range(len(calib_prompts))], work_dir=Path(out_dir),
         sensitivity_prompts=sens_prompts, sensitivity_seeds=[seed + i for i in range(len(sens_prompts))],
-        fingerprint={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
-        | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")},
-           "seed": seed, "weights": weights},
+        fingerprint=calibration_fingerprint(cfg),
         sensitivity_key={"model": OmegaConf.to_container(cfg.model.arch, resolve=True), "dtype": cfg.model.dtype,
                          "checkpoint": checkpoint_identity(cfg), "rollout": OmegaConf.to_container(cfg.model.rollout, resolve=True),
                          "bits": [int(bits.w_bits), int(bits.a_bits), bool(bits.symmetric)],
@@ -76,10 +84,18 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
 
 
 def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and record; return the record."""
+    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and record; return the record.
+
+    The config and every file the run reads are checked first (nothing is built before); the folder is locked."""
     out_dir = Path(out_dir)
     check_bits(cfg.bits.w_bits, "bits.w_bits")
     check_bits(cfg.bits.a_bits, "bits.a_bits")
+    preflight(cfg, "calibrate")
+    with run_lock(out_dir):
+        return _train_quant(cfg, out_dir)
+
+
+def _train_quant(cfg: DictConfig, out_dir: Path) -> dict:
     recipe = instantiate(cfg.method, _convert_="all")
     t0 = time.perf_counter()
     cal, eval_prompts, eval_seeds = build_calibration(cfg, out_dir)
@@ -91,16 +107,21 @@ def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
     q_latents = generate(pipeline, eval_prompts, eval_seeds, cal.batch)
     mse = latent_mse_by_chunk(q_latents, fp_latents, pipeline.rollout_cfg.chunk_frames())
     identity = run_identity(cfg)
-    artifact = save_artifact(pipeline.model, out_dir, {**identity, "bits_cfg": OmegaConf.to_container(cfg.bits)})
+    tags = OmegaConf.to_container(cfg.eval.tags, resolve=True)
+    artifact = save_artifact(pipeline.model, out_dir, {
+        **identity, "bits_cfg": OmegaConf.to_container(cfg.bits, resolve=True), "tags": tags,
+        "base_weights": base_weights(cfg), "calib_settings": cal.fingerprint["calib"],
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True)})
     atomic_write_text(out_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record = new_record(
         "calibrate", identity,
-        tags=OmegaConf.to_container(cfg.eval.tags, resolve=True),
+        tags=tags,
         metrics={"latent_mse": mse["overall"]},
         per_chunk={"latent_mse": mse["per_chunk"]},
         per_item={item_name(p, s): {"latent_mse": v} for p, s, v in zip(eval_prompts, eval_seeds, mse["per_prompt"])},
         num_items=len(eval_prompts),
         provenance={"weights": cal.fingerprint["weights"], "artifact": str(artifact / TENSORS_FILE),
+                    "fingerprint": cal.fingerprint,
                     "config": str(out_dir / "resolved_config.yaml"), "calib_prompts": len(cal.prompts)},
         method_config=OmegaConf.to_container(cfg.method, resolve=True),
         calibration=info,

@@ -6,74 +6,30 @@ under ``eval.lpips.required=false``) are recorded under ``unavailable`` with the
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from eval.lpips_fp import LPIPSMetric, build_lpips, psnr_frames, ssim_frames
 from eval.reference import evaluate_pairs
 from eval.records import RECORD_FILE, load_records, new_record, save_fvd_features
 from eval.vbench import parse_vbench_results, run_vbench
 from eval.video_io import VideoEncoding, read_video, write_video
-from qarvd.app.generate import StripSpec, dist_env, generate_pair, shard, video_jobs
-from qarvd.app.provenance import run_identity
+from qarvd.app.generate import barrier, dist_env, from_rank0, generate, process_group
+from qarvd.app.preflight import preflight
+from qarvd.app.provenance import MANIFEST, ProvenanceError, labels_from_artifact, run_identity, run_lock
+from qarvd.app.wandb_logger import NullLogger, logging_run
 from qarvd.utils.errors import MissingWeightsError
 from qarvd.utils.io import atomic_write_json
 
 
 CALIBRATION_DIR = "calibration"  # sub-folder of an evaluation run that calibrates first (artifact + its record)
-
-
-def encoding(cfg: DictConfig) -> VideoEncoding:
-    return VideoEncoding(**OmegaConf.to_container(cfg.eval.video, resolve=True))
-
-
-def jobs(cfg: DictConfig):
-    """The video jobs of ``cfg.eval`` (prompts, optional names, range, samples) with base seed ``cfg.seed``."""
-    e = cfg.eval
-    prompts = instantiate(e.prompts, _convert_="all")
-    names = instantiate(e.names, _convert_="all") if e.names is not None else None
-    return video_jobs(prompts, names, int(e.start), int(e.count), int(e.samples_per_prompt), int(cfg.seed))
-
-
-def fp_folder(cfg: DictConfig) -> Optional[Path]:
-    """``eval.fp_dir`` if set; with ``eval.share_fp`` a folder under ``eval.fp_cache_dir`` named by a hash of all
-    the FP videos depend on (model config and checkpoint file, seed, prompts and names, samples, encoding), so the
-    jobs of a sweep generate them once and a changed model never reuses stale ones; else None (<video_dir>/fp)."""
-    e = cfg.eval
-    if e.fp_dir:
-        return Path(e.fp_dir)
-    if not e.share_fp:
-        return None
-    key = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in (
-        ("model", cfg.model), ("seed", cfg.seed), ("prompts", e.prompts), ("names", e.names),
-        ("samples", e.samples_per_prompt), ("video", e.video))}
-    ckpt = Path(str(cfg.model.checkpoint.path))
-    if not cfg.model.checkpoint.get("random_init", False) and ckpt.exists():
-        key["checkpoint_file"] = [ckpt.stat().st_size, ckpt.stat().st_mtime_ns]
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Path(e.fp_cache_dir) / f"{cfg.model.name}-{digest}"
-
-
-def generate(cfg: DictConfig, quantize: Optional[Callable[[object], None]] = None) -> dict:
-    """Build the model pipeline and write this process's share of the FP (and quantized) videos."""
-    from qarvd.models.pipeline import build_pipeline
-
-    e = cfg.eval
-    pipe = build_pipeline(cfg.model, device=cfg.device)
-    todo = jobs(cfg)
-    if getattr(pipe.text_encoder, "cache_dir", None) is not None:
-        # umT5-XXL: encode this rank's prompts into the cache once and free the encoder (~11 GB) before the rollouts
-        rank, world = dist_env()
-        pipe.text_encoder.precompute([j.prompt for b in shard(todo, int(e.prompts_per_batch), rank, world) for j in b])
-    return generate_pair(pipe, todo, e.video_dir, encoding(cfg), quantize, int(e.prompts_per_batch),
-                         StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), fp_folder(cfg))
 
 
 def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> tuple[dict, dict]:
@@ -111,13 +67,13 @@ def vbench_metrics(cfg: DictConfig, videos_dir: str | os.PathLike, name: str) ->
 
 
 def evaluate_run(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                 extra: Optional[dict] = None) -> dict:
-    """All enabled metrics for one FP/quantized pair of folders; writes ``<output_dir>/record.json`` (and the FVD
-    feature pairs beside it)."""
+                 identity: dict, extra: Optional[dict] = None) -> dict:
+    """All enabled metrics for one FP/quantized pair of folders, labelled ``identity`` (model, method, bits, ...,
+    tags); writes ``<output_dir>/record.json`` (and the FVD feature pairs beside it)."""
     e = cfg.eval
     out, unavailable = reference_metrics(cfg, fp_dir, quant_dir)
     record = new_record(
-        "evaluate", run_identity(cfg), tags=OmegaConf.to_container(e.tags, resolve=True), metrics=out["metrics"],
+        "evaluate", identity, metrics=out["metrics"],
         per_item=out["per_item"], num_items=out["num_items"], unavailable=unavailable,
         fvd_backbone=e.fvd.backbone if e.fvd.enabled else None,
         dirs={"fp": str(fp_dir), "quant": str(quant_dir)}, **(extra or {}))
@@ -149,61 +105,64 @@ def log_record(logger, record: dict, fps: float, sample_videos: int, output_dir:
         logger.log_videos(videos, fps)
 
 
-def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None, cfg: Optional[DictConfig] = None,
-                       ) -> Callable[[object], None]:
-    """``quantize(pipe)`` that loads a saved quantized artifact (scripts/train_quant.py output) into the DiT in place.
-
-    The one place where evaluation reaches into the quantization core. ``info`` receives the model's weight memory.
-    With ``cfg.eval.deploy`` the fake-quant model is then converted to real low-bit modules run by ``cfg.kernel``
-    (the videos a deployment would make); ``attention=cudnn_fp8`` first calibrates its static FP8 scales with one
-    rollout of the config's calibration prompts (not the evaluation prompts).
-    """
-    def apply(pipe) -> None:
-        from qarvd.quant.artifact import load_artifact
-
-        load_artifact(pipe.model, path)
-        if info is not None:
-            info["weight_bytes"] = weight_bytes(pipe.model)
-        if cfg is not None and cfg.eval.deploy:
-            deploy_real_(pipe, cfg)
-
-    return apply
-
-
-def deploy_real_(pipe, cfg: DictConfig) -> None:
-    """Replace the pipeline's fake-quant DiT by its real modules of backend ``cfg.kernel``, accelerated (in place)."""
-    from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
-    from qarvd.deploy.from_quant import real_specs
-    from qarvd.app.calibrate import calib_prompts
-    from qarvd.quant.sensitivity import generate as rollout
-
-    backend = instantiate(cfg.kernel)
-    pipe.model = accelerate_(convert_to_real(pipe.model, real_specs(pipe.model), backend), backend)
-    if backend.fp8_attention_on:
-        prompts = calib_prompts(cfg)
-        seeds = [int(cfg.seed) + i for i in range(len(prompts))]
-        calibrate_attention_fp8_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.prompts_per_batch)))
-
-
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
     """Run the configured method x bits calibration (train_quant's library call) into ``<output_dir>/calibration``,
-    unless a finished calibration is already there (its record is written last); returns the artifact path."""
-    from qarvd.app.calibrate import train_quant
+    unless a finished calibration of the same fingerprint is already there (its record is written last); a
+    calibration of another config in that folder is refused. Returns the artifact path."""
+    from qarvd.app.calibrate import calibration_fingerprint, train_quant
 
     folder = Path(output_dir) / CALIBRATION_DIR
     done = folder / RECORD_FILE
-    record = load_records([done])[0] if done.exists() else train_quant(cfg, folder)
+    if not done.exists():
+        return Path(train_quant(cfg, folder)["provenance"]["artifact"])
+    record = load_records([done])[0]
+    if record["provenance"].get("fingerprint") != calibration_fingerprint(cfg):
+        raise ProvenanceError(f"'{folder}' holds a finished calibration of another config ({record['method']} "
+                              f"{record['bits']}, calib {record['calib']}): give this run its own hydra.run.dir")
     return Path(record["provenance"]["artifact"])
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Weight memory of a deployed model: quantized weights at their bit-width, every other parameter (biases, norms,
-    layers kept in float, SVDQuant's low-rank branch) at 16 bits; quantizer scales are left out (they are tiny)."""
-    from qarvd.quant.linear import quant_layers
+def labels(cfg: DictConfig, artifact: Optional[str], quant_dir: Optional[str]) -> dict:
+    """Who a result belongs to: the artifact's own labels, or those of the quantized folder's manifest; the config's
+    only for a folder that has none (recorded as such in the provenance)."""
+    from qarvd.quant.artifact import read_config
 
-    layers = quant_layers(model).values()
-    quantized = {id(m.weight) for m in layers}
-    bits = sum(m.weight.numel() * m.w_bits for m in layers)
-    bits += 16 * sum(p.numel() for p in model.parameters() if id(p) not in quantized)
-    bits += 16 * sum(t.numel() for m in layers for t in (getattr(m, "lr_down", None), getattr(m, "lr_up", None)) if t is not None)
-    return int(bits // 8)
+    if artifact:
+        return labels_from_artifact(cfg, read_config(artifact)["run"], str(artifact))
+    manifest = Path(str(quant_dir)) / MANIFEST
+    if manifest.exists() and json.loads(manifest.read_text()).get("labels"):
+        return labels_from_artifact(cfg, json.loads(manifest.read_text())["labels"], str(manifest))
+    return {**run_identity(cfg), "tags": OmegaConf.to_container(cfg.eval.tags, resolve=True), "labels_from": "config"}
+
+
+def evaluate(cfg: DictConfig) -> Optional[dict]:
+    """The evaluate entry point (scripts/evaluate.py): calibrate unless ``eval.artifact`` is given, generate the
+    paired videos (sharded over RANK / WORLD_SIZE), score them, write the record and mirror it to the logger.
+    Returns the record on rank 0 (None on the others)."""
+    e = cfg.eval
+    rank = dist_env()[0]
+    if rank == 0:
+        preflight(cfg, "evaluate")
+    logger = instantiate(cfg.logger) if rank == 0 else NullLogger()
+    with process_group(), logging_run(logger, cfg):
+        output_dir = Path(from_rank0(str(cfg.paths.output_dir)))  # every rank writes into rank 0's run folder
+        with run_lock(output_dir) if rank == 0 else contextlib.nullcontext():
+            extra: dict = {}
+            if e.quant_dir:
+                if not e.fp_dir:
+                    raise ValueError("eval.quant_dir needs eval.fp_dir: the FP videos to compare against")
+                dirs = {"fp": e.fp_dir, "quant": e.quant_dir}
+                identity = labels(cfg, None, e.quant_dir)
+            else:
+                artifact = e.artifact or from_rank0(str(calibrate(cfg, output_dir)) if rank == 0 else None)
+                identity = labels(cfg, artifact, None)  # before any video: a contradicting config stops here
+                extra["artifact"] = str(artifact)
+                with open_dict(cfg):
+                    cfg.eval.video_dir = from_rank0(str(e.video_dir))
+                dirs = generate(cfg, str(artifact), extra)["dirs"]
+                barrier()
+            if rank != 0:
+                return None
+            record = evaluate_run(cfg, dirs["fp"], dirs["quant"], output_dir, identity, extra)
+            log_record(logger, record, float(e.video.fps), int(e.sample_videos), output_dir)
+    return record

@@ -13,6 +13,8 @@ repeated name gets the next ``k``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 from collections import Counter
@@ -23,9 +25,15 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from eval.video_io import VIDEO_SUFFIX, VideoEncoding, write_video
-from qarvd.data.prompts import select
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
 from eval.strip import save_png, strip_image
+from eval.video_io import VIDEO_SUFFIX, VideoEncoding, write_video
+from qarvd.app.preflight import preflight
+from qarvd.app.provenance import check_or_write_manifest, run_lock, video_manifest
+from qarvd.data.prompts import select
+from qarvd.utils.io import atomic_write_json
 
 MAX_NAME_BYTES = 230  # file names are limited to 255 bytes; room is left for "-<k>.mp4"
 
@@ -40,8 +48,10 @@ class VideoJob:
 
 
 def file_stem(text: str) -> str:
-    """A file-system-safe stem: no path separators, at most MAX_NAME_BYTES bytes of UTF-8."""
+    """A file-system-safe stem: no path separators, no leading '.' (hidden files are skipped by every folder
+    listing, so such a video would be generated but never scored), at most MAX_NAME_BYTES bytes of UTF-8."""
     stem = text.replace("/", "_").replace("\0", "_").strip() or "video"
+    stem = "_" + stem[1:] if stem.startswith(".") else stem
     return stem.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
 
 
@@ -49,11 +59,11 @@ def video_jobs(
     prompts: Sequence[str],
     names: Optional[Sequence[str]] = None,
     start: int = 0,
-    count: int = 0,
+    count: Optional[int] = None,
     samples_per_prompt: int = 1,
     seed: int = 0,
 ) -> list[VideoJob]:
-    """The jobs for prompts ``[start, start + count)`` (count 0: to the end), ``samples_per_prompt`` each.
+    """The jobs for prompts ``[start, start + count)`` (count None: to the end), ``samples_per_prompt`` each.
 
     Names are numbered over the whole list, so a video's name does not depend on ``start`` or ``count``.
     """
@@ -61,7 +71,7 @@ def video_jobs(
         raise ValueError(f"eval.names has {len(names)} entries for {len(prompts)} prompts; they must align line by line")
     if samples_per_prompt < 1:
         raise ValueError(f"eval.samples_per_prompt must be >= 1, got {samples_per_prompt}")
-    end = start + len(select(prompts, start, count))
+    end = start + len(select(prompts, start, count, "eval.count"))
     seen: Counter = Counter()
     jobs = []
     for i in range(end):
@@ -92,10 +102,10 @@ def shard(jobs: Sequence[VideoJob], prompts_per_batch: int, rank: int = 0, world
 
 @dataclass(frozen=True)
 class StripSpec:
-    """PNG strip per video: ``frames`` evenly spaced frames (0 = all), upscaled ``scale`` times."""
+    """PNG strip per video: ``frames`` evenly spaced frames (0 = all), upscaled ``scale`` times (``eval.strip``)."""
 
-    frames: int = 8
-    scale: int = 1
+    frames: int
+    scale: int
 
 
 def generate_set(
@@ -104,7 +114,7 @@ def generate_set(
     video_dir: str | os.PathLike,
     strips: Optional[str | os.PathLike],
     enc: VideoEncoding,
-    strip: StripSpec = StripSpec(),
+    strip: StripSpec,
     skip_existing: bool = True,
     desc: str = "videos",
 ) -> dict:
@@ -144,26 +154,104 @@ def strip_dir(video_folder: str | os.PathLike) -> Path:
     return folder.parent / "strips" / folder.name
 
 
+def encoding(cfg: DictConfig) -> VideoEncoding:
+    return VideoEncoding(**OmegaConf.to_container(cfg.eval.video, resolve=True))
+
+
+def jobs(cfg: DictConfig):
+    """The video jobs of ``cfg.eval`` (prompts, optional names, range, samples) with base seed ``cfg.seed``."""
+    e = cfg.eval
+    prompts = instantiate(e.prompts, _convert_="all")
+    names = instantiate(e.names, _convert_="all") if e.names is not None else None
+    return video_jobs(prompts, names, int(e.start), e.count, int(e.samples_per_prompt), int(cfg.seed))
+
+
+def fp_folder(cfg: DictConfig) -> Optional[Path]:
+    """``eval.fp_dir`` if set; with ``eval.share_fp`` a folder under ``eval.fp_cache_dir`` named by a hash of all
+    the FP videos depend on (model config and checkpoint file, seed, prompts and names, samples, encoding), so the
+    jobs of a sweep generate them once and a changed model never reuses stale ones; else None (<video_dir>/fp)."""
+    e = cfg.eval
+    if e.fp_dir:
+        return Path(e.fp_dir)
+    if not e.share_fp:
+        return None
+    key = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in (
+        ("model", cfg.model), ("seed", cfg.seed), ("prompts", e.prompts), ("names", e.names),
+        ("samples", e.samples_per_prompt), ("video", e.video))}
+    ckpt = Path(str(cfg.model.checkpoint.path))
+    if not cfg.model.checkpoint.get("random_init", False) and ckpt.exists():
+        key["checkpoint_file"] = [ckpt.stat().st_size, ckpt.stat().st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(e.fp_cache_dir) / f"{cfg.model.name}-{digest}"
+
+
+def generate(cfg: DictConfig, artifact: Optional[str] = None, info: Optional[dict] = None) -> dict:
+    """Build the model pipeline and write this process's share of the FP (and, with ``artifact``, quantized)
+    videos; ``info`` receives the quantized model's weight memory."""
+    from qarvd.app.quantized import artifact_quantizer
+    from qarvd.models.pipeline import build_pipeline
+
+    e = cfg.eval
+    pipe = build_pipeline(cfg.model, device=cfg.device)
+    todo = jobs(cfg)
+    if getattr(pipe.text_encoder, "cache_dir", None) is not None:
+        # umT5-XXL: encode this rank's prompts into the cache once and free the encoder (~11 GB) before the rollouts
+        rank, world = dist_env()
+        pipe.text_encoder.precompute([j.prompt for b in shard(todo, int(e.prompts_per_batch), rank, world) for j in b])
+    deploy = OmegaConf.to_container(cfg.kernel, resolve=True) if e.deploy else None
+    manifests = {"fp": video_manifest(cfg, todo, None), "quant": video_manifest(cfg, todo, artifact, deploy)}
+    quantize = artifact_quantizer(artifact, info, cfg) if artifact else None
+    return generate_pair(pipe, todo, e.video_dir, encoding(cfg), quantize, int(e.prompts_per_batch),
+                         StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), fp_folder(cfg),
+                         manifests)
+
+
+def generate_videos(cfg: DictConfig) -> dict:
+    """The generate entry point (scripts/generate.py): FP and, with ``eval.artifact``, quantized videos of the prompt
+    list, sharded over RANK / WORLD_SIZE; rank 0 writes ``generation.json`` (every rank's counts and seconds)."""
+    if cfg.eval.deploy and not cfg.eval.artifact:  # else it would make FP videos only, which is not what was asked
+        raise ValueError("eval.deploy=true deploys a quantized artifact: set eval.artifact=<scripts/train_quant.py run dir>")
+    preflight(cfg, "generate")
+    with process_group():
+        rank = dist_env()[0]
+        with run_lock(cfg.paths.output_dir) if rank == 0 else contextlib.nullcontext():
+            with open_dict(cfg):
+                cfg.eval.video_dir = from_rank0(str(cfg.eval.video_dir))  # one folder for all ranks
+            out = generate(cfg, cfg.eval.artifact or None)
+            ranks = gather(out["counts"])
+            barrier()
+            if rank == 0:
+                atomic_write_json(Path(cfg.paths.output_dir) / "generation.json",
+                                  {"world_size": out["world_size"], "dirs": out["dirs"], "ranks": ranks})
+    return {**out, "ranks": ranks}
+
+
 def generate_pair(
     pipe,
     jobs: Sequence[VideoJob],
     video_dir: str | os.PathLike,
     enc: VideoEncoding,
-    quantize: Optional[Callable[[object], None]] = None,
-    prompts_per_batch: int = 1,
-    strip: StripSpec = StripSpec(),
-    skip_existing: bool = True,
-    fp_dir: Optional[str | os.PathLike] = None,
+    quantize: Optional[Callable[[object], None]],
+    prompts_per_batch: int,
+    strip: StripSpec,
+    skip_existing: bool,
+    fp_dir: Optional[str | os.PathLike],
+    manifests: dict[str, dict],
 ) -> dict:
     """FP videos into ``<video_dir>/fp`` (or ``fp_dir``), then ``quantize(pipe)`` in place and the quantized videos
-    into ``<video_dir>/quant``; strips per :func:`strip_dir`. This process's share only (RANK / WORLD_SIZE)."""
+    into ``<video_dir>/quant``; strips per :func:`strip_dir`. This process's share only (RANK / WORLD_SIZE).
+
+    ``manifests[kind]`` says how each folder's videos are made (:func:`qarvd.app.provenance.video_manifest`): a
+    folder is resumed or reused only if its manifest matches, and stamped before its first new video."""
     video_dir = Path(video_dir)
     rank, world = dist_env()
     batches = shard(jobs, prompts_per_batch, rank, world)
     dirs = {"fp": Path(fp_dir) if fp_dir else video_dir / "fp"}
+    check_or_write_manifest(dirs["fp"], manifests["fp"])
     counts = {"fp": generate_set(pipe, batches, dirs["fp"], strip_dir(dirs["fp"]), enc, strip, skip_existing, f"FP videos (rank {rank})")}
     if quantize is not None:
         dirs["quant"] = video_dir / "quant"
+        check_or_write_manifest(dirs["quant"], manifests["quant"])
         quant_paths = [dirs["quant"] / f"{j.name}{VIDEO_SUFFIX}" for b in batches for j in b]
         if not (skip_existing and all(p.exists() for p in quant_paths)):
             quantize(pipe)

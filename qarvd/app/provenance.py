@@ -6,10 +6,17 @@ model and a cache or artifact made from other weights at the same path is refuse
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
+import os
+import socket
+import time
 from pathlib import Path
+from typing import Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def file_sha256(path: str | Path) -> str:
@@ -56,3 +63,134 @@ def weights_identity(cfg: DictConfig) -> dict:
         p = Path(str(node.path))
         out[f"model.{key}"] = {"path": str(p), "sha256": file_sha256(p) if p.is_file() else None}
     return out
+
+
+class ProvenanceError(RuntimeError):
+    """A reuse or a label that does not match what it claims to be (artifact, video folder, run folder)."""
+
+
+def base_weights(cfg: DictConfig) -> dict:
+    """What an artifact is calibrated on: the sha256 of every weight file, or the seeded random init and its
+    architecture. Paths are left out: a moved file is the same model, a retrained one at the same path is not."""
+    if cfg.model.checkpoint.get("random_init", False):
+        return {"random_init": True, "init_seed": int(cfg.model.init_seed),
+                "arch": OmegaConf.to_container(cfg.model.arch, resolve=True)}
+    return {key: v["sha256"] for key, v in weights_identity(cfg).items()}
+
+
+def check_base_weights(cfg: DictConfig, artifact_run: dict, artifact: str) -> None:
+    """The artifact was calibrated on the weights ``cfg`` loads, or a ProvenanceError naming both."""
+    recorded = artifact_run.get("base_weights")
+    if recorded is None:
+        raise ProvenanceError(f"artifact '{artifact}' records no base weights (written before provenance was kept); "
+                              "re-run its calibration")
+    mine = base_weights(cfg)
+    if recorded != mine:
+        raise ProvenanceError(f"artifact '{artifact}' was calibrated on other weights than model.checkpoint loads: "
+                              f"artifact {recorded}, this config {mine}")
+
+
+def explicit_choices() -> dict:
+    """Config groups the user chose on the command line (``method=...``), from Hydra's overrides; {} without Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    out = {}
+    for o in HydraConfig.get().overrides.task:
+        key, _, value = o.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def labels_from_artifact(cfg: DictConfig, artifact_run: dict, artifact: str) -> dict:
+    """The identity of results made from an artifact: its own model / method / bits / calib / seed / tags. A config
+    that names another method, bits or model on the command line, or another model in any way, is refused."""
+    identity = {k: artifact_run.get(k) for k in ("model", "method", "bits", "calib", "seed", "random_init", "checkpoint",
+                                                 "experiment")}
+    chosen = explicit_choices()
+    clash = {}
+    if cfg.model.name != identity["model"]:
+        clash["model"] = (cfg.model.name, identity["model"])
+    for group in ("method", "bits"):
+        if group in chosen and OmegaConf.select(cfg, f"{group}.name") != identity[group]:
+            clash[group] = (OmegaConf.select(cfg, f"{group}.name"), identity[group])
+    if clash:
+        raise ProvenanceError(f"the config contradicts artifact '{artifact}': " + ", ".join(
+            f"{k}={mine!r} but the artifact is {theirs!r}" for k, (mine, theirs) in clash.items())
+            + "; drop those overrides (results are labelled from the artifact) or pass the artifact you meant")
+    identity["experiment"] = experiment_preset() or identity["experiment"]
+    return {**identity, "tags": artifact_run.get("tags", {})}
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path):
+    """Hold ``<folder>/.run.lock`` while a run writes into ``folder``; a second run into the same folder stops at
+    once, naming the process that holds it (two runs would overwrite each other's files)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".run.lock"
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ProvenanceError(f"run folder '{folder}' is in use by {holder}: two runs must not write into one "
+                                  "folder; give this run its own (hydra.run.dir=...)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield folder
+    finally:
+        f.close()  # releases the lock
+
+
+MANIFEST = "manifest.json"
+
+
+def video_manifest(cfg: DictConfig, jobs, artifact: Optional[str], deploy: Optional[dict] = None) -> dict:
+    """What a folder of videos is: the weights, the artifact (sha256 of its tensors and its run labels; None for FP),
+    the rollout and model settings, the encoding, the real-kernel backend if deployed, and every video's prompt and
+    seed."""
+    from qarvd.quant.artifact import TENSORS_FILE, read_config
+
+    art, labels = None, None
+    if artifact:
+        p = Path(artifact)
+        art = file_sha256(p / TENSORS_FILE if p.is_dir() else p)
+        labels = read_config(p)["run"]
+    return {"base_weights": base_weights(cfg), "artifact_sha256": art, "labels": labels, "deploy": deploy,
+            "model": {k: OmegaConf.to_container(cfg.model[k], resolve=True) for k in ("arch", "rollout", "latent")}
+            | {"name": cfg.model.name, "dtype": cfg.model.dtype},
+            "encoding": OmegaConf.to_container(cfg.eval.video, resolve=True),
+            "videos": {j.name: {"prompt": j.prompt, "seed": j.seed} for j in jobs}}
+
+
+def check_or_write_manifest(folder: str | Path, manifest: dict) -> None:
+    """Reuse a video folder only if it was made the same way: its manifest matches on everything but the video list
+    (a resumed or extended run may add videos), and every video both lists has the same prompt and seed. A folder
+    with videos but no manifest is refused. The merged manifest is written before any new video."""
+    from eval.video_io import VIDEO_SUFFIX
+    from qarvd.utils.io import atomic_write_json
+
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in (set(old) | set(manifest)) - {"videos"} if old.get(k) != manifest.get(k))
+        if diff:
+            raise ProvenanceError(f"video folder '{folder}' was made differently ({', '.join(diff)} differ from this "
+                                  f"run's): use another eval.video_dir, or delete the folder to regenerate")
+        moved = sorted(n for n, v in manifest["videos"].items() if n in old["videos"] and old["videos"][n] != v)
+        if moved:
+            raise ProvenanceError(f"video folder '{folder}' holds {moved[:3]} for other prompts or seeds than this run")
+        manifest = {**manifest, "videos": {**old["videos"], **manifest["videos"]}}
+        if manifest == old:
+            return
+    elif folder.is_dir() and any(folder.glob(f"*{VIDEO_SUFFIX}")):
+        raise ProvenanceError(f"video folder '{folder}' has videos but no {MANIFEST}: nothing says how they were made; "
+                              "use another eval.video_dir, or delete the folder to regenerate")
+    atomic_write_json(path, manifest)

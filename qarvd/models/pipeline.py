@@ -52,15 +52,27 @@ class ARVDPipeline:
         on_chunk: Optional[Callable[[int, torch.Tensor], None]] = None,
         context: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Latents [B, F, C, h, w] (float32, CPU); pass ``context`` to skip re-encoding the prompts."""
+        """Latents [B, F, C, h, w] (float32, CPU); pass ``context`` to skip re-encoding the prompts.
+
+        A rollout that produced NaN or Inf stops here, naming the prompts and seeds (a broken quantized model must
+        not become an all-black video that is scored as if it were a result)."""
         ctx = self.encode_prompts(prompts) if context is None else context
         rc = self.rollout_cfg
         negative = self.encode_prompts([rc.negative_prompt] * len(ctx)) if rc.guided else None
-        return rollout(self.model, ctx, seeds, self.latent_shape, rc, on_chunk=on_chunk, negative_context=negative)
+        latents = rollout(self.model, ctx, seeds, self.latent_shape, rc, on_chunk=on_chunk, negative_context=negative)
+        bad = (~torch.isfinite(latents.flatten(1))).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise NonFiniteLatentsError("the rollout produced NaN/Inf latents for " + "; ".join(
+                f"prompt {prompts[i]!r} (seed {seeds[i]})" for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+        return latents
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents)
+
+
+class NonFiniteLatentsError(FloatingPointError):
+    """A rollout whose latents hold NaN or Inf (the message names the prompts and seeds)."""
 
 
 def build_model(arch: dict, dtype: str, checkpoint: DictConfig, init_seed: int) -> CausalWanModel:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qarvd.quant.linear import QuantLinear, quant_layers
+from qarvd.quant.quantizer import qrange
 from qarvd.quant.roles import try_role
 from qarvd.quant.select import set_module
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
@@ -119,6 +120,43 @@ def read_config(folder: str | Path) -> dict:
     return config
 
 
+def validate_artifact(config: dict, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse an artifact whose numbers cannot be what its metadata says: every layer's bits equal the run's bits
+    (and the run's name is derived from them), the integer codes lie in the range of those bits, and every
+    quantizer scale is finite and positive, every zero point finite. A hand-edited or corrupted artifact would
+    otherwise load and generate garbage (an all-black video) that is scored as a result."""
+    from qarvd.utils.hydra_resolvers import bits_name
+
+    run = config.get("run", {})
+    bits_cfg = run.get("bits_cfg") or {}
+    if bits_cfg:
+        derived = bits_name(bits_cfg.get("w_bits"), bits_cfg.get("a_bits"), bits_cfg.get("symmetric"))
+        if run.get("bits") != derived:
+            raise ArtifactError(f"artifact '{source}': run bits {run.get('bits')!r} do not match its bit widths "
+                                f"{bits_cfg} (which name {derived!r})")
+    for name, spec in config["layers"].items():
+        for key in ("w_bits", "a_bits", "symmetric"):
+            if bits_cfg and spec[key] != bits_cfg.get(key):
+                raise ArtifactError(f"artifact '{source}': layer '{name}' has {key}={spec[key]!r} but the run's bits "
+                                    f"say {bits_cfg.get(key)!r}")
+        qmin, qmax = qrange(int(spec["w_bits"]), bool(spec["symmetric"]))
+        for i in range(int(spec["groups"])):
+            codes = tensors.get(f"{name}.g{i}.w_int")
+            if codes is None:
+                raise ArtifactError(f"artifact '{source}': layer '{name}' lacks tensor g{i}.w_int")
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < qmin or hi > qmax:
+                raise ArtifactError(f"artifact '{source}': layer '{name}' group {i} has weight codes in [{lo}, {hi}], "
+                                    f"outside the {spec['w_bits']}-bit range [{qmin}, {qmax}]")
+            for key in ("w_scale", "a_scale", "w_zero", "a_zero"):
+                t = tensors.get(f"{name}.g{i}.{key}")
+                if t is None:
+                    raise ArtifactError(f"artifact '{source}': layer '{name}' lacks tensor g{i}.{key}")
+                if not bool(torch.isfinite(t).all()) or (key.endswith("scale") and not bool((t > 0).all())):
+                    raise ArtifactError(f"artifact '{source}': layer '{name}' group {i} has a {'non-positive or ' if key.endswith('scale') else ''}"
+                                        f"non-finite {key} (a NaN/Inf or zero step cannot come from calibration)")
+
+
 @torch.no_grad()
 def load_artifact(model: nn.Module, folder: str | Path) -> dict:
     """Swap the artifact's QuantLinear layers into ``model`` (an FP model of the same architecture), in place.
@@ -130,6 +168,7 @@ def load_artifact(model: nn.Module, folder: str | Path) -> dict:
     folder = Path(folder)
     config = read_config(folder)
     tensors, _ = read_tensors_with_meta(folder / TENSORS_FILE if folder.is_dir() else folder)
+    validate_artifact(config, tensors, folder)
     for name, spec in config["layers"].items():
         try:
             linear = model.get_submodule(name)
