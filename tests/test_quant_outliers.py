@@ -52,6 +52,9 @@ def test_round_up_multiple_scales_with_the_model_width():
     assert detect_outliers(v, outlier_cfg(model_width=64)).count == 3
     with pytest.raises(ValueError, match="rule"):
         outlier_cfg(model_width=0)
+    with pytest.raises(ValueError, match="model_width"):  # a config without a model group must fix the multiple
+        outlier_cfg(model_width=None)
+    assert outlier_cfg(model_width=None, multiple=32).round_multiple == 32
 
 
 def test_column_norms_are_input_channel_l2_norms():

@@ -29,7 +29,7 @@ class OutlierConfig:
     outlier_ratio: float  # minimum ratio of an outlier column norm to the median norm (the paper's alpha)
     multiple: Optional[int]  # outlier count rounded up to a multiple of this; None: outlier_multiple's width rule
     multiple_reference: Sequence[int]  # (width, multiple) the rule scales: the release's 32 at width 1536
-    model_width: int  # hidden width of the model the layers belong to (the rule's width)
+    model_width: Optional[int]  # hidden width of the model the layers belong to (the rule's width; needed if multiple is None)
     max_fraction: float  # cap on the outlier share of the input channels
 
     def __post_init__(self) -> None:
@@ -38,7 +38,11 @@ class OutlierConfig:
                 or not 0 < self.max_fraction <= 1):
             raise ValueError(f"invalid outlier config {self}: need tau > 0, outlier_ratio > 0, multiple >= 1 (or null), "
                              "0 < max_fraction <= 1")
-        outlier_multiple(self.model_width, self.multiple_reference)  # validates the rule's inputs
+        if self.multiple is None:
+            if self.model_width is None:
+                raise ValueError("method.outlier.multiple is null (the width rule) but method.outlier.model_width is "
+                                 "unknown: give the model width or a fixed multiple")
+            outlier_multiple(self.model_width, self.multiple_reference)  # validates the rule's inputs
 
     @property
     def round_multiple(self) -> int:
