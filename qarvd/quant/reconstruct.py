@@ -20,7 +20,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -49,13 +49,19 @@ class ReconConfig:
     granularity: str  # layer | block
     skip_roles: tuple  # not reconstructed (nearest rounding, percentile-init steps)
     seed: int
+    batch: object  # calib.batch: qarvd.quant.recon_batched.BatchOptions (or its dict)
 
     def __post_init__(self) -> None:
+        from qarvd.quant.recon_batched import BatchOptions
+
         if self.granularity not in ("layer", "block"):
             raise ValueError(f"reconstruction granularity must be 'layer' or 'block', got '{self.granularity}'")
         if self.iters < 1 or self.calls_per_step < 1:
             raise ValueError("reconstruction needs calib.iters >= 1 and calib.calls_per_step >= 1")
         self.skip_roles = tuple(self.skip_roles)
+        self.batch = self.batch if isinstance(self.batch, BatchOptions) else BatchOptions(**dict(self.batch))
+        if self.batch.enabled and self.granularity != "layer":
+            raise ValueError("calib.batch.enabled learns layers in lock-step: it needs calib.granularity=layer")
 
 
 # ----------------------------------------------------------------------------------------------- learnable state
@@ -307,6 +313,25 @@ def _capture_bytes(module: nn.Module, pipeline, budget: CaptureBudget, n_prompts
     return calls * (2 * tokens * dim + prefix) * elem
 
 
+def unit_seed(cfg: ReconConfig, unit: str) -> int:
+    """Every unit's own seed: its sample draws do not depend on which other units run, or in which order."""
+    return cfg.seed * 1_000_003 + zlib.crc32(unit.encode())
+
+
+def _learn(group: Sequence[str], units: dict, stores: dict[str, SampleStore], cfg: ReconConfig) -> Iterator[tuple[str, dict]]:
+    """(unit, stats) as units finish: layers in lock-step groups with ``calib.batch.enabled``, else one at a time."""
+    if cfg.batch.enabled:
+        from qarvd.quant.recon_batched import LayerJob, reconstruct_layers
+
+        yield from reconstruct_layers([LayerJob(u, units[u][0], stores[u], unit_seed(cfg, u)) for u in group], cfg, cfg.batch)
+        return
+    for u in group:
+        if cfg.granularity == "layer":
+            yield u, reconstruct_layer(units[u][0], stores[u], cfg, unit_seed(cfg, u), u)
+        else:
+            yield u, reconstruct_block(units[u][0], stores[u], cfg, unit_seed(cfg, u), u)
+
+
 def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cfg: ReconConfig, budget: CaptureBudget,
                       resume: Optional[ResumeStore] = None, prompts_per_batch: int = 8,
                       context_cache: Optional[dict] = None) -> dict:
@@ -342,13 +367,8 @@ def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cf
                           prompts_per_batch=prompts_per_batch, context_cache=context_cache)
         peak_ram = max(peak_ram, session.ledger.peak)
         try:
-            for u in group:
-                unit_seed = cfg.seed * 1_000_003 + zlib.crc32(u.encode())
+            for u, st in _learn(group, units, session.stores, cfg):
                 store = session.stores[u]
-                if cfg.granularity == "layer":
-                    st = reconstruct_layer(units[u][0], store, cfg, unit_seed, u)
-                else:
-                    st = reconstruct_block(units[u][0], store, cfg, unit_seed, u)
                 st["spilled_bytes"] = store.spilled_bytes
                 store.clear()
                 stats[u] = st
