@@ -132,5 +132,5 @@ def test_folder_fvd_zero_for_identical_sets_and_positive_otherwise(tmp_path, sta
     bb = I3DBackbone(standin_path)
     same = evaluate_pairs(tmp_path / "fp", tmp_path / "same", {}, bb, progress=False)
     noisy = evaluate_pairs(tmp_path / "fp", tmp_path / "noisy", {}, bb, progress=False)
-    assert same["num_videos"] == 4 and abs(same["metrics"]["fvd_fp"]) < 1e-6
+    assert same["num_items"] == 4 and abs(same["metrics"]["fvd_fp"]) < 1e-6
     assert noisy["metrics"]["fvd_fp"] > 1e-4
