@@ -334,11 +334,13 @@ def _learn(group: Sequence[str], units: dict, stores: dict[str, SampleStore], cf
 
 def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cfg: ReconConfig, budget: CaptureBudget,
                       resume: Optional[ResumeStore] = None, prompts_per_batch: int = 8,
-                      context_cache: Optional[dict] = None) -> dict:
-    """Capture and reconstruct every eligible unit of ``pipeline.model`` in RAM-bounded passes; returns stats."""
+                      context_cache: Optional[dict] = None, blocks: Optional[Sequence[int]] = None) -> dict:
+    """Capture and reconstruct every eligible unit of ``pipeline.model`` in RAM-bounded passes; returns stats.
+    ``blocks``: only the units of these blocks (a profile times a few; the others keep nearest rounding)."""
     model = pipeline.model
     layers = quant_layers(model)
-    eligible = {n: l for n, l in layers.items() if role_of(n) not in cfg.skip_roles}
+    eligible = {n: l for n, l in layers.items()
+                if role_of(n) not in cfg.skip_roles and (blocks is None or block_index(n) in blocks)}
     if cfg.granularity == "layer":
         units = {n: (l, {n: l}) for n, l in eligible.items()}
     else:
