@@ -192,7 +192,7 @@ class Recipe:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def recon_config(calib: dict, skip_roles: Sequence[str], seed: int) -> ReconConfig:
-    keys = ("iters", "calls_per_step", "lr_round", "lr_act", "reg_weight", "warmup", "beta_start", "beta_end", "granularity")
+    keys = ("iters", "calls_per_step", "lr_round", "lr_act", "reg_weight", "warmup", "beta_start", "beta_end", "granularity", "batch")
     return ReconConfig(**{k: calib[k] for k in keys}, skip_roles=tuple(skip_roles), seed=seed)
 
 
