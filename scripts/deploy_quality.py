@@ -10,9 +10,10 @@ the latent MSE of each to the FP rollout, overall and per chunk, and the ratio t
 criterion: within 5%). ``weights=symmetric`` re-quantizes 8-bit weights without zero point
 (:func:`qarvd.deploy.packing.symmetric_weights`); ``artifact`` keeps the calibrated weights exactly.
 
-``--attention default cudnn_fp8`` adds a row per attention mode: ``cudnn_fp8`` runs the self-attention in FP8 with a
-float8 KV cache (torch_ref emulates cuDNN's numerics on the CPU). Its static per-layer scales need one bf16-attention
-rollout (:func:`qarvd.deploy.calibrate_attention_fp8_`); that rollout uses the run's own calibration prompts and seeds
+``--attention default cudnn_fp8 int8_sage`` adds a row per attention mode: ``cudnn_fp8`` runs the self-attention in
+FP8 with a float8 KV cache (torch_ref emulates cuDNN's numerics on the CPU), ``int8_sage`` in INT8 Q.K^T / bf16 P.V
+(kernels/attn_int8.py; torch_ref runs its torch reference). Their static per-layer scales / mean keys need one
+bf16-attention rollout (:func:`qarvd.deploy.calibrate_attention_`); that rollout uses the run's own calibration prompts and seeds
 (``calibration_prompts``: the calibration split, not the held-out one; one prompt with calib=default or fast), so the
 row measures scales a deployment would ship, not scales fitted to the prompts they are scored on.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8")  # --attention value -> the backend's attention argument
+ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8", int8_sage="int8_sage")  # --attention value -> the backend's attention argument
 
 
 def main(argv=None) -> int:
@@ -39,8 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", nargs="+", default=["artifact", "symmetric"], help="weights modes to compare")
     p.add_argument("--dual-modes", nargs="+", default=["exact"], help="dual-scale GEMM variants to compare")
     p.add_argument("--attention", nargs="+", default=["default"], choices=list(ATTENTION),
-                   help="self-attention: default (the backend's own) | cudnn_fp8 (FP8, calibrated on the run's "
-                        "calibration prompts)")
+                   help="self-attention: default (the backend's own) | cudnn_fp8 (FP8) | int8_sage (INT8 Q.K^T), "
+                        "calibrated on the run's calibration prompts")
     p.add_argument("--prompts", type=int, default=None, help="first N held-out prompts (default: the run's count)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=8)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
     from qarvd.deploy.backends import TorchRefBackend, TritonInt8Backend
-    from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
+    from qarvd.deploy import accelerate_, calibrate_attention_, convert_to_real
     from qarvd.deploy.from_quant import real_specs
     from qarvd.app.calibrate import calibration_prompts
     from qarvd.models.pipeline import build_pipeline
@@ -89,8 +90,8 @@ def main(argv=None) -> int:
         name = f"{kernel}/{weights}/{dual}/{attn}"
         be = backends[kernel](attention=ATTENTION[attn], dual_mode=dual, weights=weights)
         pipe.model = accelerate_(convert_to_real(copy.deepcopy(quant_model), real_specs(quant_model), be), be)
-        if be.fp8_attention_on:
-            calibrate_attention_fp8_(pipe.model, lambda: roll(f"{name} calibration", calib_prompts, calib_seeds))
+        if be.quantized_attention:
+            calibrate_attention_(pipe.model, lambda: roll(f"{name} calibration", calib_prompts, calib_seeds))
         lat = roll(name)
         mse = latent_mse_by_chunk(lat, fp, chunks)
         result["rows"].append(dict(kernel=kernel, weights=weights, dual_mode=dual, attention=attn, latent_mse=mse,

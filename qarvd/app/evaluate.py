@@ -172,17 +172,17 @@ def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None, cfg
 
 def deploy_real_(pipe, cfg: DictConfig) -> None:
     """Replace the pipeline's fake-quant DiT by its real modules of backend ``cfg.kernel``, accelerated (in place)."""
-    from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
+    from qarvd.deploy import accelerate_, calibrate_attention_, convert_to_real
     from qarvd.deploy.from_quant import real_specs
     from qarvd.app.calibrate import calib_prompts
     from qarvd.quant.sensitivity import generate as rollout
 
     backend = instantiate(cfg.kernel)
     pipe.model = accelerate_(convert_to_real(pipe.model, real_specs(pipe.model), backend), backend)
-    if backend.fp8_attention_on:
+    if backend.quantized_attention:
         prompts = calib_prompts(cfg)
         seeds = [int(cfg.seed) + i for i in range(len(prompts))]
-        calibrate_attention_fp8_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.batch_size)))
+        calibrate_attention_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.batch_size)))
 
 
 def calibrate(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:

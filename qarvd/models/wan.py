@@ -127,19 +127,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 
 
 # ----------------------------------------------------------------------------------------------- cache
+class LayerCache:
+    """One block's part of a :class:`RolloutCache`: self-attention K/V [B, T, H, D] and the cross-attention K/V.
+
+    The block receives this object, not a layer index into per-layer lists: ``torch.compile`` then sees the same
+    inputs (tensors of one shape) for every layer and compiles the block once, instead of specialising on each
+    Python-int layer index. ``k_scale`` [B, H, T] float32 holds one scale per (token, head) when the keys are int8
+    codes (INT8 attention, kernels/attn_int8.py)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None) -> None:
+        self.k, self.v, self.k_scale = k, v, k_scale
+        self.cross: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.max_tokens = k.shape[1]
+
+
 class RolloutCache:
-    """Per-video state of a chunk-wise rollout: self-attention K/V of every block and the cross-attention K/V.
+    """Per-video state of a chunk-wise rollout: one :class:`LayerCache` per block and the embedded text context.
 
     Self-attention K/V live at absolute token positions, so a chunk's forward writes its tokens at
     ``[start, end)`` and attends to ``[0, end)``: every earlier (clean) chunk plus the current chunk bidirectionally.
     Denoising steps overwrite the chunk's slot; the t=0 refresh pass leaves the clean K/V there.
     """
 
-    def __init__(self, cfg: WanConfig, batch: int, max_tokens: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, cfg: WanConfig, batch: int, max_tokens: int, key_dtype: torch.dtype, value_dtype: torch.dtype,
+                 device: torch.device) -> None:
         shape = (batch, max_tokens, cfg.num_heads, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.cross: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * cfg.num_layers
+
+        def scales():
+            if key_dtype != torch.int8:
+                return None
+            return torch.zeros((batch, cfg.num_heads, max_tokens), dtype=torch.float32, device=device)
+
+        self.layers = [LayerCache(torch.zeros(shape, dtype=key_dtype, device=device),
+                                  torch.zeros(shape, dtype=value_dtype, device=device), scales())
+                       for _ in range(cfg.num_layers)]
         self.context: Optional[torch.Tensor] = None  # text_embedding(context), computed once per video
         self.max_tokens = max_tokens
 
@@ -156,19 +177,19 @@ class WanSelfAttention(nn.Module):
         self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
-    def forward(self, x, cos, sin, layer: int, cache: Optional[RolloutCache], token_start: int, mask):
+    def forward(self, x, cos, sin, kv: Optional[LayerCache], token_start: int, mask):
         b, n, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
         k = self.norm_k(self.k(x)).view(b, n, self.num_heads, self.head_dim)
         v = self.v(x).view(b, n, self.num_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if kv is not None:
             end = token_start + n
-            if end > cache.max_tokens:
-                raise ValueError(f"KV cache holds {cache.max_tokens} tokens; this forward needs {end}")
-            cache.k[layer][:, token_start:end] = k
-            cache.v[layer][:, token_start:end] = v
-            k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
+            if end > kv.max_tokens:
+                raise ValueError(f"KV cache holds {kv.max_tokens} tokens; this forward needs {end}")
+            kv.k[:, token_start:end] = k
+            kv.v[:, token_start:end] = v
+            k, v = kv.k[:, :end], kv.v[:, :end]
         out = attention(q, k, v, mask)
         return self.o(out.flatten(2))
 
@@ -190,15 +211,15 @@ class WanCrossAttention(nn.Module):
         k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim)
         return k, self.v(context).view(b, -1, self.num_heads, self.head_dim)
 
-    def forward(self, x, context, layer: int, cache: Optional[RolloutCache]):
+    def forward(self, x, context, kv: Optional[LayerCache]):
         b, n, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
-        if cache is not None and cache.cross[layer] is not None:
-            k, v = cache.cross[layer]
+        if kv is not None and kv.cross is not None:
+            k, v = kv.cross
         else:
             k, v = self.context_kv(context)
-            if cache is not None:
-                cache.cross[layer] = (k, v)
+            if kv is not None:
+                kv.cross = (k, v)
         return self.o(attention(q, k, v).flatten(2))
 
 
@@ -214,8 +235,8 @@ class WanAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x, e, context, cos, sin, layer, cache, token_start, frames, mask):
-        """x [B, F*S, dim]; e [B, F, 6, dim] per-latent-frame adaLN parameters."""
+    def forward(self, x, e, context, cos, sin, kv, token_start, frames, mask):
+        """x [B, F*S, dim]; e [B, F, 6, dim] per-latent-frame adaLN parameters; kv: this block's LayerCache or None."""
         b, n, d = x.shape
         shift0, scale0, gate0, shift1, scale1, gate1 = (self.modulation.unsqueeze(1) + e.float()).unbind(dim=2)
 
@@ -226,9 +247,9 @@ class WanAttentionBlock(nn.Module):
         def gated(h, gate):
             return (h.view(b, frames, -1, d) * gate.unsqueeze(2)).flatten(1, 2).type_as(x)
 
-        y = self.self_attn(modulate(self.norm1(x), shift0, scale0), cos, sin, layer, cache, token_start, mask)
+        y = self.self_attn(modulate(self.norm1(x), shift0, scale0), cos, sin, kv, token_start, mask)
         x = x + gated(y, gate0)
-        x = x + self.cross_attn(self.norm3(x), context, layer, cache)
+        x = x + self.cross_attn(self.norm3(x), context, kv)
         y = self.ffn(modulate(self.norm2(x), shift1, scale1))
         return x + gated(y, gate1)
 
@@ -346,8 +367,9 @@ class CausalWanModel(nn.Module):
             if cache is not None:
                 cache.context = ctx
         token_start = frame_offset * h * w
-        for layer, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx, cos, sin, layer, cache, token_start, frames, attn_mask)
+        layers = cache.layers if cache is not None else [None] * len(self.blocks)
+        for block, kv in zip(self.blocks, layers):
+            tokens = block(tokens, e0, ctx, cos, sin, kv, token_start, frames, attn_mask)
         out = self.head(tokens, temb, frames)  # [B, F*h*w, pt*ph*pw*C]
         return self.unpatchify(out, frames, h, w)
 
@@ -360,10 +382,12 @@ class CausalWanModel(nn.Module):
         return out.reshape(b, c, frames * pt, h * ph, w * pw)
 
     def cache_dtype_device(self) -> tuple:
-        """dtype and device of new KV caches: the parameters' unless a deployment backend set ``kv_cache_dtype``
-        (float8 codes for FP8 attention, qarvd.deploy.fast)."""
+        """(key dtype, value dtype, device) of new KV caches: the parameters' dtype unless a deployment backend set
+        ``kv_cache_dtype`` (both; float8 codes for FP8 attention) or ``key_cache_dtype`` (keys only; int8 codes for
+        INT8 attention), qarvd.deploy.fast."""
         p = next(self.parameters())
-        return getattr(self, "kv_cache_dtype", None) or p.dtype, p.device
+        value = getattr(self, "kv_cache_dtype", None) or p.dtype
+        return getattr(self, "key_cache_dtype", None) or value, value, p.device
 
     def new_cache(self, batch: int, max_frames: int, height: int, width: int) -> RolloutCache:
         return RolloutCache(self.cfg, batch, max_frames * self.tokens_per_frame(height, width),
