@@ -50,6 +50,7 @@ args = p.parse_args()
 variants = args.variants.split(",")
 cfg = OmegaConf.load(f"{args.run}/resolved_config.yaml")
 cfg.calib.eval_prompts = max(args.prompts, args.probe_prompts)
+cfg.model.prompts.eval.count = max(int(cfg.model.prompts.eval.count), cfg.calib.eval_prompts)  # procedural: prefix-stable
 calib_prompts, _, prompts = calibration_prompts(cfg)
 seeds = [int(cfg.seed) + i for i in range(len(prompts))]
 cseeds = [int(cfg.seed) + i for i in range(len(calib_prompts))]

@@ -88,7 +88,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     and casting back (half the bytes of that formulation in the eager bf16 path)."""
     x0, x1 = x[..., 0::2], x[..., 1::2]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    if _needs_grad(x):
+    if _needs_grad(x) or torch.compiler.is_compiling():  # no out= into strided views there (autograd, dynamo)
         return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
     out = torch.empty_like(x)
     torch.sub(x0 * c, x1 * s, out=out[..., 0::2])
