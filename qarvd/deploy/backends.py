@@ -23,6 +23,9 @@ from kernels._common import triton_ok
 QUANTIZED_ATTENTION = {"cudnn_fp8": "fp8", "int8_sage": "int8"}
 ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", *QUANTIZED_ATTENTION)
 DUAL = ("exact", "int_ratio")
+# split: dual-scale consumers read their input through the outlier-first permutation and get two contiguous runs
+# (ffn.0's rows permuted to ffn.2's order); scatter: per-column steps scattered through dest (the ablation)
+DUAL_LAYOUTS = ("split", "scatter")
 WEIGHTS = ("artifact", "symmetric")
 
 
@@ -51,11 +54,14 @@ class KernelBackend:
     int8_attention = staticmethod(attn_int8.int8_attention)
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
-                 weights: str = "artifact", graphs: bool = False) -> None:
+                 weights: str = "artifact", graphs: bool = False, dual_layout: str = "split") -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
             raise ValueError(f"dual_mode={dual_mode!r}; choose from {DUAL}")
+        if dual_layout not in DUAL_LAYOUTS:
+            raise ValueError(f"kernel.dual_layout={dual_layout!r}; choose from {DUAL_LAYOUTS}")
+        self.dual_layout = dual_layout
         if weights not in WEIGHTS:
             raise ValueError(f"weights={weights!r}; choose from {WEIGHTS}")
         self.attention, self.fused, self.dual_mode, self.weights = attention, bool(fused), dual_mode, weights
@@ -92,7 +98,7 @@ class KernelBackend:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r}, "
-                f"weights={self.weights!r}, graphs={self.graphs})")
+                f"weights={self.weights!r}, graphs={self.graphs}, dual_layout={self.dual_layout!r})")
 
 
 def _lowrank(mod, x2: torch.Tensor):

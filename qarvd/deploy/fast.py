@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from kernels.attn_cudnn import FP8_MAX, fp8_scalars
 from kernels.layout import stack_acts
-from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, stack_group
+from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, in_split_order, rows_permuted, stack_group
 from qarvd.models.wan import WanAttentionBlock, WanRMSNorm, attention
 
 
@@ -111,6 +111,15 @@ class IntPlan(_Plan):
             self.g_qkv = self.a_qkv = None
         self.g = {name: getattr(self, name).group() for name in ("o", "cq", "co", "f0", "f2")}
         self.a = {name: getattr(self, name).stacked_act() for name in ("o", "cq", "co", "f0", "f2")}
+        self.a_each = [m.stacked_act() for m in self.qkv_mods]  # q, k, v one by one (no grouped launch)
+        f2 = self.f2.act()
+        if backend.dual_layout == "scatter":
+            self.a = {name: a.scattered() for name, a in self.a.items()}
+            self.a_each = [a.scattered() for a in self.a_each]
+            self.a_qkv = None if self.a_qkv is None else self.a_qkv.scattered()
+        elif f2.n_out and not f2.src_identity:  # ffn.0's rows in ffn.2's split order: its epilogue writes two runs
+            self.g["f0"] = rows_permuted(self.g["f0"], f2.src)
+            self.a["f2"] = stack_acts([in_split_order(f2)])
 
     def _q(self, x, name, **kw):
         return self.be.norm_quant(x, self.a[name], rowsum=self.g[name].has_wzp, **kw)
@@ -118,9 +127,8 @@ class IntPlan(_Plan):
     def qkv(self, x2, mod, s):
         if self.g_qkv is None:  # q, k, v quantized and multiplied one by one
             outs = []
-            for m in self.qkv_mods:
-                a, rs = self.be.norm_quant(x2, m.stacked_act(), ln=self.ln1, mod=(mod, 0, 1, s),
-                                           rowsum=m.group().has_wzp)
+            for m, acts in zip(self.qkv_mods, self.a_each):
+                a, rs = self.be.norm_quant(x2, acts, ln=self.ln1, mod=(mod, 0, 1, s), rowsum=m.group().has_wzp)
                 outs.append(self.be.gemm(a, rs, m.group(), x2.shape[0], out_dtype=x2.dtype))
             return torch.cat(outs, dim=1)
         a, rs = self.be.norm_quant(x2, self.a_qkv, ln=self.ln1, mod=(mod, 0, 1, s), rowsum=self.g_qkv.has_wzp)
