@@ -170,3 +170,18 @@ def test_key_means_are_saved_and_loaded(real, tmp_path):
     assert loaded.key_cache_dtype == torch.int8
     assert torch.equal(loaded.blocks[1]._qarvd_key_mean, model.blocks[1]._qarvd_key_mean)
     assert torch.equal(_video(loaded, ctx), want)
+
+
+def test_fa4_attention_runs_in_the_fused_block_only(real):
+    """kernel.attention=fa4: torch_ref stands in with SDPA (same latents as auto); the eager path refuses it (FA4
+    is called by the fused block, not by the eager model's SDPA); without the package the kernel names it."""
+    from kernels import attn_fa4
+
+    ctx = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(4))
+    base = _video(accelerate_(copy.deepcopy(real), TorchRefBackend()), ctx)
+    assert torch.equal(_video(accelerate_(copy.deepcopy(real), TorchRefBackend(attention="fa4")), ctx), base)
+    with pytest.raises(ValueError, match="fused=true"):
+        accelerate_(copy.deepcopy(real), TorchRefBackend(attention="fa4", fused=False))
+    if not attn_fa4.available():
+        with pytest.raises(ImportError, match="flash-attn-4"):
+            attn_fa4.fa4_attention(torch.zeros(1, 2, 1, 16), torch.zeros(1, 2, 1, 16), torch.zeros(1, 2, 1, 16))

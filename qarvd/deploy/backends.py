@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from kernels import act_quant, attn_cudnn, attn_int8, cutlass_gemm, fp8, glue, qgemm
+from kernels import act_quant, attn_cudnn, attn_fa4, attn_int8, cutlass_gemm, fp8, glue, qgemm
 from kernels._common import triton_ok
 
 # Quantized self-attention of the fused block, each calibrated once by qarvd.deploy.calibrate_attention_ (other
@@ -21,7 +21,8 @@ from kernels._common import triton_ok
 # its numerics), per-layer static scales. int8_sage: INT8 Q.K^T with per-token scales and the calibrated mean key
 # subtracted, bf16 P.V (kernels/attn_int8.py; torch_ref runs its torch reference).
 QUANTIZED_ATTENTION = {"cudnn_fp8": "fp8", "int8_sage": "int8"}
-ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", *QUANTIZED_ATTENTION)
+# fa4: FlashAttention-4 (kernels/attn_fa4.py) for the fused block's bf16 self- and cross-attention
+ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", "fa4", *QUANTIZED_ATTENTION)
 DUAL = ("exact", "int_ratio")
 # split: dual-scale consumers read their input through the outlier-first permutation and get two contiguous runs
 # (ffn.0's rows permuted to ffn.2's order); scatter: per-column steps scattered through dest (the ablation)
@@ -33,7 +34,7 @@ def sdpa_context(name: str):
     """Context restricting F.scaled_dot_product_attention to one backend ('auto' leaves PyTorch's choice)."""
     if name not in ATTENTION:
         raise ValueError(f"attention={name!r}; choose from {ATTENTION}")
-    if name == "auto" or name in QUANTIZED_ATTENTION:  # the bf16 attentions left (cross) run on PyTorch's choice
+    if name in ("auto", "fa4") or name in QUANTIZED_ATTENTION:  # what SDPA still runs: PyTorch's choice
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -52,6 +53,7 @@ class KernelBackend:
     residual = staticmethod(glue.residual_update)
     fp8_linear = staticmethod(fp8.fp8_linear)
     int8_attention = staticmethod(attn_int8.int8_attention)
+    fa4_attention = staticmethod(attn_fa4.fa4_attention)
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
                  weights: str = "artifact", graphs: bool = False, dual_layout: str = "split") -> None:
@@ -160,6 +162,7 @@ class _TorchGlue:
         return attn_cudnn.fp8_attention_ref(q8, k8, v8, scales)
 
     int8_attention = staticmethod(attn_int8.int8_attention_ref)
+    fa4_attention = staticmethod(attn_fa4.fa4_attention_ref)
 
 
 class TorchRefBackend(_TorchGlue, TritonInt8Backend):

@@ -242,8 +242,7 @@ class FastWanAttentionBlock(WanAttentionBlock):
             if quant == "int8":
                 y = be.int8_attention(q, kv.k, kv.k_scale, kv.v, end)
             else:
-                with be.sdpa():
-                    y = attention(q, kv.k[:, :end], kv.v[:, :end])
+                y = _attend(be, q, kv.k[:, :end], kv.v[:, :end])
             seen = getattr(self, "_qarvd_attn_stats", None)
             if seen is not None:  # calibration (bf16 attention): amax of q, this chunk's k and v, the output; k sums
                 k_new, v_new = kv.k[:, token_start:end], kv.v[:, token_start:end]
@@ -256,10 +255,18 @@ class FastWanAttentionBlock(WanAttentionBlock):
         if kv.cross is None:
             kv.cross = ca.context_kv(context)
         kc, vc = kv.cross
-        with be.sdpa():
-            y = attention(qc.view(b, n, heads, hd), kc, vc)
+        y = _attend(be, qc.view(b, n, heads, hd), kc, vc)
         x2 = plan.cross_out(y.reshape(m, d), x2)
         return plan.ffn(x2, mod, s).view(b, n, d)
+
+
+def _attend(be, q, k, v):
+    """bf16 attention of [B, L, H, D] tensors: FlashAttention-4 with attention=fa4, else SDPA under the backend's
+    kernel choice."""
+    if be.attention == "fa4":
+        return be.fa4_attention(q, k, v)
+    with be.sdpa():
+        return attention(q, k, v)
 
 
 def _ready(block, kv, quant: str) -> bool:
@@ -293,7 +300,7 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
             block.__class__ = FastWanAttentionBlock
             block._qarvd_plan = plan
     quant = backend.quantized_attention
-    if quant and not planned:
+    if (quant or backend.attention == "fa4") and not planned:
         raise ValueError(f"attention={backend.attention} runs inside the fused block forward: it needs fused=true and "
                          f"a plan for every block (no low-rank branches)")
     # new caches hold float8 K/V (fp8) or int8 keys (int8) once calibrate_attention_ has run; the parameters' before
