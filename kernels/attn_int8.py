@@ -168,14 +168,22 @@ def int8_attention_ref(q: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor,
 
 def launches(batch: int, q_tokens: int, cache_tokens: int, heads: int, head_dim: int, dtype, config=None
              ) -> Iterator[tuple[str, object]]:
-    """(name, thunk) of the kernel's distinct launches at a rollout's shapes, for the offline sm_90 compile check
-    (CPU tensors: only shapes, strides and dtypes reach the compiler): the first chunk (one partial tile) and the
-    full cache."""
+    """(name, thunk) of INT8 attention's distinct Triton launches at a rollout's shapes, for the offline sm_90
+    compile check (CPU tensors: only shapes, strides and dtypes reach the compiler): the q/k glue writing int8 keys
+    and their scales into the cache, and the attention kernel (one compiled variant serves every cache length)."""
     from functools import partial
 
-    q = torch.empty(batch * q_tokens, heads * head_dim, dtype=dtype).view(batch, q_tokens, heads, head_dim)
+    from kernels import glue
+
+    dim = heads * head_dim
+    q = torch.empty(batch * q_tokens, dim, dtype=dtype).view(batch, q_tokens, heads, head_dim)
     k8 = torch.empty(batch, cache_tokens, heads, head_dim, dtype=torch.int8)
     v = torch.empty(batch, cache_tokens, heads, head_dim, dtype=dtype)
     ks = torch.empty(batch, heads, cache_tokens, dtype=torch.float32)
-    for name, end in (("first_chunk", q_tokens), ("full_cache", cache_tokens)):
-        yield f"int8_attention_{name}", partial(int8_attention, q, k8, ks, v, end, config)
+    w = torch.ones(dim, dtype=dtype)
+    rope = torch.empty(q_tokens, head_dim // 2)
+    yield "qk_norm_rope_int8_keys", partial(glue.qk_norm_rope, torch.empty(batch * q_tokens, 3 * dim, dtype=dtype),
+                                            (0, dim, 2 * dim), dim, q_tokens, wq=w, wk=w, eps=1e-6, cos=rope,
+                                            sin=rope, cache_k=k8, cache_v=v, start=cache_tokens - q_tokens,
+                                            key_int8=(torch.zeros(dim), ks))
+    yield "int8_attention", partial(int8_attention, q, k8, ks, v, cache_tokens, config)
