@@ -13,18 +13,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kernels import attn_int8, glue  # noqa: E402
-from qarvd.deploy import (accelerate_, calibrate_attention_, convert_to_real, load_real, restore_,  # noqa: E402
+from qarvd.deploy import (accelerate_, calibrate_attention_, load_real, restore_,  # noqa: E402
                           save_real)
 from qarvd.deploy.backends import TorchRefBackend, TritonInt8Backend  # noqa: E402
-from qarvd.deploy.packing import minmax_spec  # noqa: E402
-from qarvd.models.rollout import RolloutConfig, rollout  # noqa: E402
-from qarvd.models.wan import CausalWanModel, WanConfig  # noqa: E402
-from qarvd.quant.select import select_linears  # noqa: E402
 
-ARCH = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=16, text_dim=16, text_len=4, in_dim=4,
-            out_dim=4, patch_size=(1, 2, 2))
-RC = RolloutConfig(num_frames=6, frames_per_chunk=2, denoising_steps=[1000, 500])
-SHAPE = (4, 8, 8)
+from test_attention_fp8 import _video, real  # noqa: E402,F401 - the same small real model and rollout
 
 
 def _exact(q, k, v):
@@ -105,19 +98,6 @@ def test_glue_writes_int8_keys_and_scales():
     assert float(err.abs().max()) <= float(ks.max()) / 2 + 1e-6
     with pytest.raises(ValueError, match="int8 key cache"):
         glue.qk_norm_rope(src, (0, d, 2 * d), d, length, cache_k=plain_k, cache_v=plain_k, key_int8=(mean, ks), **kw)
-
-
-@pytest.fixture(scope="module")
-def real():
-    torch.manual_seed(0)
-    fp = CausalWanModel(WanConfig(**ARCH)).eval().requires_grad_(False)
-    specs = {n: minmax_spec(fp.get_submodule(n).weight, fp.get_submodule(n).bias, act_range=(-4.0, 4.0))
-             for n in select_linears(fp)}
-    return convert_to_real(copy.deepcopy(fp), specs, TorchRefBackend())
-
-
-def _video(model, ctx):
-    return rollout(model, ctx, list(range(ctx.shape[0])), SHAPE, RC)
 
 
 @pytest.mark.parametrize("graphs", [False, True])
