@@ -55,13 +55,68 @@ def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, 
         tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _emit_split(h, rows, cols, mask, D, out_ptr, stride_om, gs_ptr, gz_ptr, rs_ptr, M, lo, hi, n_out, kop,
+                c: tl.constexpr, ROWSUM: tl.constexpr, EXACT_DIV: tl.constexpr):
+    """Codes of consumer c in the split layout (kernels/layout.py ActQuant): h holds the activation at permuted
+    positions ``cols``; positions below ``n_out`` (outliers) land at themselves, the rest at ``kop - n_out`` further,
+    each run contiguous, with the group's step and zero point (the same codes as _emit's scatter through dest)."""
+    seg0 = cols < n_out
+    s = tl.where(seg0, tl.load(gs_ptr + 2 * c), tl.load(gs_ptr + 2 * c + 1))[None, :]
+    z = tl.where(seg0, tl.load(gz_ptr + 2 * c), tl.load(gz_ptr + 2 * c + 1))[None, :]
+    v = tl.minimum(tl.maximum(rint(quant_div(h, s, EXACT_DIV)) + z, lo), hi)
+    q = v.to(tl.int8)
+    ptr = out_ptr + rows[:, None] * stride_om + cols[None, :]
+    tl.store(ptr, q, mask=mask & seg0[None, :])
+    tl.store(ptr + (kop - n_out), q, mask=mask & (cols >= n_out)[None, :])
+    if ROWSUM:
+        vi = tl.where(mask, v, 0.0).to(tl.int32)
+        r0 = tl.sum(tl.where(seg0[None, :], vi, 0), axis=1)
+        rmask = rows < M
+        tl.atomic_add(rs_ptr + (c * M + rows) * 2, r0, mask=rmask, sem="relaxed")
+        tl.atomic_add(rs_ptr + (c * M + rows) * 2 + 1, tl.sum(vi, axis=1) - r0, mask=rmask, sem="relaxed")
+
+
+@triton.jit
+def _load_x(x_ptr, rows, idx, mask, stride_xm, in_scale_ptr, act_ty: tl.constexpr, IN_SCALED: tl.constexpr):
+    h = tl.load(x_ptr + rows[:, None] * stride_xm + idx[None, :], mask=mask, other=0.0).to(tl.float32)
+    if IN_SCALED:  # FP8 codes (the FP8 attention's output): dequantize, round like the activation it stands for
+        h = (h * tl.load(in_scale_ptr)).to(act_ty).to(tl.float32)
+    return h
+
+
+@triton.jit
+def _activation(h, rows, idx, mask, cmask, mean, rstd, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr,
+                act_ty: tl.constexpr, LN: tl.constexpr, MOD: tl.constexpr, SHIFT: tl.constexpr,
+                SCALE: tl.constexpr, PRE_GELU: tl.constexpr):
+    """The producer's activation at source columns ``idx`` from the loaded x: LayerNorm with the row's mean and
+    rstd, modulation, GELU, each rounded where the eager model rounds; the same numbers at any column order."""
+    if LN > 0:
+        h = tl.where(mask, h - mean[:, None], 0.0) * rstd[:, None]
+        if LN == 2:
+            w = tl.load(lnw_ptr + idx, mask=cmask, other=0.0).to(tl.float32)
+            b = tl.load(lnb_ptr + idx, mask=cmask, other=0.0).to(tl.float32)
+            h = h * w[None, :] + b[None, :]
+        h = h.to(act_ty).to(tl.float32)
+    if MOD:
+        mrow = (rows // S) * stride_mr
+        shift = tl.load(mod_ptr + mrow[:, None] + SHIFT * D + idx[None, :], mask=mask, other=0.0)
+        scale = tl.load(mod_ptr + mrow[:, None] + SCALE * D + idx[None, :], mask=mask, other=0.0)
+        h = (h * (1.0 + scale) + shift).to(act_ty).to(tl.float32)
+    if PRE_GELU:
+        h = gelu_tanh(h).to(act_ty).to(tl.float32)
+    return h
+
+
 @triton.jit(do_not_specialize=["M", "S"])
 def _norm_quant_kernel(
     x_ptr, stride_xm, M, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr, eps, in_scale_ptr, act_ptr,
     out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr, rs_ptr, lo, hi,
+    src_ptr, n_out0, n_out1, n_out2, kop0, kop1, kop2,
     C: tl.constexpr, LN: tl.constexpr, MOD: tl.constexpr, SHIFT: tl.constexpr, SCALE: tl.constexpr,
     PRE_GELU: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DIV: tl.constexpr, IN_SCALED: tl.constexpr,
+    SPLIT: tl.constexpr, GATHER: tl.constexpr,
 ):
     act_ty = act_ptr.dtype.element_ty  # the model's activation dtype (x itself may hold FP8 codes)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -70,28 +125,38 @@ def _norm_quant_kernel(
         cols = k0 + tl.arange(0, BLOCK_D)
         cmask = cols < D
         mask = rmask[:, None] & cmask[None, :]
-        h = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if IN_SCALED:  # FP8 codes (the FP8 attention's output): dequantize, round like the activation it stands for
-            h = (h * tl.load(in_scale_ptr)).to(act_ty).to(tl.float32)
+        x = _load_x(x_ptr, rows, cols, mask, stride_xm, in_scale_ptr, act_ty, IN_SCALED)
+        mean = tl.zeros([BLOCK_R], tl.float32)
+        rstd = mean
         if LN > 0:
-            mean = tl.sum(h, axis=1) / D
-            hc = tl.where(mask, h - mean[:, None], 0.0)
+            mean = tl.sum(x, axis=1) / D
+            hc = tl.where(mask, x - mean[:, None], 0.0)
             rstd = tl.rsqrt(tl.sum(hc * hc, axis=1) / D + eps)
-            h = hc * rstd[:, None]
-            if LN == 2:
-                w = tl.load(lnw_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-                b = tl.load(lnb_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-                h = h * w[None, :] + b[None, :]
-            h = h.to(act_ty).to(tl.float32)
-        if MOD:
-            mrow = (rows // S) * stride_mr
-            shift = tl.load(mod_ptr + mrow[:, None] + SHIFT * D + cols[None, :], mask=mask, other=0.0)
-            scale = tl.load(mod_ptr + mrow[:, None] + SCALE * D + cols[None, :], mask=mask, other=0.0)
-            h = (h * (1.0 + scale) + shift).to(act_ty).to(tl.float32)
-        if PRE_GELU:
-            h = gelu_tanh(h).to(act_ty).to(tl.float32)
-        _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr,
-              rs_ptr, M, lo, hi, C, OUT, PER_COL, ROWSUM, EXACT_DIV)
+        h = _activation(x, rows, cols, mask, cmask, mean, rstd, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr, act_ty,
+                        LN, MOD, SHIFT, SCALE, PRE_GELU)
+        if SPLIT:  # int8 codes, split layout: each consumer's activation in its permuted order, two contiguous runs
+            for c in tl.static_range(C):
+                hp = h
+                if GATHER:  # the activation recomputed at the source columns (same numbers per element)
+                    src = tl.load(src_ptr + c * D + cols, mask=cmask, other=0)
+                    hp = _activation(_load_x(x_ptr, rows, src, mask, stride_xm, in_scale_ptr, act_ty, IN_SCALED),
+                                     rows, src, mask, cmask, mean, rstd, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr,
+                                     act_ty, LN, MOD, SHIFT, SCALE, PRE_GELU)
+                n_out = n_out0 if c == 0 else n_out1 if c == 1 else n_out2
+                kop = kop0 if c == 0 else kop1 if c == 1 else kop2
+                _emit_split(hp, rows, cols, mask, D, out_ptr + c * stride_oc, stride_om, cs_ptr, cz_ptr, rs_ptr, M,
+                            lo, hi, n_out, kop, c, ROWSUM, EXACT_DIV)
+        else:
+            _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr,
+                  rs_ptr, M, lo, hi, C, OUT, PER_COL, ROWSUM, EXACT_DIV)
+
+
+def _per_consumer(values: tuple) -> tuple:
+    """Three scalar kernel arguments (consumers 0..2; unused ones 0): host integers, so Triton specialises their
+    divisibility by 16 and the split layout's shifted runs compile to aligned vector stores."""
+    if len(values) > 3:
+        raise ValueError(f"the split layout takes at most 3 consumers per producer, got {len(values)}")
+    return tuple(int(v) for v in values) + (0,) * (3 - len(values))
 
 
 def _launch_cfg(m: int, d: int, ln: bool) -> tuple[int, int, int]:
@@ -143,12 +208,15 @@ def norm_quant(
     mod_t, shift_i, scale_i, tokens = (dummy_f, 0, 0, 1) if mod is None else mod
     stride_mr = mod_t.stride(0) if mod is not None else 0
     rs = None
+    split = acts is not None and acts.split
     if acts is not None:
         c = acts.count
         out = out if out is not None else torch.empty((c, m, acts.kp), dtype=torch.int8, device=dev)
         rs = torch.zeros((c, m, 2), dtype=torch.int32, device=dev) if rowsum else None
         mode, cs, cz, dest, kop, lo, hi = 0, acts.col_scale, acts.col_zero, acts.dest, acts.kop, acts.lo, acts.hi
         stride_oc, per_col = out.stride(0), not acts.uniform
+        if split:  # the group steps and zero points instead of the per-column vectors
+            cs, cz = acts.gscale, acts.gzero
     elif fp8_scale is not None:
         c, mode = 1, 2
         out = out if out is not None else torch.empty((m, d), dtype=torch.float8_e4m3fn, device=dev)
@@ -162,9 +230,12 @@ def norm_quant(
         x, x.stride(0), m, d, mod_t, stride_mr, tokens, lnw, lnb, float(eps),
         in_scale if in_scale is not None else dummy_f, dummy(act_dtype, dev),
         out, stride_oc, out.stride(-2), cs, cz, dest, kop, rs if rs is not None else dummy_i, lo, hi,
+        acts.src if split and acts.src is not None else dummy_i, *_per_consumer(acts.nouts if split else ()),
+        *_per_consumer(acts.kops if split else ()),
         C=c, LN=ln_mode, MOD=mod is not None, SHIFT=shift_i, SCALE=scale_i, PRE_GELU=pre_gelu, OUT=mode,
         PER_COL=per_col, ROWSUM=rs is not None, BLOCK_R=block_r, BLOCK_D=block_d,
-        EXACT_DIV=_common.EXACT_DIVISION, IN_SCALED=in_scale is not None, num_warps=warps,
+        EXACT_DIV=_common.EXACT_DIVISION, IN_SCALED=in_scale is not None, SPLIT=split,
+        GATHER=split and acts.src is not None, num_warps=warps,
     )
     return (out, rs) if acts is not None else out
 

@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import dummy, next_pow2
+from kernels._common import dummy, next_pow2, rint
+from kernels.attn_int8 import quantize_rows
 
 
 @triton.jit
@@ -44,17 +45,32 @@ def _out(x, s_ptr, FP8: tl.constexpr):
     return x
 
 
+@triton.jit
+def _key_int8(k0, k1, km_ptr, even, odd, pmask, BLOCK_R: tl.constexpr, NH: tl.constexpr, HALF: tl.constexpr):
+    """INT8 attention's keys: codes of k - mean with one scale per (row, head) = amax / 127 (kernels/attn_int8.py);
+    returns (even codes, odd codes, scales [BLOCK_R, NH]). Pair p belongs to head p // HALF."""
+    c0 = k0.to(tl.float32) - tl.load(km_ptr + even, mask=pmask, other=0.0)[None, :]
+    c1 = k1.to(tl.float32) - tl.load(km_ptr + odd, mask=pmask, other=0.0)[None, :]
+    a = tl.max(tl.reshape(tl.maximum(tl.abs(c0), tl.abs(c1)), (BLOCK_R, NH, HALF)), 2)
+    a = tl.maximum(a, 1e-30)
+    inv = tl.reshape(tl.broadcast_to((127.0 / a)[:, :, None], (BLOCK_R, NH, HALF)), (BLOCK_R, NH * HALF))
+    q0 = tl.minimum(tl.maximum(rint(c0 * inv), -127.0), 127.0)
+    q1 = tl.minimum(tl.maximum(rint(c1 * inv), -127.0), 127.0)
+    return q0, q1, a / 127.0
+
+
 @triton.jit(do_not_specialize=["M", "L", "start"])
 def _qk_kernel(
     src_ptr, stride_s, q_off, k_off, v_off, M, D, L, start,
     wq_ptr, wk_ptr, eps, cos_ptr, sin_ptr, HALF_HD,
-    q_ptr, stride_q, kc_ptr, vc_ptr, stride_cb, stride_ct, sc_ptr,
+    q_ptr, stride_q, kc_ptr, vc_ptr, stride_cb, stride_ct, sc_ptr, km_ptr, ks_ptr, stride_sb, stride_sh,
     NORM: tl.constexpr, ROPE: tl.constexpr, HAS_KV: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-    FP8: tl.constexpr,
+    FP8: tl.constexpr, KEY_I8: tl.constexpr, NH: tl.constexpr,
 ):
     act_ty = src_ptr.dtype.element_ty
     q_ty = q_ptr.dtype.element_ty
-    kv_ty = kc_ptr.dtype.element_ty
+    k_ty = kc_ptr.dtype.element_ty
+    v_ty = vc_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     p = tl.arange(0, BLOCK_P)
     pmask = p < D // 2
@@ -71,43 +87,57 @@ def _qk_kernel(
     if HAS_KV:
         k0, k1 = _rms_rope(src + k_off, rows, even, odd, mask, wk_ptr, pmask, eps, D, cos, sin, NORM, ROPE, act_ty)
         crow = (rows // L) * stride_cb + (start + l) * stride_ct
-        tl.store(kc_ptr + crow[:, None] + even[None, :], _out(k0, sc_ptr + 1, FP8).to(kv_ty), mask=mask)
-        tl.store(kc_ptr + crow[:, None] + odd[None, :], _out(k1, sc_ptr + 1, FP8).to(kv_ty), mask=mask)
+        if KEY_I8:
+            k0, k1, ks = _key_int8(k0, k1, km_ptr, even, odd, pmask, BLOCK_R, NH, BLOCK_P // NH)
+            heads = tl.arange(0, NH)
+            smask = (rows < M)[:, None] & (heads < D // (2 * (BLOCK_P // NH)))[None, :]
+            tl.store(ks_ptr + ((rows // L) * stride_sb + start + l)[:, None] + heads[None, :] * stride_sh, ks,
+                     mask=smask)
+        tl.store(kc_ptr + crow[:, None] + even[None, :], _out(k0, sc_ptr + 1, FP8).to(k_ty), mask=mask)
+        tl.store(kc_ptr + crow[:, None] + odd[None, :], _out(k1, sc_ptr + 1, FP8).to(k_ty), mask=mask)
         v0 = tl.load(src + v_off + even[None, :], mask=mask, other=0.0)
         v1 = tl.load(src + v_off + odd[None, :], mask=mask, other=0.0)
-        tl.store(vc_ptr + crow[:, None] + even[None, :], _out(v0, sc_ptr + 2, FP8).to(kv_ty), mask=mask)
-        tl.store(vc_ptr + crow[:, None] + odd[None, :], _out(v1, sc_ptr + 2, FP8).to(kv_ty), mask=mask)
+        tl.store(vc_ptr + crow[:, None] + even[None, :], _out(v0, sc_ptr + 2, FP8).to(v_ty), mask=mask)
+        tl.store(vc_ptr + crow[:, None] + odd[None, :], _out(v1, sc_ptr + 2, FP8).to(v_ty), mask=mask)
 
 
 def qk_norm_rope(
     src: torch.Tensor, offsets: tuple, dim: int, tokens: int, *, wq=None, wk=None, eps: float = 1e-6,
     cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None,
     cache_k: Optional[torch.Tensor] = None, cache_v: Optional[torch.Tensor] = None, start: int = 0,
-    fp8_scales: Optional[torch.Tensor] = None,
+    fp8_scales: Optional[torch.Tensor] = None, key_int8: Optional[tuple] = None,
 ) -> torch.Tensor:
     """From the projection output ``src`` [M, *] (q at column offsets[0], k at [1], v at [2]; M = B * tokens):
     return q = rope(rmsnorm(q)) [M, dim]; when ``cache_k`` is given also write rope(rmsnorm(k)) and v into
     ``cache_k``/``cache_v`` [B, T, H, hd] at token positions ``start .. start + tokens``. ``wq=None``: no norm;
     ``cos=None``: no rotation (cross-attention q). ``fp8_scales`` (float32 [>=3]: steps of q, k, v): q is returned
-    and K/V are written as float8 E4M3 codes (x / step, saturated), the caches being float8 tensors."""
+    and K/V are written as float8 E4M3 codes (x / step, saturated), the caches being float8 tensors.
+    ``key_int8`` = (mean key [dim] float32, key scales [B, H, T] float32): the keys are written as the int8 codes of
+    k - mean (int8 ``cache_k``) with one scale per (token, head) (INT8 attention, kernels/attn_int8.py)."""
     m = src.shape[0]
     fp8 = fp8_scales is not None
     if fp8 and cache_k is not None and cache_k.dtype != torch.float8_e4m3fn:
         raise ValueError(f"fp8_scales needs float8_e4m3fn K/V caches, got {cache_k.dtype}")
+    half = dim // 2 // (cache_k.shape[2] if cache_k is not None else 1)
+    if key_int8 is not None and (fp8 or cache_k.dtype != torch.int8 or half & (half - 1)):
+        raise ValueError(f"key_int8 needs an int8 key cache, no fp8_scales and a power-of-two head dim, got "
+                         f"{cache_k.dtype} keys, head dim {2 * half}")
     q = torch.empty((m, dim), dtype=torch.float8_e4m3fn if fp8 else src.dtype, device=src.device)
     has_kv = cache_k is not None
     dmy = dummy(torch.float32, src.device)
     block_p = next_pow2(dim // 2)
     block_r = max(1, min(8, 4096 // block_p))
     half_hd = cos.shape[1] if cos is not None else 1
+    km, ks = key_int8 if key_int8 is not None else (dmy, dmy)
     _qk_kernel[(triton.cdiv(m, block_r),)](
         src, src.stride(0), offsets[0], offsets[1] if has_kv else 0, offsets[2] if has_kv else 0, m, dim, tokens, start,
         wq if wq is not None else dmy, wk if wk is not None else dmy, float(eps),
         cos if cos is not None else dmy, sin if sin is not None else dmy, half_hd,
         q, q.stride(0), cache_k if has_kv else q, cache_v if has_kv else q,
         cache_k.stride(0) if has_kv else 0, cache_k.stride(1) if has_kv else 0, fp8_scales if fp8 else dmy,
+        km, ks, ks.stride(0) if key_int8 is not None else 0, ks.stride(1) if key_int8 is not None else 0,
         NORM=wq is not None, ROPE=cos is not None, HAS_KV=has_kv, BLOCK_R=block_r, BLOCK_P=block_p, FP8=fp8,
-        num_warps=4,
+        KEY_I8=key_int8 is not None, NH=block_p // half if key_int8 is not None else 1, num_warps=4,
     )
     return q
 
@@ -132,7 +162,7 @@ def _fp8_code(x: torch.Tensor, step) -> torch.Tensor:
 
 
 def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, cos=None, sin=None, cache_k=None,
-                     cache_v=None, start=0, fp8_scales=None):
+                     cache_v=None, start=0, fp8_scales=None, key_int8=None):
     """:func:`qk_norm_rope` in eager torch (the model's own formulas)."""
 
     def one(off, w):
@@ -148,7 +178,14 @@ def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, c
     q_out = enc(one(offsets[0], wq), 0).clone()
     if cache_k is not None:
         b = src.shape[0] // tokens
-        cache_k[:, start:start + tokens] = enc(one(offsets[1], wk), 1).view(b, tokens, *cache_k.shape[2:])
+        k = one(offsets[1], wk)
+        if key_int8 is not None:
+            mean, scales = key_int8
+            codes, sc = quantize_rows((k.float() - mean.float()).view(-1, *cache_k.shape[2:]))
+            cache_k[:, start:start + tokens] = codes.to(torch.int8).view(b, tokens, *cache_k.shape[2:])
+            scales[:, :, start:start + tokens] = sc.view(b, tokens, -1).transpose(1, 2)
+        else:
+            cache_k[:, start:start + tokens] = enc(k, 1).view(b, tokens, *cache_k.shape[2:])
         v = src[:, offsets[2]:offsets[2] + dim]
         cache_v[:, start:start + tokens] = enc(v, 2).reshape(b, tokens, *cache_v.shape[2:])
     return q_out

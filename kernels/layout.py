@@ -12,7 +12,7 @@ GEMM feeds each half of a byte tile straight to the MMA without interleaving reg
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -33,6 +33,13 @@ class ActQuant:
     its stored zero point (``z - offset``), ``dest[k]`` its column in the padded layout. ``scale``/``zero`` [2] are
     the per-group values (group 0 = outliers, 1 = normal) the GEMM epilogue needs. ``uniform``: one group, no
     smoothing, identity order, so kernels may use the scalars instead of the vectors.
+
+    Split layout (a dual-scale layer without smoothing: the column scale is the group's scale): ``n_out`` > 0
+    outlier columns and ``src[j]`` [K] the source column of the j-th column of the permuted order (the outliers as
+    stored, then the normal columns ascending). A producer then reads its input through ``src`` and writes two
+    contiguous runs, ``[0, n_out)`` and ``[kop, kop + K - n_out)``, with the two group scales: the same codes as
+    scattering through ``dest``, without per-column vectors or scattered stores. ``src_identity``: the input
+    already arrives in that order (ffn.2 after :func:`qarvd.deploy.packing.permute_ffn_hidden`), no gather.
     """
 
     col_scale: torch.Tensor
@@ -45,6 +52,9 @@ class ActQuant:
     lo: int
     hi: int
     uniform: bool
+    src: Optional[torch.Tensor] = None
+    n_out: int = 0
+    src_identity: bool = False
 
     @property
     def k(self) -> int:
@@ -52,7 +62,8 @@ class ActQuant:
 
     def to(self, device) -> "ActQuant":
         return ActQuant(*(getattr(self, f).to(device) for f in ("col_scale", "col_zero", "dest", "scale", "zero")),
-                        self.kp, self.kop, self.lo, self.hi, self.uniform)
+                        self.kp, self.kop, self.lo, self.hi, self.uniform,
+                        None if self.src is None else self.src.to(device), self.n_out, self.src_identity)
 
 
 @dataclass
@@ -68,10 +79,25 @@ class StackedAct:
     lo: int
     hi: int
     uniform: bool
+    # split layout of every consumer (ActQuant): outlier counts, group scales / zeros [C, 2], sources [C, K] (None:
+    # every consumer reads its input in order)
+    nouts: tuple = ()
+    gscale: Optional[torch.Tensor] = None
+    gzero: Optional[torch.Tensor] = None
+    src: Optional[torch.Tensor] = None
 
     @property
     def count(self) -> int:
         return self.col_scale.shape[0]
+
+    @property
+    def split(self) -> bool:
+        """Every consumer has the split layout: the producer writes two contiguous runs per consumer."""
+        return bool(self.nouts)
+
+    def scattered(self) -> "StackedAct":
+        """The same quantization through the per-column vectors (dest scatter), without the split layout."""
+        return replace(self, nouts=(), gscale=None, gzero=None, src=None)
 
 
 def stack_acts(acts: Sequence[ActQuant]) -> StackedAct:
@@ -79,11 +105,16 @@ def stack_acts(acts: Sequence[ActQuant]) -> StackedAct:
     ranges = {(a.lo, a.hi) for a in acts}
     if len(kps) != 1 or len(ranges) != 1:
         raise ValueError(f"consumers of one producer need one padded width and clamp range, got {kps} / {ranges}")
+    split = {}
+    if all(a.n_out > 0 for a in acts):
+        split = dict(nouts=tuple(a.n_out for a in acts), gscale=torch.stack([a.scale for a in acts]).float(),
+                     gzero=torch.stack([a.zero for a in acts]).float(),
+                     src=None if all(a.src_identity for a in acts) else torch.stack([a.src for a in acts]))
     return StackedAct(
         torch.stack([a.col_scale for a in acts]), torch.stack([a.col_zero for a in acts]),
         torch.stack([a.dest for a in acts]), torch.tensor([a.kop for a in acts], dtype=torch.int32,
                                                            device=acts[0].col_scale.device),
-        tuple(a.kop for a in acts), kps.pop(), *ranges.pop(), all(a.uniform for a in acts))
+        tuple(a.kop for a in acts), kps.pop(), *ranges.pop(), all(a.uniform for a in acts), **split)
 
 
 @dataclass

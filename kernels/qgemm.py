@@ -66,7 +66,7 @@ def _halves(x, BM: tl.constexpr, BN: tl.constexpr):
 @triton.jit
 def _epilogue(acc, acc_o, ratio_ptr, g, pid_m, n0, offs_m, offs_n, M, CN,
               sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om, res_ptr, stride_rm,
-              gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
+              gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr, qnout, qshift,
               DUAL: tl.constexpr, WZP: tl.constexpr, CORR: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
               HAS_GATE: tl.constexpr, Q_PERCOL: tl.constexpr, Q_ROWSUM: tl.constexpr, BM: tl.constexpr,
               EXACT_DIV: tl.constexpr, GATE2: tl.constexpr):
@@ -113,19 +113,31 @@ def _epilogue(acc, acc_o, ratio_ptr, g, pid_m, n0, offs_m, offs_n, M, CN,
                      mask=mask)
     else:
         h = gelu_tanh(y).to(act_ty).to(tl.float32)
-        if Q_PERCOL:
+        if Q_PERCOL == 1:  # per-column steps, scattered through dest
             cs = tl.load(qcs_ptr + offs_n)[None, :]
             cz = tl.load(qcz_ptr + offs_n)[None, :]
             dst = tl.load(qdest_ptr + offs_n)
+            outlier = dst < qkop
+        elif Q_PERCOL == 2:  # split layout in order (qcs/qcz: the two group steps / zero points): two runs
+            outlier = offs_n < qnout
+            cs = tl.where(outlier, tl.load(qcs_ptr), tl.load(qcs_ptr + 1))[None, :]
+            cz = tl.where(outlier, tl.load(qcz_ptr), tl.load(qcz_ptr + 1))[None, :]
+            dst = offs_n
         else:
             cs = tl.load(qcs_ptr)
             cz = tl.load(qcz_ptr)
             dst = offs_n
+            outlier = dst < qkop
         v = tl.minimum(tl.maximum(rint(quant_div(h, cs, EXACT_DIV)) + cz, qlo), qhi)
-        tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
+        if Q_PERCOL == 2:
+            ptr = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+            tl.store(ptr, v.to(tl.int8), mask=mask & outlier[None, :])
+            tl.store(ptr + qshift, v.to(tl.int8), mask=mask & (offs_n >= qnout)[None, :])
+        else:
+            tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
         if Q_ROWSUM:
             vi = tl.where(mask, v, 0.0).to(tl.int32)
-            r0 = tl.sum(tl.where((dst < qkop)[None, :], vi, 0), axis=1)
+            r0 = tl.sum(tl.where(outlier[None, :], vi, 0), axis=1)
             tl.atomic_add(qrs_ptr + offs_m * 2, r0, mask=mmask, sem="relaxed")
             tl.atomic_add(qrs_ptr + offs_m * 2 + 1, tl.sum(vi, axis=1) - r0, mask=mmask, sem="relaxed")
 
@@ -135,7 +147,7 @@ def _qgemm_kernel(
     a_desc, w_desc, M, N, Kp, C,
     kop_ptr, sa_ptr, sw_ptr, zw_ptr, corr_ptr, ratio_ptr, bias_ptr, rs_ptr,
     out_ptr, out_desc, stride_om, res_ptr, stride_rm, gate_ptr, stride_gr, S,
-    qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
+    qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr, qnout, qshift,
     DUAL: tl.constexpr, W4: tl.constexpr, WZP: tl.constexpr, CORR: tl.constexpr, HAS_BIAS: tl.constexpr,
     EPI: tl.constexpr, HAS_GATE: tl.constexpr, Q_PERCOL: tl.constexpr, Q_ROWSUM: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, FLATTEN: tl.constexpr,
@@ -193,16 +205,16 @@ def _qgemm_kernel(
             _epilogue(a0, o0, ratio_ptr, g, pid_m, pid_n * BN, offs_m, pid_n * BN + tl.arange(0, BN // 2), M, CN,
                       sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om, res_ptr,
                       stride_rm, gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
-                      DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
+                      qnout, qshift, DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
             n1 = pid_n * BN + BN // 2
             _epilogue(a1, o1, ratio_ptr, g, pid_m, n1, offs_m, n1 + tl.arange(0, BN // 2), M, CN, sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om,
                       res_ptr, stride_rm, gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
-                      DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
+                      qnout, qshift, DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
         else:
             _epilogue(acc, acc_o, ratio_ptr, g, pid_m, pid_n * BN, offs_m, offs_n,
                       M, CN, sa_ptr, sw_ptr, zw_ptr, corr_ptr, bias_ptr, rs_ptr, out_ptr, out_desc, stride_om,
                       res_ptr, stride_rm, gate_ptr, stride_gr, S, qcs_ptr, qcz_ptr, qdest_ptr, qkop, qlo, qhi, qrs_ptr,
-                      DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
+                      qnout, qshift, DUAL, WZP, CORR, HAS_BIAS, EPI, HAS_GATE, Q_PERCOL, Q_ROWSUM, BM, EXACT_DIV, GATE2)
 
 
 SMEM_LIMIT = 232448  # bytes of shared memory one program may use on sm_90
@@ -256,7 +268,7 @@ def qgemm(
     dummy_f = dummy(torch.float32, dev)
     dummy_i = dummy(torch.int32, dev)
     res, gate_t, stride_gr = (dummy(out_dtype, dev), dummy_f, 0)
-    q = dict(qcs=dummy_f, qcz=dummy_f, qdest=dummy_i, qkop=0, qlo=0, qhi=0, qrs=dummy_i, percol=False)
+    q = dict(qcs=dummy_f, qcz=dummy_f, qdest=dummy_i, qkop=0, qlo=0, qhi=0, qrs=dummy_i, percol=0, qnout=0, qshift=0)
     result = None
     if epilogue == "store":
         out = out if out is not None else torch.empty((m, c * n), dtype=out_dtype, device=dev)
@@ -278,7 +290,10 @@ def qgemm(
         qrs = torch.zeros((m, 2), dtype=torch.int32, device=dev) if next_rowsum else None
         q = dict(qcs=next_act.col_scale, qcz=next_act.col_zero, qdest=next_act.dest, qkop=next_act.kops[0],
                  qlo=next_act.lo, qhi=next_act.hi, qrs=qrs if qrs is not None else dummy_i,
-                 percol=not next_act.uniform)
+                 percol=0 if next_act.uniform else 1, qnout=0, qshift=0)
+        if next_act.split and next_act.src is None:  # the split layout in this layer's output order: two runs
+            q.update(qcs=next_act.gscale, qcz=next_act.gzero, percol=2, qnout=next_act.nouts[0],
+                     qshift=next_act.kops[0] - next_act.nouts[0])
         res = dummy(out_dtype, dev)
         result = (out, qrs)
     else:
@@ -297,7 +312,7 @@ def qgemm(
         lin.kop, lin.a_scale, lin.w_scale, lin.w_zero, lin.corr, lin.ratio,
         lin.bias if lin.bias is not None else dummy_f, rowsums if rowsums is not None else dummy_i,
         out, out_desc, out.stride(0), res, res.stride(0) if res.dim() == 2 else 0, gate_t, stride_gr, tokens_per_frame,
-        q["qcs"], q["qcz"], q["qdest"], q["qkop"], q["qlo"], q["qhi"], q["qrs"],
+        q["qcs"], q["qcz"], q["qdest"], q["qkop"], q["qlo"], q["qhi"], q["qrs"], q["qnout"], q["qshift"],
         DUAL=DUAL_MODES[lin.dual], W4=lin.int4, WZP=lin.has_wzp, CORR=lin.has_corr, HAS_BIAS=lin.bias is not None,
         EPI=EPILOGUES[epilogue], HAS_GATE=gate is not None, Q_PERCOL=q["percol"], Q_ROWSUM=q["qrs"] is not dummy_i,
         BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP_M=cfg.group_m, FLATTEN=cfg.flatten and not interpreting(),

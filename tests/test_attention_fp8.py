@@ -1,4 +1,4 @@
-"""FP8 self-attention of the deployment path (kernels/attn_cudnn.py, qarvd.deploy.calibrate_attention_fp8_) on the CPU:
+"""FP8 self-attention of the deployment path (kernels/attn_cudnn.py, qarvd.deploy.calibrate_attention_) on the CPU:
 torch_ref emulates cuDNN's FP8 numerics, so calibration, the float8 KV cache, the FP8 hand-over to the o projection
 and the quality cost are tested here; the cuDNN kernel itself against the emulation in test_kernels_gpu.py."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kernels import attn_cudnn
 from qarvd.deploy.backends import TorchRefBackend
-from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real, restore_
+from qarvd.deploy import accelerate_, calibrate_attention_, convert_to_real, restore_
 from qarvd.deploy.packing import minmax_spec
 from qarvd.models.rollout import RolloutConfig, rollout
 from qarvd.models.wan import CausalWanModel, WanConfig
@@ -66,13 +66,13 @@ def test_calibrated_fp8_attention_rollout(real, graphs):
     base = _video(accelerate_(copy.deepcopy(real), TorchRefBackend(graphs=graphs)), ctx)
     model = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8", graphs=graphs))
     assert model.kv_cache_dtype is None  # not calibrated yet: bf16/fp32 caches, and the forward refuses to run
-    with pytest.raises(RuntimeError, match="calibrate_attention_fp8_"):
+    with pytest.raises(RuntimeError, match="calibrate_attention_"):
         _video(model, ctx)
-    amax = calibrate_attention_fp8_(model, lambda: _video(model, ctx))
+    amax = calibrate_attention_(model, lambda: _video(model, ctx))
     assert amax.shape == (2, 4) and (amax > 0).all()
     block = model.blocks[0]
     assert torch.allclose(block._qarvd_attn_scales, amax[0] / 448)
-    assert model.new_cache(2, 6, 8, 8).k[0].dtype == torch.float8_e4m3fn
+    assert model.new_cache(2, 6, 8, 8).layers[0].k.dtype == torch.float8_e4m3fn
     got = _video(model, ctx)
     rel = float((got - base).norm() / base.norm())
     assert 1e-4 < rel < 0.1, rel  # FP8 attention moves the latents a little, not a lot
@@ -85,8 +85,8 @@ def test_calibrated_fp8_attention_rollout(real, graphs):
 
 def test_calibration_needs_fp8_backend(real):
     model = accelerate_(copy.deepcopy(real), TorchRefBackend())
-    with pytest.raises(ValueError, match="cudnn_fp8"):
-        calibrate_attention_fp8_(model, lambda: None)
+    with pytest.raises(ValueError, match="quantized attention"):
+        calibrate_attention_(model, lambda: None)
     with pytest.raises(ValueError, match="fused=true"):
         accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8", fused=False))
 
@@ -126,7 +126,7 @@ def test_saved_model_keeps_its_fp8_attention_scales(real, tmp_path):
 
     ctx = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(2))
     model = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8"))
-    calibrate_attention_fp8_(model, lambda: _video(model, ctx))
+    calibrate_attention_(model, lambda: _video(model, ctx))
     want = _video(model, ctx)
     save_real(restore_(model), tmp_path / "fp8")
     loaded = accelerate_(load_real(tmp_path / "fp8", TorchRefBackend()), TorchRefBackend(attention="cudnn_fp8"))
@@ -135,4 +135,4 @@ def test_saved_model_keeps_its_fp8_attention_scales(real, tmp_path):
     assert torch.equal(_video(loaded, ctx), want)
     save_real(copy.deepcopy(real), tmp_path / "plain")
     plain = accelerate_(load_real(tmp_path / "plain", TorchRefBackend()), TorchRefBackend(attention="cudnn_fp8"))
-    assert plain.kv_cache_dtype is None  # not calibrated: the fused forward will ask for calibrate_attention_fp8_
+    assert plain.kv_cache_dtype is None  # not calibrated: the fused forward will ask for calibrate_attention_

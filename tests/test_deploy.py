@@ -146,6 +146,53 @@ def test_bf16_fused_glue_keeps_the_eager_numbers(quantized):
     assert [n for n, _ in fast.named_parameters()] == [n for n, _ in fp.named_parameters()]
 
 
+@pytest.mark.parametrize("backend", [TorchRefBackend, TritonInt8Backend], ids=["torch_ref", "triton_int8"])
+@pytest.mark.parametrize("dual", ["exact", "int_ratio"])
+def test_split_dual_layout_equals_the_scattered_one(quantized, backend, dual):
+    """kernel.dual_layout=split (producers read through the outlier-first permutation and write two contiguous runs,
+    ffn.0's rows in ffn.2's order) against scatter (per-column steps scattered through dest): the same codes reach
+    the same GEMMs, so the rollouts are equal bit for bit; the split plan did permute ffn.0."""
+    _, q, ctx, _ = quantized
+    real = convert_to_real(copy.deepcopy(q), real_specs(q), backend(dual_mode=dual))
+    videos = []
+    for layout in ("split", "scatter"):
+        model = accelerate_(copy.deepcopy(real), backend(dual_mode=dual, dual_layout=layout))
+        plan = model.blocks[0]._qarvd_plan
+        assert plan.a["o"].split == (layout == "split") and (plan.g["f0"] is not plan.f0.group()) == (layout == "split")
+        videos.append(rollout(model, ctx, [0], SHAPE, RC))
+    assert torch.equal(*videos)
+    with pytest.raises(ValueError, match="dual_layout"):
+        backend(dual_layout="gather")
+
+
+@pytest.mark.slow
+def test_split_dual_layout_on_the_embedded_model(tmp_path):
+    """The same equality on the embedded model: MinMax W8A8 with Q-ARVD's dual scale where Eq. 12 finds outliers
+    (most block linears of the bundled model, 32 outlier columns each), torch_ref, two held-out prompts."""
+    from qarvd.app.calibrate import calibration_prompts, train_quant
+    from qarvd.models.pipeline import build_pipeline
+    from qarvd.quant.artifact import load_artifact
+    from qarvd.quant.sensitivity import generate
+
+    from conftest import compose
+
+    cfg = compose(["method=minmax", "method.dual_scale=true", "bits=w8a8", "calib=fast", "calib.eval_prompts=2",
+                   "logger=none", f"paths.output_dir={tmp_path}"])
+    train_quant(cfg, tmp_path)
+    pipe = build_pipeline(cfg.model, "cpu")
+    load_artifact(pipe.model, tmp_path)
+    specs = real_specs(pipe.model)
+    assert sum(len(s.groups) == 2 for s in specs.values()) >= 16
+    _, _, prompts = calibration_prompts(cfg)
+    real = convert_to_real(pipe.model, specs, TorchRefBackend())
+    videos = []
+    for layout in ("split", "scatter"):
+        pipe.model = accelerate_(copy.deepcopy(real), TorchRefBackend(dual_layout=layout))
+        with torch.no_grad():
+            videos.append(generate(pipe, prompts, [0, 1], 2))
+    assert torch.equal(*videos)
+
+
 @pytest.mark.parametrize("w_bits,dual", [(8, "exact"), (4, "int_ratio")])
 def test_save_load_round_trip(tmp_path, w_bits, dual):
     from safetensors import safe_open

@@ -59,13 +59,13 @@ def test_new_cache_reuses_storage_and_stales_the_previous_cache(fp):
     c1 = model.new_cache(1, 6, 8, 8)
     x, t, ctx = torch.randn(1, 4, 2, 8, 8), torch.full((1, 2), 500.0), torch.randn(1, 4, 16)
     model(x, t, ctx, cache=c1)
-    assert c1.k[0].abs().sum() > 0 and c1.cross[0] is not None
+    assert c1.layers[0].k.abs().sum() > 0 and c1.layers[0].cross is not None
     c2 = model.new_cache(1, 6, 8, 8)
-    assert isinstance(c2, StaticCache) and c2.k[0] is c1.k[0] and float(c2.k[0].abs().sum()) == 0.0
-    assert c2.context is None and c2.cross[0] is None
+    assert isinstance(c2, StaticCache) and c2.layers[0].k is c1.layers[0].k and float(c2.layers[0].k.abs().sum()) == 0.0
+    assert c2.context is None and c2.layers[0].cross is None
     with pytest.raises(RuntimeError, match="stale KV cache"):
         model(x, t, ctx, cache=c1)
-    assert model.new_cache(2, 6, 8, 8).k[0] is not c1.k[0]  # another batch size: its own storage
+    assert model.new_cache(2, 6, 8, 8).layers[0].k is not c1.layers[0].k  # another batch size: its own storage
 
 
 def test_uncached_and_masked_forwards_run_eagerly(fp):

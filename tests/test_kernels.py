@@ -63,6 +63,36 @@ def test_norm_quant_writes_reference_codes(ln, mod, consumers):
         assert torch.equal(rs[i, :, 1], a[i][:, kop:][:, valid[kop:]].int().sum(1))
 
 
+@pytest.mark.parametrize("k,ln,mod,pre_gelu,in_fp8", [
+    (160, "plain", True, False, False),  # norm1 + modulation -> q/k/v, each with its own outlier columns
+    (160, "affine", False, False, False),  # norm3 -> cross q
+    (2304, "none", False, False, True),  # FP8 attention codes -> o, two column blocks of 2048 (the loop)
+    (160, "none", False, True, False),  # ffn.0 output -> GELU -> ffn.2
+])
+def test_split_layout_writes_the_scattered_codes(k, ln, mod, pre_gelu, in_fp8):
+    """Dual-scale consumers without smoothing take the split layout (kernels/layout.py): the producer reads its
+    input through each consumer's permutation and writes two contiguous runs with the group steps. Same codes and
+    row sums, byte for byte, as the per-column scatter through ``dest``; pad columns untouched."""
+    import dataclasses
+
+    m, s = 37, 9
+    mods = [_layer(k, 48, seed=i, outliers=32 * (i + 1), asym=i != 1)[0] for i in range(3 if ln == "plain" else 1)]
+    acts = stack_acts([mo.act() for mo in mods])
+    assert acts.split and acts.src is not None and acts.nouts == tuple(32 * (i + 1) for i in range(len(mods)))
+    scatter = dataclasses.replace(acts, nouts=(), gscale=None, gzero=None, src=None)
+    x = torch.randn(m, k) * 3
+    kw = dict(ln=None if ln == "none" else ((torch.rand(k) + 0.5, torch.randn(k), 1e-6) if ln == "affine" else
+                                            (None, None, 1e-6)),
+              mod=(torch.randn(m // s + 1, 6, k), 3, 4, s) if mod else None, pre_gelu=pre_gelu)
+    if in_fp8:
+        x = (x * 50).clamp(-448, 448).to(torch.float8_e4m3fn)
+        kw.update(in_scale=torch.tensor([0.02]), act_dtype=torch.float32)
+    got = [act_quant.norm_quant(x, a, rowsum=True, out=torch.full((len(mods), m, acts.kp), POISON, dtype=torch.int8),
+                                **kw) for a in (acts, scatter)]
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+    assert (got[0][0] == POISON).any()  # the outlier run's padding was left alone
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_norm_modulate_plain_and_fp8(dtype):
     m, k, s = 21, 96, 7
@@ -139,6 +169,26 @@ def test_qgemm_gelu_quant_epilogue_feeds_next_layer():
     kop = nxt.meta["kop"]
     assert torch.equal(rsn[:, 0], codes[:, :kop][:, valid[:kop]].int().sum(1))
     assert torch.equal(rsn[:, 1], codes[:, kop:][:, valid[kop:]].int().sum(1))
+
+
+def test_gelu_quant_writes_the_split_runs_when_the_rows_come_in_split_order():
+    """ffn.0 with its output rows permuted to ffn.2's split order (qarvd.deploy.modules.rows_permuted) and ffn.2's
+    activation taken in that order: the epilogue writes two contiguous runs with the group steps instead of
+    scattering per column; the codes and row sums equal the scattering path's byte for byte."""
+    from qarvd.deploy.modules import in_split_order, rows_permuted
+
+    m, k, n = 33, 128, 256
+    mod, _ = _layer(k, n)
+    nxt, _ = _layer(n, k, outliers=64, seed=3, asym=False)
+    act = nxt.act()
+    a, rs = act_quant.norm_quant(torch.randn(m, k), mod.stacked_act(), rowsum=True)
+    ordered = stack_acts([in_split_order(act)])
+    assert ordered.split and ordered.src is None and not nxt.stacked_act().uniform
+    got, want = (qgemm.qgemm(a, rs, g, m, out_dtype=torch.float32, epilogue="gelu_quant", next_act=na,
+                             next_rowsum=True)
+                 for g, na in ((rows_permuted(mod.group(), act.src), ordered), (mod.group(), nxt.stacked_act())))
+    valid = _valid_cols(nxt.stacked_act())  # pad columns are never written (torch.empty)
+    assert torch.equal(got[0][:, valid], want[0][:, valid]) and torch.equal(got[1], want[1])
 
 
 def test_qk_norm_rope_and_cache_write():

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
@@ -208,3 +209,85 @@ def test_fp8_attention_kernel_matches_float64():
     kv.write(k[:, 600:], v[:, 600:], 600)
     out = kv.attend(q, lk)
     assert torch.isfinite(out).all() and float((out.double() - ref).norm() / ref.norm()) < 0.1
+
+
+def _graphed(fn):
+    """fn() once eagerly (compilation, plans), then captured in a CUDA graph and replayed: returns both outputs."""
+    eager = fn().clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return eager, out
+
+
+def test_int8_attention_kernel_matches_reference_and_captures():
+    """kernels/attn_int8.py on the GPU with bf16 V (the interpreter cannot multiply bf16 tiles): partial tiles, q a
+    view of the glue's [B*L, H*D] output, keys with a large shared mean removed before the int8 rounding; the
+    kernel equals its torch reference to float32 summation order, the reference stays within INT8 rounding of
+    exact attention, and a CUDA-graph replay gives the eager output bit for bit."""
+    from kernels import attn_int8
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, lq, t, h, d = 2, 300, 1000, 3, 128
+    q = (torch.randn(b * lq, h * d, device="cuda", generator=g) * 2).to(torch.bfloat16).view(b, lq, h, d)
+    mean = torch.randn(h, d, device="cuda", generator=g) * 4
+    k = torch.randn(b, t, h, d, device="cuda", generator=g) + mean
+    v = torch.randn(b, t, h, d, device="cuda", generator=g).to(torch.bfloat16)
+    codes, sc = attn_int8.quantize_rows(k - mean)
+    k8, ks = codes.to(torch.int8), sc[..., 0].transpose(1, 2).contiguous()
+    for end in (t, 777):
+        ref = attn_int8.int8_attention_ref(q, k8, ks, v, end).float()
+        eager, replay = _graphed(lambda: attn_int8.int8_attention(q, k8, ks, v, end))
+        assert torch.equal(eager, replay)
+        assert float((eager.float() - ref).norm() / ref.norm()) < 5e-3, end
+        exact = F.scaled_dot_product_attention(*(x.transpose(1, 2).double() for x in (q, k[:, :end], v[:, :end]))
+                                               ).transpose(1, 2)
+        assert float((eager.double() - exact).norm() / exact.norm()) < 0.03, end
+
+
+def test_fa4_attention_matches_sdpa_and_captures():
+    """kernel.attention=fa4 (kernels/attn_fa4.py) against SDPA in float64 on the fused block's layouts: q a view of
+    a [B*L, H*D] tensor, k/v slices of a longer cache; a CUDA-graph replay gives the eager output bit for bit."""
+    from kernels import attn_fa4
+
+    if not attn_fa4.available():
+        pytest.skip(f"FlashAttention-4 is not installed ({attn_fa4.PACKAGES})")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, lq, t, h, d = 2, 4680, 9360 + 77, 12, 128
+    q = torch.randn(b * lq, h * d, device="cuda", generator=g).to(torch.bfloat16).view(b, lq, h, d)
+    cache = torch.randn(2, b, t, h, d, device="cuda", generator=g).to(torch.bfloat16)
+    k, v = cache[0][:, :9360], cache[1][:, :9360]
+    ref = F.scaled_dot_product_attention(*(x.transpose(1, 2).double() for x in (q, k, v))).transpose(1, 2)
+    eager, replay = _graphed(lambda: attn_fa4.fa4_attention(q, k, v))
+    assert torch.equal(eager, replay) and eager.shape == q.shape and eager.dtype == torch.bfloat16
+    assert float((eager.double() - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_fused_rollout_with_int8_and_fa4_attention():
+    """The fused bf16 block with attention=int8_sage (calibrated) and =fa4 (when installed): eager and graphed
+    rollouts equal bit for bit, and both stay close to SDPA's latents."""
+    from kernels import attn_fa4
+    from qarvd.deploy import accelerate_, calibrate_attention_
+    from qarvd.deploy.backends import Bf16Backend
+    from qarvd.models.rollout import RolloutConfig, rollout
+    from qarvd.models.wan import CausalWanModel, WanConfig
+
+    torch.manual_seed(0)
+    cfg = WanConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=2, freq_dim=64, text_dim=64, text_len=16)
+    base = CausalWanModel(cfg).cuda().to(torch.bfloat16).eval().requires_grad_(False)
+    rc = RolloutConfig(num_frames=6, frames_per_chunk=3, denoising_steps=[1000, 500])
+    ctx = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    video = lambda m: rollout(m, ctx, [0, 1], (16, 16, 24), rc)  # noqa: E731
+    with torch.no_grad():
+        ref = video(accelerate_(copy.deepcopy(base), Bf16Backend(attention="auto", graphs=False)))
+        for att in ["int8_sage"] + (["fa4"] if attn_fa4.available() else []):
+            got = []
+            for graphs in (False, True):
+                model = accelerate_(copy.deepcopy(base), Bf16Backend(attention=att, graphs=graphs))
+                if att == "int8_sage":
+                    calibrate_attention_(model, lambda: video(model))
+                got.append(video(model))
+            assert torch.equal(*got), att
+            assert float((got[0] - ref).norm() / ref.norm()) < 0.05, att

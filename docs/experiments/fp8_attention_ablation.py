@@ -4,7 +4,7 @@
 
 Converts the run's W8A8 artifact to the real torch_ref model (bf16-path attention), then swaps the self-attention
 for a float32 version that rounds only the named operands to E4M3 with static per-layer per-tensor scales (amax of one
-calibration rollout / 448, as qarvd.deploy.calibrate_attention_fp8_): q, k, v, p (unnormalised probabilities, step
+calibration rollout / 448, as qarvd.deploy.calibrate_attention_): q, k, v, p (unnormalised probabilities, step
 1/448), o (output). ``kmean``/``vmean`` subtract the calibrated per-channel mean of k / v first (softmax-invariant
 for k; the v mean is added back to the output); ``rot`` rotates q and k (after any centring) by an orthonormal
 Hadamard matrix over the head dim before rounding, which leaves q k^T unchanged; ``vrot`` rotates v the same way

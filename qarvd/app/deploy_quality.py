@@ -7,7 +7,8 @@ fake-quant MSE (the deployment criterion: within 5%). ``weights=symmetric`` re-q
 point (:func:`qarvd.deploy.packing.symmetric_weights`); ``artifact`` keeps the calibrated weights exactly.
 
 ``cudnn_fp8`` attention runs the self-attention in FP8 with a float8 KV cache (torch_ref emulates cuDNN's numerics on
-the CPU). Its static per-layer scales need one bf16-attention rollout (:func:`qarvd.deploy.calibrate_attention_fp8_`)
+the CPU), ``int8_sage`` in INT8 Q.K^T / bf16 P.V (kernels/attn_int8.py; torch_ref runs its torch reference). Their
+static per-layer scales / mean keys need one bf16-attention rollout (:func:`qarvd.deploy.calibrate_attention_`)
 on the run's own calibration prompts and seeds (not the held-out ones), so the row measures scales a deployment would
 ship, not scales fitted to the prompts they are scored on.
 """
@@ -23,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qarvd.app.calibrate import calibration_prompts
-from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
+from qarvd.deploy import accelerate_, calibrate_attention_, convert_to_real
 from qarvd.deploy.backends import TorchRefBackend, TritonInt8Backend
 from qarvd.deploy.from_quant import real_specs
 from qarvd.models.pipeline import build_pipeline
@@ -34,7 +35,7 @@ from qarvd.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 BACKENDS = dict(torch_ref=TorchRefBackend, triton_int8=TritonInt8Backend)  # `kernels` value -> backend class
-ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8")  # `attention` value -> the backend's attention argument
+ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8", int8_sage="int8_sage")  # `attention` value -> the backend's attention argument
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -80,8 +81,8 @@ def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
         name = f"{kernel}/{weights}/{dual}/{attn}"
         be = BACKENDS[kernel](attention=ATTENTION[attn], dual_mode=dual, weights=weights)
         pipe.model = accelerate_(convert_to_real(copy.deepcopy(quant_model), real_specs(quant_model), be), be)
-        if be.fp8_attention_on:
-            calibrate_attention_fp8_(pipe.model, lambda: roll(f"{name} calibration", calib_prompts, calib_seeds))
+        if be.quantized_attention:
+            calibrate_attention_(pipe.model, lambda: roll(f"{name} calibration", calib_prompts, calib_seeds))
         lat = roll(name)
         mse = latent_mse_by_chunk(lat, fp, chunks)
         result["rows"].append(dict(kernel=kernel, weights=weights, dual_mode=dual, attention=attn, latent_mse=mse,

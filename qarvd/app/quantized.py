@@ -22,7 +22,7 @@ def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None, cfg
 
     The one place where evaluation reaches into the quantization core. ``info`` receives the model's weight memory.
     With ``cfg.eval.deploy`` the fake-quant model is then converted to real low-bit modules run by ``cfg.kernel``
-    (the videos a deployment would make); ``attention=cudnn_fp8`` first calibrates its static FP8 scales with one
+    (the videos a deployment would make); ``attention=cudnn_fp8 | int8_sage`` first calibrates its static scales / mean keys with one
     rollout of the config's calibration prompts (not the evaluation prompts).
     """
     def apply(pipe) -> None:
@@ -41,17 +41,17 @@ def artifact_quantizer(path: str | os.PathLike, info: Optional[dict] = None, cfg
 
 def deploy_real_(pipe, cfg: DictConfig) -> None:
     """Replace the pipeline's fake-quant DiT by its real modules of backend ``cfg.kernel``, accelerated (in place)."""
-    from qarvd.deploy import accelerate_, calibrate_attention_fp8_, convert_to_real
+    from qarvd.deploy import accelerate_, calibrate_attention_, convert_to_real
     from qarvd.deploy.from_quant import real_specs
     from qarvd.app.calibrate import calib_prompts
     from qarvd.quant.sensitivity import generate as rollout
 
     backend = instantiate(cfg.kernel)
     pipe.model = accelerate_(convert_to_real(pipe.model, real_specs(pipe.model), backend), backend)
-    if backend.fp8_attention_on:
+    if backend.quantized_attention:
         prompts = calib_prompts(cfg)
         seeds = [int(cfg.seed) + i for i in range(len(prompts))]
-        calibrate_attention_fp8_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.prompts_per_batch)))
+        calibrate_attention_(pipe.model, lambda: rollout(pipe, prompts, seeds, int(cfg.eval.prompts_per_batch)))
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

@@ -14,19 +14,22 @@ from qarvd.bench.dit import rollout_once, time_rollout
 from qarvd.bench.report import Report, log, rel_err
 from qarvd.bench.rows import Row, build_row
 from qarvd.bench.sizes import file_bytes, format_sizes, model_bytes
-from qarvd.deploy import calibrate_attention_fp8_
+from qarvd.deploy import calibrate_attention_
+from qarvd.deploy.backends import QUANTIZED_ATTENTION
 
 FLASH_ROW = "bf16_eager_flash"  # the paper's setting: the reference of speedup_vs_bf16_flash
 LATENT_REF_ROW = "bf16_fused"  # same seeds: latent_rel_diff_to_bf16_fused measures how far a format moves the latents
 
 
 def calibrated(model, attention: str, batch: int, cfg: DictConfig) -> dict:
-    """FP8 self-attention (attention=cudnn_fp8) takes static scales: calibrated on one rollout of the benchmark's inputs
-    with bf16 attention (qarvd.deploy.calibrate_attention_fp8_); returns the per-layer amax medians for the record."""
-    if attention != "cudnn_fp8":
+    """Quantized self-attention (cudnn_fp8, int8_sage) takes static scales / mean keys: calibrated on one rollout of the
+    benchmark's inputs with bf16 attention (qarvd.deploy.calibrate_attention_); returns their per-layer medians."""
+    if attention not in QUANTIZED_ATTENTION:
         return {}
-    amax = calibrate_attention_fp8_(model, lambda: rollout_once(model, batch, cfg))
-    return {"fp8_attention_amax_median": amax.median(0).values.tolist()}  # q, k, v, o
+    stats = calibrate_attention_(model, lambda: rollout_once(model, batch, cfg))
+    if QUANTIZED_ATTENTION[attention] == "fp8":
+        return {"fp8_attention_amax_median": stats.median(0).values.tolist()}  # q, k, v, o
+    return {"int8_key_mean_norm_median": float(stats.norm(dim=1).median())}
 
 
 def rollout_section(cfg: DictConfig, rows: dict[str, Row], base, fastest: str, device, rep: Report) -> None:

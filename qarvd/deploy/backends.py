@@ -13,13 +13,20 @@ import contextlib
 
 import torch
 
-from kernels import act_quant, attn_cudnn, cutlass_gemm, fp8, glue, qgemm
+from kernels import act_quant, attn_cudnn, attn_fa4, attn_int8, cutlass_gemm, fp8, glue, qgemm
 from kernels._common import triton_ok
 
-# cudnn_fp8: the fused block's self-attention in FP8 through cuDNN (kernels/attn_cudnn.py; torch_ref emulates its
-# numerics), with per-layer scales from qarvd.deploy.calibrate_attention_fp8_; other attention as "auto"
-ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", "cudnn_fp8")
+# Quantized self-attention of the fused block, each calibrated once by qarvd.deploy.calibrate_attention_ (other
+# attention, i.e. cross-attention, as "auto"). cudnn_fp8: FP8 through cuDNN (kernels/attn_cudnn.py; torch_ref emulates
+# its numerics), per-layer static scales. int8_sage: INT8 Q.K^T with per-token scales and the calibrated mean key
+# subtracted, bf16 P.V (kernels/attn_int8.py; torch_ref runs its torch reference).
+QUANTIZED_ATTENTION = {"cudnn_fp8": "fp8", "int8_sage": "int8"}
+# fa4: FlashAttention-4 (kernels/attn_fa4.py) for the fused block's bf16 self- and cross-attention
+ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", "fa4", *QUANTIZED_ATTENTION)
 DUAL = ("exact", "int_ratio")
+# split: dual-scale consumers read their input through the outlier-first permutation and get two contiguous runs
+# (ffn.0's rows permuted to ffn.2's order); scatter: per-column steps scattered through dest (the ablation)
+DUAL_LAYOUTS = ("split", "scatter")
 WEIGHTS = ("artifact", "symmetric")
 
 
@@ -27,7 +34,7 @@ def sdpa_context(name: str):
     """Context restricting F.scaled_dot_product_attention to one backend ('auto' leaves PyTorch's choice)."""
     if name not in ATTENTION:
         raise ValueError(f"attention={name!r}; choose from {ATTENTION}")
-    if name in ("auto", "cudnn_fp8"):  # cudnn_fp8: the bf16 attentions left (cross-attention) run on PyTorch's choice
+    if name in ("auto", "fa4") or name in QUANTIZED_ATTENTION:  # what SDPA still runs: PyTorch's choice
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -45,13 +52,18 @@ class KernelBackend:
     qk_norm_rope = staticmethod(glue.qk_norm_rope)
     residual = staticmethod(glue.residual_update)
     fp8_linear = staticmethod(fp8.fp8_linear)
+    int8_attention = staticmethod(attn_int8.int8_attention)
+    fa4_attention = staticmethod(attn_fa4.fa4_attention)
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
-                 weights: str = "artifact", graphs: bool = False) -> None:
+                 weights: str = "artifact", graphs: bool = False, dual_layout: str = "split") -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
             raise ValueError(f"dual_mode={dual_mode!r}; choose from {DUAL}")
+        if dual_layout not in DUAL_LAYOUTS:
+            raise ValueError(f"kernel.dual_layout={dual_layout!r}; choose from {DUAL_LAYOUTS}")
+        self.dual_layout = dual_layout
         if weights not in WEIGHTS:
             raise ValueError(f"weights={weights!r}; choose from {WEIGHTS}")
         self.attention, self.fused, self.dual_mode, self.weights = attention, bool(fused), dual_mode, weights
@@ -61,8 +73,14 @@ class KernelBackend:
         return sdpa_context(self.attention)
 
     @property
+    def quantized_attention(self):
+        """'fp8' | 'int8' when the fused block's self-attention is quantized (it then needs calibrate_attention_),
+        else None."""
+        return QUANTIZED_ATTENTION.get(self.attention)
+
+    @property
     def fp8_attention_on(self) -> bool:
-        return self.attention == "cudnn_fp8"
+        return self.quantized_attention == "fp8"
 
     def fp8_attention(self, q8, k8, v8, scalars, scales):
         """FP8 self-attention over the cache: codes in ([B, Lq, H, D] q, [B, Lk, H, D] k/v), output codes [B, Lq, H, D]
@@ -82,7 +100,7 @@ class KernelBackend:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r}, "
-                f"weights={self.weights!r}, graphs={self.graphs})")
+                f"weights={self.weights!r}, graphs={self.graphs}, dual_layout={self.dual_layout!r})")
 
 
 def _lowrank(mod, x2: torch.Tensor):
@@ -142,6 +160,9 @@ class _TorchGlue:
 
     def fp8_attention(self, q8, k8, v8, scalars, scales):
         return attn_cudnn.fp8_attention_ref(q8, k8, v8, scales)
+
+    int8_attention = staticmethod(attn_int8.int8_attention_ref)
+    fa4_attention = staticmethod(attn_fa4.fa4_attention_ref)
 
 
 class TorchRefBackend(_TorchGlue, TritonInt8Backend):

@@ -11,8 +11,11 @@ parameters and state dict are unchanged) and attaches a per-block plan for the b
 
 With ``backend.attention == "cudnn_fp8"`` the self-attention runs in FP8 (kernels/attn_cudnn.py): the glue kernel
 writes q and the K/V cache as E4M3 codes with static per-layer scales, the attention output stays FP8 and its consumer
-(the o projection's producer) dequantizes it. The scales come from :func:`calibrate_attention_fp8_` (amax of q, k, v
+(the o projection's producer) dequantizes it. The scales come from :func:`calibrate_attention_` (amax of q, k, v
 and the attention output over a rollout with bf16 attention); the K/V cache is then float8 (half the memory).
+With ``"int8_sage"`` (kernels/attn_int8.py) the glue kernel writes the keys as int8 codes of k minus the layer's
+calibrated mean key (:func:`calibrate_attention_`), one scale per (token, head) next to them, and the values in bf16;
+the kernel quantizes q per row, multiplies Q.K^T in int8 and P.V in bf16, and hands a bf16 output to o.
 
 Forwards without a cache or with an explicit mask (training-style full sequences) run the eager block unchanged.
 """
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 
 from kernels.attn_cudnn import FP8_MAX, fp8_scalars
 from kernels.layout import stack_acts
-from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, stack_group
+from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, in_split_order, rows_permuted, stack_group
 from qarvd.models.wan import WanAttentionBlock, WanRMSNorm, attention
 
 
@@ -108,6 +111,15 @@ class IntPlan(_Plan):
             self.g_qkv = self.a_qkv = None
         self.g = {name: getattr(self, name).group() for name in ("o", "cq", "co", "f0", "f2")}
         self.a = {name: getattr(self, name).stacked_act() for name in ("o", "cq", "co", "f0", "f2")}
+        self.a_each = [m.stacked_act() for m in self.qkv_mods]  # q, k, v one by one (no grouped launch)
+        f2 = self.f2.act()
+        if backend.dual_layout == "scatter":
+            self.a = {name: a.scattered() for name, a in self.a.items()}
+            self.a_each = [a.scattered() for a in self.a_each]
+            self.a_qkv = None if self.a_qkv is None else self.a_qkv.scattered()
+        elif f2.n_out and not f2.src_identity:  # ffn.0's rows in ffn.2's split order: its epilogue writes two runs
+            self.g["f0"] = rows_permuted(self.g["f0"], f2.src)
+            self.a["f2"] = stack_acts([in_split_order(f2)])
 
     def _q(self, x, name, **kw):
         return self.be.norm_quant(x, self.a[name], rowsum=self.g[name].has_wzp, **kw)
@@ -115,9 +127,8 @@ class IntPlan(_Plan):
     def qkv(self, x2, mod, s):
         if self.g_qkv is None:  # q, k, v quantized and multiplied one by one
             outs = []
-            for m in self.qkv_mods:
-                a, rs = self.be.norm_quant(x2, m.stacked_act(), ln=self.ln1, mod=(mod, 0, 1, s),
-                                           rowsum=m.group().has_wzp)
+            for m, acts in zip(self.qkv_mods, self.a_each):
+                a, rs = self.be.norm_quant(x2, acts, ln=self.ln1, mod=(mod, 0, 1, s), rowsum=m.group().has_wzp)
                 outs.append(self.be.gemm(a, rs, m.group(), x2.shape[0], out_dtype=x2.dtype))
             return torch.cat(outs, dim=1)
         a, rs = self.be.norm_quant(x2, self.a_qkv, ln=self.ln1, mod=(mod, 0, 1, s), rowsum=self.g_qkv.has_wzp)
@@ -198,51 +209,71 @@ def _norm_weight(norm):
 class FastWanAttentionBlock(WanAttentionBlock):
     """WanAttentionBlock whose cached-inference forward runs the fused plan attached by :func:`accelerate_`."""
 
-    def forward(self, x, e, context, cos, sin, layer, cache, token_start, frames, mask):
+    def forward(self, x, e, context, cos, sin, kv, token_start, frames, mask):
         plan = getattr(self, "_qarvd_plan", None)
-        if plan is None or cache is None or mask is not None:
-            return super().forward(x, e, context, cos, sin, layer, cache, token_start, frames, mask)
+        if plan is None or kv is None or mask is not None:
+            return super().forward(x, e, context, cos, sin, kv, token_start, frames, mask)
         be = plan.be
         b, n, d = x.shape
         s, m = n // frames, b * n
         sa, ca = self.self_attn, self.cross_attn
         heads, hd = sa.num_heads, sa.head_dim
         end = token_start + n
-        if end > cache.max_tokens:
-            raise ValueError(f"KV cache holds {cache.max_tokens} tokens; this forward needs {end}")
+        if end > kv.max_tokens:
+            raise ValueError(f"KV cache holds {kv.max_tokens} tokens; this forward needs {end}")
         mod = (self.modulation.unsqueeze(1) + e.float()).reshape(b * frames, 6, d)
         x2 = x.reshape(m, d).contiguous()  # block 0 gets the transposed patch embedding
         be.check(x2)
         qkv = plan.qkv(x2, mod, s)
-        fp8 = be.fp8_attention_on
-        scales = getattr(self, "_qarvd_attn_scales", None)
-        if fp8 and (scales is None or cache.k[layer].dtype != torch.float8_e4m3fn):
-            raise RuntimeError("attention=cudnn_fp8 needs per-layer scales and a float8 KV cache: run "
-                               "qarvd.deploy.calibrate_attention_fp8_(model, run) after accelerate_")
+        quant = be.quantized_attention
+        scales, key_mean = getattr(self, "_qarvd_attn_scales", None), getattr(self, "_qarvd_key_mean", None)
+        if quant and not _ready(self, kv, quant):
+            raise RuntimeError(f"attention={be.attention} needs its calibration ({'per-layer scales and a float8 KV cache' if quant == 'fp8' else 'per-layer mean keys and an int8 key cache'}): run "
+                               "qarvd.deploy.calibrate_attention_(model, run) after accelerate_")
         q = be.qk_norm_rope(qkv, (0, d, 2 * d), d, n, wq=_norm_weight(sa.norm_q), wk=_norm_weight(sa.norm_k),
-                            eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=cache.k[layer],
-                            cache_v=cache.v[layer], start=token_start, fp8_scales=scales if fp8 else None)
-        kv = (cache.k[layer][:, :end], cache.v[layer][:, :end])
-        if fp8:
-            y = be.fp8_attention(q.view(b, n, heads, hd), *kv, self._qarvd_attn_scalars, scales)
+                            eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=kv.k, cache_v=kv.v,
+                            start=token_start, fp8_scales=scales if quant == "fp8" else None,
+                            key_int8=(key_mean, kv.k_scale) if quant == "int8" else None)
+        q = q.view(b, n, heads, hd)
+        if quant == "fp8":
+            y = be.fp8_attention(q, kv.k[:, :end], kv.v[:, :end], self._qarvd_attn_scalars, scales)
             x2 = plan.self_out(y.reshape(m, d), x2, mod, s, in_scale=scales[3:4])
         else:
-            with be.sdpa():
-                y = attention(q.view(b, n, heads, hd), *kv)
-            seen = getattr(self, "_qarvd_attn_amax", None)
-            if seen is not None:  # calibration: running amax of q, this chunk's k and v, the attention output
-                new = torch.stack([q.abs().amax(), kv[0][:, token_start:].abs().amax(),
-                                   kv[1][:, token_start:].abs().amax(), y.abs().amax()]).float()
-                torch.maximum(seen, new, out=seen)
+            if quant == "int8":
+                y = be.int8_attention(q, kv.k, kv.k_scale, kv.v, end)
+            else:
+                y = _attend(be, q, kv.k[:, :end], kv.v[:, :end])
+            seen = getattr(self, "_qarvd_attn_stats", None)
+            if seen is not None:  # calibration (bf16 attention): amax of q, this chunk's k and v, the output; k sums
+                k_new, v_new = kv.k[:, token_start:end], kv.v[:, token_start:end]
+                new = torch.stack([q.abs().amax(), k_new.abs().amax(), v_new.abs().amax(), y.abs().amax()]).float()
+                torch.maximum(seen[:4], new, out=seen[:4])
+                seen[4:-1] += k_new.float().sum((0, 1)).flatten()
+                seen[-1] += b * n
             x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
         qc = be.qk_norm_rope(plan.cross_q(x2), (0,), d, n, wq=_norm_weight(ca.norm_q), eps=getattr(ca.norm_q, "eps", 0.0))
-        if cache.cross[layer] is None:
-            cache.cross[layer] = ca.context_kv(context)
-        kc, vc = cache.cross[layer]
-        with be.sdpa():
-            y = attention(qc.view(b, n, heads, hd), kc, vc)
+        if kv.cross is None:
+            kv.cross = ca.context_kv(context)
+        kc, vc = kv.cross
+        y = _attend(be, qc.view(b, n, heads, hd), kc, vc)
         x2 = plan.cross_out(y.reshape(m, d), x2)
         return plan.ffn(x2, mod, s).view(b, n, d)
+
+
+def _attend(be, q, k, v):
+    """bf16 attention of [B, L, H, D] tensors: FlashAttention-4 with attention=fa4, else SDPA under the backend's
+    kernel choice."""
+    if be.attention == "fa4":
+        return be.fa4_attention(q, k, v)
+    with be.sdpa():
+        return attention(q, k, v)
+
+
+def _ready(block, kv, quant: str) -> bool:
+    """The block's quantized attention is calibrated and the cache has the matching key format."""
+    if quant == "fp8":
+        return getattr(block, "_qarvd_attn_scales", None) is not None and kv.k.dtype == torch.float8_e4m3fn
+    return getattr(block, "_qarvd_key_mean", None) is not None and kv.k.dtype == torch.int8
 
 
 def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
@@ -268,64 +299,86 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
             planned = planned and plan is not None
             block.__class__ = FastWanAttentionBlock
             block._qarvd_plan = plan
-    if backend.fp8_attention_on and not planned:
-        raise ValueError("attention=cudnn_fp8 runs inside the fused block forward: it needs fused=true and a plan "
-                         "for every block (no low-rank branches)")
-    # new caches are float8 once calibrate_attention_fp8_ has set the scales; bf16 (the parameters' dtype) before
-    model.kv_cache_dtype = torch.float8_e4m3fn if backend.fp8_attention_on and _calibrated(model) else None
+    quant = backend.quantized_attention
+    if (quant or backend.attention == "fa4") and not planned:
+        raise ValueError(f"attention={backend.attention} runs inside the fused block forward: it needs fused=true and "
+                         f"a plan for every block (no low-rank branches)")
+    # new caches hold float8 K/V (fp8) or int8 keys (int8) once calibrate_attention_ has run; the parameters' before
+    model.kv_cache_dtype = torch.float8_e4m3fn if quant == "fp8" and _calibrated(model, "fp8") else None
+    model.key_cache_dtype = torch.int8 if quant == "int8" and _calibrated(model, "int8") else None
     return graph_(model) if getattr(backend, "graphs", False) else ungraph_(model)
 
 
-def _calibrated(model) -> bool:
-    return all(getattr(b, "_qarvd_attn_scales", None) is not None for b in model.blocks)
+_STATE = {"fp8": "_qarvd_attn_scales", "int8": "_qarvd_key_mean"}  # block attribute of each quantized attention
 
 
-def calibrate_attention_fp8_(model: torch.nn.Module, run: Callable[[], object], margin: float = 1.0) -> torch.Tensor:
-    """Set the static FP8 scales of every block's self-attention from one calibration ``run()`` (a rollout).
+def _calibrated(model, quant: str) -> bool:
+    return all(getattr(b, _STATE[quant], None) is not None for b in model.blocks)
 
-    ``model`` must be accelerated (``accelerate_``) with ``attention=cudnn_fp8``; ``run`` executes with bf16
-    attention (SDPA's own choice, cuDNN on Hopper) while the fused blocks record the amax of q (after norm and RoPE), k, v and the attention output;
-    each scale is ``margin * amax / 448``. Afterwards new caches are float8 and the blocks attend in FP8 (CUDA graphs
-    captured before are dropped). Returns the amax, [layers, 4] (q, k, v, o), on the host.
+
+def calibrate_attention_(model: torch.nn.Module, run: Callable[[], object], margin: float = 1.0) -> torch.Tensor:
+    """Calibrate the quantized self-attention of every block from one calibration ``run()`` (a rollout).
+
+    ``model`` must be accelerated (``accelerate_``) with a quantized attention (``cudnn_fp8`` or ``int8_sage``);
+    ``run`` executes with bf16 attention (SDPA's own choice, cuDNN on Hopper) while the fused blocks record the amax
+    of q (after norm and RoPE), k, v and the attention output, and the sum of the keys. ``cudnn_fp8``: static FP8
+    steps ``margin * amax / 448``, returns the amax [layers, 4] (q, k, v, o); ``int8_sage``: the mean key of each
+    layer (subtracted before the int8 rounding, softmax-invariant), returns it [layers, dim]; on the host. Afterwards
+    new caches take the quantized format and the blocks attend quantized (CUDA graphs captured before are dropped).
     """
     from qarvd.deploy.graphs import graph_, ungraph_
 
     blocks = list(model.blocks)
     plans = [getattr(b, "_qarvd_plan", None) for b in blocks]
-    if any(p is None for p in plans) or not plans[0].be.fp8_attention_on:
-        raise ValueError("calibrate_attention_fp8_ needs a model accelerated with attention=cudnn_fp8 and a fused "
-                         "plan for every block")
+    if any(p is None for p in plans) or not plans[0].be.quantized_attention:
+        raise ValueError("calibrate_attention_ needs a model accelerated with a quantized attention (cudnn_fp8 or "
+                         "int8_sage) and a fused plan for every block")
     be = plans[0].be
-    graphs = getattr(be, "graphs", False)
+    name, quant, graphs = be.attention, be.quantized_attention, getattr(be, "graphs", False)
     ungraph_(model)
     device = next(model.parameters()).device
     for b in blocks:
-        b._qarvd_attn_amax = torch.zeros(4, device=device)
-        b._qarvd_attn_scales = None
-    model.kv_cache_dtype = None
+        b._qarvd_attn_stats = torch.zeros(4 + model.cfg.dim + 1, device=device)  # amax q/k/v/o, key sum, count
+        setattr(b, _STATE[quant], None)
+    model.kv_cache_dtype = model.key_cache_dtype = None
     be.attention = "auto"  # bf16 SDPA, PyTorch's choice (cuDNN on Hopper); "auto" also runs on the CPU
     try:
         with torch.no_grad():
             run()
     finally:
-        be.attention = "cudnn_fp8"
-    amax = torch.stack([b._qarvd_attn_amax for b in blocks])
+        be.attention = name
+    stats = torch.stack([b._qarvd_attn_stats for b in blocks])
     for b in blocks:
-        b._qarvd_attn_amax = None
-    set_attention_fp8_scales_(model, amax.clamp_min(1e-12) * (margin / FP8_MAX))
+        b._qarvd_attn_stats = None
+    if quant == "fp8":
+        out = stats[:, :4]
+        set_attention_fp8_scales_(model, out.clamp_min(1e-12) * (margin / FP8_MAX))
+    else:
+        out = stats[:, 4:-1] / stats[:, -1:].clamp_min(1)
+        set_attention_key_means_(model, out)
     if graphs:
         graph_(model)
-    return amax.cpu()
+    return out.cpu()
 
 
 def attention_fp8_scales(model: torch.nn.Module):
     """The blocks' FP8 attention steps [layers, 4] (q, k, v, o), or None when they are not calibrated."""
-    return torch.stack([b._qarvd_attn_scales for b in model.blocks]) if _calibrated(model) else None
+    return torch.stack([b._qarvd_attn_scales for b in model.blocks]) if _calibrated(model, "fp8") else None
+
+
+def attention_key_means(model: torch.nn.Module):
+    """The blocks' calibrated mean keys [layers, dim] of INT8 attention, or None when they are not calibrated."""
+    return torch.stack([b._qarvd_key_mean for b in model.blocks]) if _calibrated(model, "int8") else None
+
+
+def _quantized_by(model, quant: str) -> bool:
+    plan = getattr(model.blocks[0], "_qarvd_plan", None)
+    return plan is not None and plan.be.quantized_attention == quant
 
 
 def set_attention_fp8_scales_(model: torch.nn.Module, scales: torch.Tensor) -> torch.nn.Module:
     """Give every block its static FP8 attention steps (``scales`` [layers, 4]: q, k, v, o; from
-    :func:`calibrate_attention_fp8_` or a saved model); new caches are float8 once the model attends in FP8."""
+    :func:`calibrate_attention_` or a saved model); new caches are float8 once the model attends in FP8."""
     blocks = list(model.blocks)
     if tuple(scales.shape) != (len(blocks), 4):
         raise ValueError(f"FP8 attention scales must be [{len(blocks)}, 4] (layers x q/k/v/o), got {tuple(scales.shape)}")
@@ -333,9 +386,23 @@ def set_attention_fp8_scales_(model: torch.nn.Module, scales: torch.Tensor) -> t
     for b, sc in zip(blocks, scales.float().to(device)):
         sc = sc.contiguous()
         b._qarvd_attn_scales, b._qarvd_attn_scalars = sc, fp8_scalars(sc).contiguous()
-    plan = getattr(blocks[0], "_qarvd_plan", None)
-    if plan is not None and plan.be.fp8_attention_on:  # otherwise accelerate_ with cudnn_fp8 switches the caches
+    if _quantized_by(model, "fp8"):  # otherwise accelerate_ with cudnn_fp8 switches the caches
         model.kv_cache_dtype = torch.float8_e4m3fn
+    return model
+
+
+def set_attention_key_means_(model: torch.nn.Module, means: torch.Tensor) -> torch.nn.Module:
+    """Give every block its calibrated mean key (``means`` [layers, dim] float32; from :func:`calibrate_attention_`
+    or a saved model); new caches hold int8 keys once the model attends in INT8."""
+    blocks = list(model.blocks)
+    if tuple(means.shape) != (len(blocks), model.cfg.dim):
+        raise ValueError(f"INT8 attention key means must be [{len(blocks)}, {model.cfg.dim}] (layers x dim), got "
+                         f"{tuple(means.shape)}")
+    device = next(model.parameters()).device
+    for b, km in zip(blocks, means.float().to(device)):
+        b._qarvd_key_mean = km.contiguous()
+    if _quantized_by(model, "int8"):  # otherwise accelerate_ with int8_sage switches the caches
+        model.key_cache_dtype = torch.int8
     return model
 
 
@@ -344,7 +411,7 @@ def restore_(model: torch.nn.Module) -> torch.nn.Module:
     from qarvd.deploy.graphs import ungraph_
 
     ungraph_(model)
-    model.kv_cache_dtype = None
+    model.kv_cache_dtype = model.key_cache_dtype = None
     for block in model.blocks:
         if isinstance(block, FastWanAttentionBlock):
             block.__class__ = WanAttentionBlock

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from qarvd.models.wan import CausalWanModel, RolloutCache
+from qarvd.models.wan import CausalWanModel, LayerCache, RolloutCache
 
 
 class StaticCache(RolloutCache):
@@ -36,8 +36,8 @@ class StaticCache(RolloutCache):
 
     def __init__(self, store: "_Store") -> None:  # no super().__init__: the storage is the store's
         self.store = store
-        self.k, self.v, self.max_tokens = store.k, store.v, store.max_tokens
-        self.cross = [None] * len(store.k)
+        self.layers = [LayerCache(l.k, l.v, l.k_scale) for l in store.layers]  # fresh cross-attention slots
+        self.max_tokens = store.max_tokens
         self.context = None
 
 
@@ -45,11 +45,11 @@ class _Store:
     """Persistent state of one (batch, tokens) shape: K/V storage, text buffers, graphs and their memory pool."""
 
     def __init__(self, model: CausalWanModel, batch: int, max_tokens: int) -> None:
-        base = RolloutCache(model.cfg, batch, max_tokens, *model.cache_dtype_device())
-        self.k, self.v, self.max_tokens = base.k, base.v, max_tokens
+        self.layers = RolloutCache(model.cfg, batch, max_tokens, *model.cache_dtype_device()).layers
+        self.max_tokens = max_tokens
         self.text: dict = {}  # context length -> (embedded context, [cross K], [cross V])
         self.graphs: dict = {}  # signature -> None (seen once, eager) | _Graph
-        self.pool = torch.cuda.graph_pool_handle() if base.k[0].is_cuda else None
+        self.pool = torch.cuda.graph_pool_handle() if self.layers[0].k.is_cuda else None
         self.live: Optional[StaticCache] = None
 
 
@@ -90,8 +90,10 @@ class GraphedCausalWan(CausalWanModel):
         if store is None:
             store = self._qarvd_stores[key] = _Store(self, batch, tokens)
         else:
-            for t in store.k + store.v:
-                t.zero_()
+            for layer in store.layers:
+                for t in (layer.k, layer.v, layer.k_scale):
+                    if t is not None:
+                        t.zero_()
         store.live = StaticCache(store)
         return store.live
 
@@ -108,7 +110,8 @@ class GraphedCausalWan(CausalWanModel):
                 buf[0].copy_(k)
                 buf[1].copy_(v)
         cache.context = bufs[0]
-        cache.cross = list(zip(bufs[1], bufs[2]))
+        for layer, k, v in zip(cache.layers, bufs[1], bufs[2]):
+            layer.cross = (k, v)
 
     def forward(self, x, t, context, cache=None, frame_offset: int = 0, frame_pos=None, attn_mask=None):
         eager = super().forward

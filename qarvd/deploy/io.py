@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from qarvd.deploy.convert import real_layers, set_backend_
-from qarvd.deploy.fast import attention_fp8_scales, set_attention_fp8_scales_
+from qarvd.deploy.fast import (attention_fp8_scales, attention_key_means, set_attention_fp8_scales_,
+                               set_attention_key_means_)
 from qarvd.quant.select import set_module
 from qarvd.deploy.modules import Fp8Linear, RealQuantLinear
 from qarvd.models.wan import CausalWanModel, WanConfig, rope_angles
@@ -20,20 +21,21 @@ from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
 FORMAT_VERSION = 1
 WEIGHTS, META = "model.safetensors", "real_model.json"
 ATTN_SCALES = "attention_fp8_scales"  # [layers, 4] FP8 attention steps, saved when calibrated (not a state-dict key)
+KEY_MEANS = "attention_key_means"  # [layers, dim] INT8 attention mean keys, saved when calibrated (likewise)
 
 
 def save_real(model: CausalWanModel, path, extra: dict | None = None) -> Path:
-    """Write ``path``/model.safetensors (with the FP8 attention scales when calibrated) and ``path``/real_model.json;
-    returns the folder."""
+    """Write ``path``/model.safetensors (with the FP8 attention scales / INT8 attention mean keys when calibrated) and
+    ``path``/real_model.json; returns the folder."""
     path = Path(path)
     layers = {}
     for name, mod in real_layers(model).items():
         kind = "fp8" if isinstance(mod, Fp8Linear) else "int"
         layers[name] = dict(kind=kind, meta=mod.storage_meta() if kind == "int" else mod.meta)
     tensors = dict(model.state_dict())
-    scales = attention_fp8_scales(model)
-    if scales is not None:  # calibrate_attention_fp8_ ran: a deployment with attention=cudnn_fp8 reuses its scales
-        tensors[ATTN_SCALES] = scales
+    for key, value in ((ATTN_SCALES, attention_fp8_scales(model)), (KEY_MEANS, attention_key_means(model))):
+        if value is not None:  # calibrate_attention_ ran: a deployment with that attention reuses the calibration
+            tensors[key] = value
     save_safetensors_atomic(path / WEIGHTS, tensors, metadata={"format_version": str(FORMAT_VERSION)})
     atomic_write_json(path / META, dict(format_version=FORMAT_VERSION, arch=model.cfg.to_dict(), layers=layers,
                                         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -59,7 +61,7 @@ def load_real(path, backend, device="cpu") -> CausalWanModel:
         cls = Fp8Linear if layer["kind"] == "fp8" else RealQuantLinear
         set_module(model, name, cls(layer["meta"], None, backend))
     state = load_file(str(path / WEIGHTS), device=str(device))
-    scales = state.pop(ATTN_SCALES, None)
+    scales, means = state.pop(ATTN_SCALES, None), state.pop(KEY_MEANS, None)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"{path / WEIGHTS} does not match the saved layout: missing {missing[:5]}, "
@@ -69,4 +71,6 @@ def load_real(path, backend, device="cpu") -> CausalWanModel:
     set_backend_(model, backend)
     if scales is not None:  # accelerate_ with attention=cudnn_fp8 then attends in FP8 without recalibrating
         set_attention_fp8_scales_(model, scales)
+    if means is not None:  # likewise attention=int8_sage
+        set_attention_key_means_(model, means)
     return model.eval()

@@ -7,6 +7,7 @@ the GEMM; the fused block forward (:mod:`qarvd.deploy.fast`) instead lets the pr
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -90,7 +91,7 @@ class RealQuantLinear(nn.Module):
         from qarvd.deploy.packing import derive
 
         d = derive({name: b for name, b in self.named_buffers(recurse=False) if not name.startswith("k_")}, self.meta)
-        for name in ("has_wzp", "has_corr", "uniform"):
+        for name in ("has_wzp", "has_corr", "uniform", "n_out", "src_identity"):
             self.meta[name] = d.pop(name)
         for name, t in d.items():
             self.register_buffer(name, t, persistent=False)
@@ -101,7 +102,7 @@ class RealQuantLinear(nn.Module):
         self._derived()
         m = self.meta
         return ActQuant(self.k_col_scale, self.k_col_zero, self.k_dest, self.k_a_scale, self.k_a_zero, m["kp"],
-                        m["kop"], m["lo"], m["hi"], m["uniform"])
+                        m["kop"], m["lo"], m["hi"], m["uniform"], self.k_src, m["n_out"], m["src_identity"])
 
     def stacked_act(self) -> StackedAct:
         """This layer's activation quantization as a one-consumer stack (cached with the kernel tensors)."""
@@ -126,6 +127,29 @@ class RealQuantLinear(nn.Module):
         m = self.meta
         return (f"in={m['in_features']}, out={m['out_features']}, w={'int4' if m['int4'] else 'int8'}, "
                 f"dual={m['dual']}, Kp={m['kp']}, kop={m['kop']}")
+
+
+def rows_permuted(group: PackedGroup, order: torch.Tensor) -> PackedGroup:
+    """A one-linear group whose output row j is the old row ``order[j]``: its GEMM writes the outputs in that order,
+    each one computed exactly as before (copies of the row-indexed tensors). ffn.0 in ffn.2's split order lets
+    ffn.0's GELU -> int8 epilogue write ffn.2's two runs with no scatter (qarvd.deploy.fast.IntPlan)."""
+    if group.count != 1:
+        raise ValueError(f"rows_permuted takes one linear, got a group of {group.count}")
+    o = order.long().to(group.weight.device)
+    cols = lambda t: t[:, o].contiguous()  # noqa: E731 - [groups, N] tensors
+    return replace(group, weight=group.weight[o].contiguous(), w_scale=cols(group.w_scale), w_zero=cols(group.w_zero),
+                   corr=cols(group.corr), ratio=group.ratio[o].contiguous(),
+                   bias=None if group.bias is None else group.bias[o].contiguous())
+
+
+def in_split_order(act: ActQuant) -> ActQuant:
+    """``act`` for an input that arrives already in its split layout's order (outliers, then normal columns):
+    column j carries source column src[j]'s step, zero point and destination, and no gather is needed."""
+    if not act.n_out:
+        raise ValueError("in_split_order needs a split-layout activation (dual scale without smoothing)")
+    s = act.src.long()
+    return ActQuant(act.col_scale[s], act.col_zero[s], act.dest[s], act.scale, act.zero, act.kp, act.kop, act.lo,
+                    act.hi, act.uniform, torch.arange(act.k, dtype=torch.int32, device=s.device), act.n_out, True)
 
 
 def stack_group(mods: list) -> PackedGroup:

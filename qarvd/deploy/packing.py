@@ -189,12 +189,14 @@ def derive(t: dict, meta: dict) -> dict:
     if "smooth" in t:
         col_scale = (col_scale.double() * t["smooth"].double()).float()
     ratio = t["ratio"].int() if "ratio" in t else torch.ones(n, dtype=torch.int32, device=dev)
+    src = torch.argsort(dest).to(torch.int32)  # column j of the permuted order (outliers, then normals) reads src[j]
     out = dict(k_w_scale=w_scale, k_w_zero=w_zero, k_corr=corr.to(torch.int32), k_ratio=ratio, k_a_scale=a_scale,
-               k_a_zero=a_zero, k_col_scale=col_scale, k_col_zero=col_zero, k_dest=dest)
+               k_a_zero=a_zero, k_col_scale=col_scale, k_col_zero=col_zero, k_dest=dest, k_src=src)
     if "bias" in t:
         out["k_bias"] = t["bias"].float()
     return out | dict(has_wzp=(not meta["int4"]) and bool((w_zero != 0).any()), has_corr=bool((corr != 0).any()),
-                      uniform=not two and "smooth" not in t)
+                      uniform=not two and "smooth" not in t, n_out=outlier.numel() if "smooth" not in t else 0,
+                      src_identity=bool(torch.equal(src.cpu(), torch.arange(k, dtype=torch.int32))))
 
 
 # ----------------------------------------------------------------------------------------------- minmax specs

@@ -118,6 +118,14 @@ def _randn(gens: list[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
     return torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in gens])
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host noise onto ``device`` without a host sync: a copy from pageable memory waits for the GPU to drain its
+    queue first, a copy from pinned memory is queued behind the running forward (same values)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def rollout(
     model: CausalWanModel,
@@ -146,7 +154,8 @@ def rollout(
     sched = FlowMatchSchedule(cfg.shift, cfg.num_train_timesteps)
     copies = 2 if cfg.guided else 1  # guided: [prompt half | negative half] in one batch
     cache = model.new_cache(copies * b, cfg.num_frames, h_, w_)
-    out = torch.empty(b, cfg.num_frames, c_, h_, w_, dtype=torch.float32)
+    noise = _to_device(noise, device)
+    out = torch.empty(b, cfg.num_frames, c_, h_, w_, dtype=torch.float32, device=device)  # one device-to-host copy
     context = torch.cat([context, negative_context]) if cfg.guided else context
     context = context.to(device)
 
@@ -160,7 +169,7 @@ def rollout(
         return v_neg + cfg.guidance_scale * (v_pos - v_neg)
 
     for c, (start, n) in enumerate(cfg.chunk_frames()):
-        x = noise[:, start : start + n].to(device)
+        x = noise[:, start : start + n]
         ts = cfg.timesteps(c)
         x0 = x
         for i, t in enumerate(ts):
@@ -174,12 +183,12 @@ def rollout(
                 if cfg.sampler == "euler":
                     x = (x.double() + (s_next - sigma) * v.double()).float()
                 else:
-                    eps = _randn(gens, (n, c_, h_, w_)).to(device)
+                    eps = _to_device(_randn(gens, (n, c_, h_, w_)), device)
                     x = ((1 - s_next) * x0.double() + s_next * eps.double()).float()
         if cfg.refreshes(c):
             with forward_context(ForwardInfo(c, len(ts), float(cfg.refresh_timestep), True, cfg.num_chunks)):
                 call(x0, cfg.refresh_timestep, start)
-        out[:, start : start + n] = x0.cpu()
+        out[:, start : start + n] = x0
         if on_chunk is not None:
             on_chunk(c, x0)
-    return out
+    return out.cpu()

@@ -80,18 +80,40 @@ def rope_angles(head_dim: int, max_positions: int, theta: float) -> list[torch.T
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of ``x`` [B, L, H, D] by the angles behind cos/sin [L, D/2]."""
-    xf = _upcast(x).unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of ``x`` [B, L, H, D] by the angles behind cos/sin [L, D/2].
+
+    float32 math (float64 stays float64), each rotated half stored straight into x's dtype: the pairs are read as
+    strided views of x (a bf16 element times a float32 angle promotes exactly as an upcast copy would), so neither a
+    float32 copy of x nor a stacked float32 result is materialised; the numbers are those of upcasting, rotating
+    and casting back (half the bytes of that formulation in the eager bf16 path)."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2)
-    return out.type_as(x)
+    if _needs_grad(x) or torch.compiler.is_compiling():  # no out= into strided views there (autograd, dynamo)
+        return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
+    out = torch.empty_like(x)
+    torch.sub(x0 * c, x1 * s, out=out[..., 0::2])
+    torch.add(x0 * s, x1 * c, out=out[..., 1::2])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- norms
 def _upcast(x: torch.Tensor) -> torch.Tensor:
     """At least fp32 (fp64 stays fp64, so double-precision reference tests stay exact)."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    """Autograd records this op (training): ``out=`` variants, which it cannot differentiate, are off."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _into(dtype: torch.dtype, op, *args) -> torch.Tensor:
+    """``op(*args)`` computed in the promoted dtype (float32 for bf16 activations and float32 modulation) and stored
+    once in ``dtype``: the numbers of ``op(*args).to(dtype)`` without the promoted result in memory."""
+    if _needs_grad(*args):
+        return op(*args).to(dtype)
+    out = torch.empty(torch.broadcast_shapes(*(a.shape for a in args)), dtype=dtype, device=args[0].device)
+    return op(*args, out=out)
 
 
 class WanRMSNorm(nn.Module):
@@ -104,20 +126,24 @@ class WanRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = _upcast(x)
-        return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return _into(x.dtype, torch.mul, xf, torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)) * self.weight
 
 
 class WanLayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 and cast back (Wan keeps norms in full precision)."""
+    """LayerNorm in fp32 arithmetic, output in the input's dtype (Wan keeps norms in full precision).
+
+    F.layer_norm accumulates and normalises bf16/fp16 inputs in float32 itself, so the input is not upcast by a
+    separate copy (one kernel instead of three in the eager bf16 path; outputs can differ from the upcast
+    formulation only by the float32 summation order, i.e. at the bf16 rounding, e.g. 1.7e-5 of the elements on the
+    CPU); float32 and float64 inputs compute exactly as before."""
 
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False) -> None:
         super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = _upcast(x)
-        w = None if self.weight is None else self.weight.to(h.dtype)
-        b = None if self.bias is None else self.bias.to(h.dtype)
-        return F.layer_norm(h, self.normalized_shape, w, b, self.eps).type_as(x)
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -127,19 +153,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 
 
 # ----------------------------------------------------------------------------------------------- cache
+class LayerCache:
+    """One block's part of a :class:`RolloutCache`: self-attention K/V [B, T, H, D] and the cross-attention K/V.
+
+    The block receives this object, not a layer index into per-layer lists: ``torch.compile`` then sees the same
+    inputs (tensors of one shape) for every layer and compiles the block once, instead of specialising on each
+    Python-int layer index. ``k_scale`` [B, H, T] float32 holds one scale per (token, head) when the keys are int8
+    codes (INT8 attention, kernels/attn_int8.py)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None) -> None:
+        self.k, self.v, self.k_scale = k, v, k_scale
+        self.cross: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.max_tokens = k.shape[1]
+
+
 class RolloutCache:
-    """Per-video state of a chunk-wise rollout: self-attention K/V of every block and the cross-attention K/V.
+    """Per-video state of a chunk-wise rollout: one :class:`LayerCache` per block and the embedded text context.
 
     Self-attention K/V live at absolute token positions, so a chunk's forward writes its tokens at
     ``[start, end)`` and attends to ``[0, end)``: every earlier (clean) chunk plus the current chunk bidirectionally.
     Denoising steps overwrite the chunk's slot; the t=0 refresh pass leaves the clean K/V there.
     """
 
-    def __init__(self, cfg: WanConfig, batch: int, max_tokens: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, cfg: WanConfig, batch: int, max_tokens: int, key_dtype: torch.dtype, value_dtype: torch.dtype,
+                 device: torch.device) -> None:
         shape = (batch, max_tokens, cfg.num_heads, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.cross: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * cfg.num_layers
+
+        def scales():
+            if key_dtype != torch.int8:
+                return None
+            return torch.zeros((batch, cfg.num_heads, max_tokens), dtype=torch.float32, device=device)
+
+        self.layers = [LayerCache(torch.zeros(shape, dtype=key_dtype, device=device),
+                                  torch.zeros(shape, dtype=value_dtype, device=device), scales())
+                       for _ in range(cfg.num_layers)]
         self.context: Optional[torch.Tensor] = None  # text_embedding(context), computed once per video
         self.max_tokens = max_tokens
 
@@ -156,19 +203,19 @@ class WanSelfAttention(nn.Module):
         self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
-    def forward(self, x, cos, sin, layer: int, cache: Optional[RolloutCache], token_start: int, mask):
+    def forward(self, x, cos, sin, kv: Optional[LayerCache], token_start: int, mask):
         b, n, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
         k = self.norm_k(self.k(x)).view(b, n, self.num_heads, self.head_dim)
         v = self.v(x).view(b, n, self.num_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if kv is not None:
             end = token_start + n
-            if end > cache.max_tokens:
-                raise ValueError(f"KV cache holds {cache.max_tokens} tokens; this forward needs {end}")
-            cache.k[layer][:, token_start:end] = k
-            cache.v[layer][:, token_start:end] = v
-            k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
+            if end > kv.max_tokens:
+                raise ValueError(f"KV cache holds {kv.max_tokens} tokens; this forward needs {end}")
+            kv.k[:, token_start:end] = k
+            kv.v[:, token_start:end] = v
+            k, v = kv.k[:, :end], kv.v[:, :end]
         out = attention(q, k, v, mask)
         return self.o(out.flatten(2))
 
@@ -190,15 +237,15 @@ class WanCrossAttention(nn.Module):
         k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim)
         return k, self.v(context).view(b, -1, self.num_heads, self.head_dim)
 
-    def forward(self, x, context, layer: int, cache: Optional[RolloutCache]):
+    def forward(self, x, context, kv: Optional[LayerCache]):
         b, n, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
-        if cache is not None and cache.cross[layer] is not None:
-            k, v = cache.cross[layer]
+        if kv is not None and kv.cross is not None:
+            k, v = kv.cross
         else:
             k, v = self.context_kv(context)
-            if cache is not None:
-                cache.cross[layer] = (k, v)
+            if kv is not None:
+                kv.cross = (k, v)
         return self.o(attention(q, k, v).flatten(2))
 
 
@@ -214,21 +261,21 @@ class WanAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x, e, context, cos, sin, layer, cache, token_start, frames, mask):
-        """x [B, F*S, dim]; e [B, F, 6, dim] per-latent-frame adaLN parameters."""
+    def forward(self, x, e, context, cos, sin, kv, token_start, frames, mask):
+        """x [B, F*S, dim]; e [B, F, 6, dim] per-latent-frame adaLN parameters; kv: this block's LayerCache or None."""
         b, n, d = x.shape
         shift0, scale0, gate0, shift1, scale1, gate1 = (self.modulation.unsqueeze(1) + e.float()).unbind(dim=2)
 
-        def modulate(h, shift, scale):
-            h = h.view(b, frames, -1, d)
-            return (h * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)).flatten(1, 2).type_as(x)
+        def modulate(h, shift, scale):  # float32 modulation, stored in x's dtype
+            return _into(x.dtype, torch.add, h.view(b, frames, -1, d) * (1 + scale.unsqueeze(2)),
+                         shift.unsqueeze(2)).flatten(1, 2)
 
         def gated(h, gate):
-            return (h.view(b, frames, -1, d) * gate.unsqueeze(2)).flatten(1, 2).type_as(x)
+            return _into(x.dtype, torch.mul, h.view(b, frames, -1, d), gate.unsqueeze(2)).flatten(1, 2)
 
-        y = self.self_attn(modulate(self.norm1(x), shift0, scale0), cos, sin, layer, cache, token_start, mask)
+        y = self.self_attn(modulate(self.norm1(x), shift0, scale0), cos, sin, kv, token_start, mask)
         x = x + gated(y, gate0)
-        x = x + self.cross_attn(self.norm3(x), context, layer, cache)
+        x = x + self.cross_attn(self.norm3(x), context, kv)
         y = self.ffn(modulate(self.norm2(x), shift1, scale1))
         return x + gated(y, gate1)
 
@@ -245,7 +292,7 @@ class Head(nn.Module):
         b, n, d = x.shape
         shift, scale = (self.modulation.unsqueeze(1) + temb.float().unsqueeze(2)).unbind(dim=2)
         h = self.norm(x).view(b, frames, -1, d)
-        h = (h * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)).flatten(1, 2).type_as(x)
+        h = _into(x.dtype, torch.add, h * (1 + scale.unsqueeze(2)), shift.unsqueeze(2)).flatten(1, 2)
         return self.head(h)
 
 
@@ -346,8 +393,9 @@ class CausalWanModel(nn.Module):
             if cache is not None:
                 cache.context = ctx
         token_start = frame_offset * h * w
-        for layer, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx, cos, sin, layer, cache, token_start, frames, attn_mask)
+        layers = cache.layers if cache is not None else [None] * len(self.blocks)
+        for block, kv in zip(self.blocks, layers):
+            tokens = block(tokens, e0, ctx, cos, sin, kv, token_start, frames, attn_mask)
         out = self.head(tokens, temb, frames)  # [B, F*h*w, pt*ph*pw*C]
         return self.unpatchify(out, frames, h, w)
 
@@ -360,10 +408,12 @@ class CausalWanModel(nn.Module):
         return out.reshape(b, c, frames * pt, h * ph, w * pw)
 
     def cache_dtype_device(self) -> tuple:
-        """dtype and device of new KV caches: the parameters' unless a deployment backend set ``kv_cache_dtype``
-        (float8 codes for FP8 attention, qarvd.deploy.fast)."""
+        """(key dtype, value dtype, device) of new KV caches: the parameters' dtype unless a deployment backend set
+        ``kv_cache_dtype`` (both; float8 codes for FP8 attention) or ``key_cache_dtype`` (keys only; int8 codes for
+        INT8 attention), qarvd.deploy.fast."""
         p = next(self.parameters())
-        return getattr(self, "kv_cache_dtype", None) or p.dtype, p.device
+        value = getattr(self, "kv_cache_dtype", None) or p.dtype
+        return getattr(self, "key_cache_dtype", None) or value, value, p.device
 
     def new_cache(self, batch: int, max_frames: int, height: int, width: int) -> RolloutCache:
         return RolloutCache(self.cfg, batch, max_frames * self.tokens_per_frame(height, width),

@@ -174,18 +174,18 @@ class BlockRecorder:
     per_token = False
 
     def pre(self, module, args, store_ctx) -> None:
-        x, e, ctx, cos, sin, layer, cache, token_start, frames, mask = args
+        x, e, ctx, cos, sin, kv, token_start, frames, mask = args
         if mask is not None:
             raise ValueError("block capture needs a cached rollout (no attention mask)")
-        store_ctx["k"] = cache.k[layer][:, :token_start].detach().to("cpu", copy=True)
-        store_ctx["v"] = cache.v[layer][:, :token_start].detach().to("cpu", copy=True)
+        store_ctx["k"] = kv.k[:, :token_start].detach().to("cpu", copy=True)
+        store_ctx["v"] = kv.v[:, :token_start].detach().to("cpu", copy=True)
 
     def record(self, module, args, output, b: int, rows, store_ctx) -> tuple[dict, dict]:
-        x, e, ctx, cos, sin, layer, cache, token_start, frames, mask = args
+        x, e, ctx, cos, sin, kv, token_start, frames, mask = args
         t = {"x": x[b], "e": e[b], "ctx": ctx[b], "cos": cos, "sin": sin, "y": output[b]}
         t = {k: v.detach().to("cpu", copy=True) for k, v in t.items()}
         t["k"], t["v"] = store_ctx["k"][b].clone(), store_ctx["v"][b].clone()
-        return t, {"layer": int(layer), "token_start": int(token_start), "frames": int(frames)}
+        return t, {"token_start": int(token_start), "frames": int(frames)}
 
 
 # ----------------------------------------------------------------------------------------------- capture pass

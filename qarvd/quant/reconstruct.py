@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from qarvd.models.wan import LayerCache
 from qarvd.quant.adaround import AdaRoundWeight, BetaSchedule
 from qarvd.quant.capture import BlockRecorder, CaptureBudget, LinearRecorder, SampleStore, capture, plan_passes
 from qarvd.quant.linear import QuantLinear, quant_layers, quant_state
@@ -214,15 +215,10 @@ def reconstruct_layer(layer: QuantLinear, store: SampleStore, cfg: ReconConfig, 
         return _run_loop([layer], loss_fn, len(store), cfg, seed, desc or layer.name)
 
 
-class _PrefixCache:
-    """The piece of a RolloutCache one block forward reads: its layer's earlier K/V and no cross-attn cache."""
-
-    def __init__(self, layer: int, k: torch.Tensor, v: torch.Tensor, new_tokens: int) -> None:
-        pad = k.new_zeros((k.shape[0], new_tokens) + tuple(k.shape[2:]))
-        self.k = {layer: torch.cat([k, pad], dim=1)}
-        self.v = {layer: torch.cat([v, pad], dim=1)}
-        self.cross = {layer: None}
-        self.max_tokens = k.shape[1] + new_tokens
+def _prefix_cache(k: torch.Tensor, v: torch.Tensor, new_tokens: int) -> LayerCache:
+    """The piece of a rollout cache one block forward reads: its layer's earlier K/V and no cross-attn cache."""
+    pad = k.new_zeros((k.shape[0], new_tokens) + tuple(k.shape[2:]))
+    return LayerCache(torch.cat([k, pad], dim=1), torch.cat([v, pad], dim=1))
 
 
 def reconstruct_block(block: nn.Module, store: SampleStore, cfg: ReconConfig, seed: int = 0, desc: str = "") -> dict:
@@ -239,9 +235,9 @@ def reconstruct_block(block: nn.Module, store: SampleStore, cfg: ReconConfig, se
         for i in idx:
             t = {k: v.to(device) for k, v in store.tensors(int(i)).items()}
             ex = store.samples[int(i)].extra
-            cache = _PrefixCache(ex["layer"], t["k"][None], t["v"][None], t["x"].shape[0])
-            out = block(t["x"][None], t["e"][None], t["ctx"][None], t["cos"], t["sin"], ex["layer"], cache,
-                        ex["token_start"], ex["frames"], None)
+            kv = _prefix_cache(t["k"][None], t["v"][None], t["x"].shape[0])
+            out = block(t["x"][None], t["e"][None], t["ctx"][None], t["cos"], t["sin"], kv, ex["token_start"],
+                        ex["frames"], None)
             total = total + weights[int(i)] * (out[0].float() - t["y"].float()).pow(2).sum()
         return total / (len(idx) * dim)
 
