@@ -8,7 +8,8 @@ rollout, then the median of ``repeats`` rollouts timed with CUDA events. All rat
 Sections (``sections``), each written to ``<out>/<name>.json`` as soon as it finishes (a run cut short keeps what it
 measured): ``gemm`` (:mod:`qarvd.bench.gemm`), ``act_quant`` (:mod:`qarvd.bench.act_quant`), ``attention``
 (:mod:`qarvd.bench.attention`), ``check`` (:mod:`qarvd.bench.check`), ``rollout`` (:mod:`qarvd.bench.rollout`, with the
-safetensors file size and GPU memory of each format) and ``profile`` (:mod:`qarvd.bench.kernel_profile`). A Markdown
+safetensors file size and GPU memory of each format), ``profile`` (:mod:`qarvd.bench.kernel_profile`) and ``peer``
+(:mod:`qarvd.bench.peer`: the public Self-Forcing code from ``peer_dir``, timed in the same run). A Markdown
 table is written next to the JSON. Settings: conf/bench/latency.yaml.
 """
 from __future__ import annotations
@@ -25,13 +26,14 @@ from qarvd.bench.check import FUSED_BF16, check_section
 from qarvd.bench.dit import arch_config, base_model
 from qarvd.bench.gemm import gemm_section
 from qarvd.bench.kernel_profile import profile_section
+from qarvd.bench.peer import peer_section
 from qarvd.bench.report import Report, environment, log
 from qarvd.bench.resources import kernel_resources
 from qarvd.bench.rollout import rollout_section
 from qarvd.bench.rows import check_names, row_specs
 from qarvd.utils.io import atomic_write_text
 
-SECTIONS = ("gemm", "act_quant", "attention", "check", "rollout", "profile")
+SECTIONS = ("gemm", "act_quant", "attention", "peer", "check", "rollout", "profile")
 
 
 def bench_latency(cfg: DictConfig) -> Path:
@@ -61,6 +63,12 @@ def bench_latency(cfg: DictConfig) -> Path:
     fastest = "auto"
     if "attention" in cfg.sections and device.type == "cuda":
         fastest = attention_section(cfg, device, rep, base.cfg)
+    if "peer" in cfg.sections:
+        try:
+            peer_section(cfg, rep)
+        except Exception as e:  # noqa: BLE001
+            rep.put("peer_error", f"{type(e).__name__}: {e}")
+            traceback.print_exc()
     for section, fn in (("check", check_section), ("rollout", rollout_section), ("profile", profile_section)):
         if section in cfg.sections:
             try:

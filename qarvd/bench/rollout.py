@@ -52,6 +52,10 @@ def rollout_section(cfg: DictConfig, rows: dict[str, Row], base, fastest: str, d
                     sizes[row.sizes] = format_sizes(model, sizes["bf16"]["file_bytes"])
                     rep.put("sizes", sizes)
                 entry.update(time_rollout(model, batch, att, cfg, device))
+                if row.build == "compiled":  # distinct graphs dynamo made for the blocks (recompiles show here)
+                    from torch._dynamo.utils import counters
+
+                    entry["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
                 latents[(name, batch)] = entry.pop("latents")
                 if (row.twin, batch) in latents:  # the same arithmetic in another schedule: should be bit-identical
                     twin = latents[(row.twin, batch)]
@@ -74,20 +78,24 @@ def rollout_section(cfg: DictConfig, rows: dict[str, Row], base, fastest: str, d
             table.append(entry)
             rep.put("rollout", table)
             log("rollout", entry)
-    rep.put("rollout_ratios", ratios(table, rows, cfg.batches))
+    rep.put("rollout_ratios", ratios(table, rows, cfg.batches, rep.data.get("peer")))
 
 
-def ratios(table: list[dict], rows: dict[str, Row], batches) -> dict:
-    """Per row and batch: seconds, speedup against the flash row and against the fastest bf16 baseline row."""
+def ratios(table: list[dict], rows: dict[str, Row], batches, peer: dict | None = None) -> dict:
+    """Per row and batch: seconds, speedup against the flash row, against the fastest bf16 baseline row and, when the
+    peer section ran, against the public Self-Forcing code as released (SDPA's own backend choice)."""
     by = {(e["row"], e["batch"]): e.get("seconds") for e in table}
+    runs = (peer or {}).get("runs", {})
     out = {}
     for batch in batches:
         flash = by.get((FLASH_ROW, batch))
         bf16 = {row: v for (row, b), v in by.items() if b == batch and v and rows[row].bf16_baseline}
         strongest = min(bf16, key=bf16.get) if bf16 else None
+        public = runs.get(f"b{batch}_default", {}).get("seconds")
         for (row, b), s in by.items():
             if b == batch and s:
                 out[f"{row}@b{batch}"] = dict(
                     seconds=s, speedup_vs_bf16_flash=(flash / s) if flash else None, strongest_bf16=strongest,
-                    speedup_vs_strongest_bf16=(bf16[strongest] / s) if strongest else None)
+                    speedup_vs_strongest_bf16=(bf16[strongest] / s) if strongest else None,
+                    speedup_vs_public_code=(public / s) if public else None)
     return out

@@ -34,6 +34,7 @@ class Row:
     set: dict
     w_bits: int
     outliers: int
+    outlier_roles: list | None
     twin: str | None
     sizes: str | None
     bf16_baseline: bool
@@ -47,17 +48,19 @@ def backend(cfg: DictConfig, kernel: str, **overrides):
     return instantiate(OmegaConf.merge(cfg.kernels[kernel], overrides))
 
 
-def real_model(base, be, w_bits: int, outliers: int):
+def real_model(base, be, w_bits: int, outliers: int, outlier_roles=None):
     """A converted copy of ``base`` on backend ``be``: min-max specs of every quantized linear (block linears get
-    ``outliers`` columns), weights with zero points exactly when the backend deploys the artifact's weights."""
+    ``outliers`` columns, only those ending in one of ``outlier_roles`` when given), weights with zero points exactly
+    when the backend deploys the artifact's weights."""
     model = copy.deepcopy(base)
     specs = {}
     for name in select_linears(model):
         lin = model.get_submodule(name)
         k = lin.in_features
+        split = name.startswith("blocks.") and k > 2 * outliers and (
+            outlier_roles is None or any(name.endswith("." + r) for r in outlier_roles))
         specs[name] = minmax_spec(lin.weight, lin.bias, w_bits=w_bits, act_range=(-6.0, 6.0),
-                                  asym_w=be.weights == "artifact",
-                                  n_outliers=outliers if name.startswith("blocks.") and k > 2 * outliers else 0)
+                                  asym_w=be.weights == "artifact", n_outliers=outliers if split else 0)
     convert_to_real(model, specs, be)
     del specs
     return accelerate_(model, be)
@@ -69,12 +72,25 @@ def _kernel_model(row: Row, cfg: DictConfig, base, attention: str, device):
     if be.format == "bf16":
         return accelerate_(copy.deepcopy(base), be)
     outliers = min(row.outliers, 32) if base.cfg.dim <= 256 else row.outliers  # the tiny arch's layers are narrow
-    return real_model(base, be, row.w_bits, outliers)
+    return real_model(base, be, row.w_bits, outliers, row.outlier_roles)
 
 
 def _eager_model(row: Row, cfg: DictConfig, base, attention: str, device):
     """The bf16 model as built: the paper's baseline."""
     return base
+
+
+def _compiled_model(row: Row, cfg: DictConfig, base, attention: str, device):
+    """The eager bf16 model with each block compiled by inductor (``compile_mode``, max-autotune by default): the
+    strongest bf16 baseline a torch user would build. Blocks take their own cache object, so one block compiles for
+    all layers; the graph count after the warm-up rollout is recorded by the rollout section."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = copy.deepcopy(base)
+    for block in model.blocks:
+        block.compile(mode=cfg.compile_mode, dynamic=None)
+    return model
 
 
 def _torchao_int8_model(row: Row, cfg: DictConfig, base, attention: str, device):
@@ -88,7 +104,7 @@ def _torchao_int8_model(row: Row, cfg: DictConfig, base, attention: str, device)
     return model
 
 
-BUILDERS = {"kernel": _kernel_model, "eager": _eager_model, "torchao_int8": _torchao_int8_model}
+BUILDERS = {"kernel": _kernel_model, "eager": _eager_model, "compiled": _compiled_model, "torchao_int8": _torchao_int8_model}
 
 
 def row_specs(cfg: DictConfig) -> dict[str, Row]:
@@ -133,6 +149,6 @@ def check_names(cfg: DictConfig, specs: dict[str, Row], key: str) -> None:
 def build_row(row: Row, cfg: DictConfig, base, fastest: str, device: torch.device):
     """(model, attention) of a row; an eager model off CUDA runs PyTorch's own attention choice."""
     attention = fastest if row.attention == FASTEST else row.attention
-    if row.build == "eager" and device.type != "cuda":
+    if row.build in ("eager", "compiled") and device.type != "cuda":
         attention = "auto"
     return BUILDERS[row.build](row, cfg, base, attention, device), attention
