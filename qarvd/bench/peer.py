@@ -6,7 +6,7 @@ here). Its ``CausalWanModel`` with seeded random bf16 weights at Wan2.1-1.3B dim
 ``CausalInferencePipeline`` (4 steps x 7 chunks of 3 latent frames, 60 x 104, text context [B, 512, 4096]: the
 benchmark's own rollout), once per SDPA backend of ``peer_backends`` (``default``: the backends SDPA picks itself).
 It runs in a child process whose PYTHONPATH holds the checkout (its modules import each other by top-level names);
-its torchvision and flash_attn imports fall back as the public code's own fallbacks do.
+its torchvision, flash_attn and demo_utils (low-memory mode only) imports fall back or are stubbed.
 """
 from __future__ import annotations
 
@@ -76,6 +76,10 @@ def _worker(out: str, settings: dict) -> None:
         import torchvision  # noqa: F401
     except Exception:  # noqa: BLE001
         _stub_missing(["torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.io"])
+    try:
+        import demo_utils.memory  # noqa: F401  (only its low-memory mode uses it; not in every checkout)
+    except ImportError:
+        _stub_missing(["demo_utils", "demo_utils.memory"])
     import pipeline.causal_inference as ci
     import wan.modules.attention as wa
     import wan.modules.model as wm
