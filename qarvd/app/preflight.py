@@ -122,6 +122,13 @@ def preflight(cfg: DictConfig, stage: str) -> None:
                              + "\n  - ".join(problems))
 
 
+def check_files(cfg: DictConfig) -> list[str]:
+    """The preflight entry point (scripts/preflight.py): one line per file of the ``cfg.stage`` run (found or
+    missing, config key, path); raises :class:`PreflightError` with every problem after printing nothing else."""
+    preflight(cfg, str(cfg.stage))
+    return [f"ok  {key} = {path}" for key, path, _ in required_files(cfg, str(cfg.stage))]
+
+
 class MultirunPreflight(Callback):
     """Hydra callback: before a multirun's first job, compose every job's config and run :func:`preflight` on it
     (the stage is named by ``task_name``: train_quant -> calibrate, evaluate, generate); jobs that read the same files
