@@ -1,7 +1,9 @@
 """Video files: mp4 through PyAV (FFmpeg), and FP/quantized folder pairing by file name.
 
 Reference-based metrics are computed from the files on disk, so the encoding must not hide the quantization error:
-the default is x264 at crf 0 without chroma subsampling (yuv444p), which reads back within one or two 8-bit levels.
+``eval.video`` is x264 at crf 0 without chroma subsampling (yuv444p), which reads back within one or two 8-bit levels.
+Browsers do not play yuv444p: the side-by-side samples shown in W&B and the HTML report (``eval.samples``) are
+upscaled and encoded yuv420p instead, and nothing is measured on them.
 One encoder thread by default: x264's output depends on its thread count, and sharded generation must write
 byte-identical files whatever the machine. Every file is written to a temporary name and renamed into place, so a
 killed job never leaves a truncated video that a resumed job would mistake for a finished one.
@@ -25,13 +27,14 @@ VIDEO_SUFFIX = ".mp4"
 
 @dataclass(frozen=True)
 class VideoEncoding:
-    """How mp4 files are encoded (``eval.video`` in the config)."""
+    """How mp4 files are encoded: ``eval.video`` (what metrics read) or ``eval.samples.video`` (what browsers play);
+    the values live in conf/eval/ only."""
 
-    fps: float = 16  # frames per second
-    codec: str = "libx264"  # FFmpeg encoder
-    crf: int = 0  # x264 constant rate factor; 0 = lossless in YUV
-    pix_fmt: str = "yuv444p"  # yuv420p plays in browsers but halves chroma resolution (and needs even sizes)
-    threads: int = 1  # encoder threads; 1 keeps the bytes independent of the machine
+    fps: float  # frames per second
+    codec: str  # FFmpeg encoder
+    crf: int  # x264 constant rate factor; 0 = lossless in YUV
+    pix_fmt: str  # yuv420p plays in browsers but halves chroma resolution (and needs even sizes)
+    threads: int  # encoder threads; 1 keeps the bytes independent of the machine
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -44,7 +47,7 @@ class VideoEncoding:
             raise ValueError(f"eval.video.threads must be >= 0 (0 = auto), got {self.threads}")
 
 
-def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding = VideoEncoding()) -> Path:
+def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding) -> Path:
     """Encode ``video`` [T, 3, H, W] in [-1, 1] to an mp4 at ``path`` atomically."""
     if video.ndim != 4 or video.shape[1] != 3:
         raise ValueError(f"expected a video [T, 3, H, W], got shape {tuple(video.shape)}")
@@ -64,6 +67,19 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding
             container.mux(stream.encode())
 
     return atomic_write(path, _write)
+
+
+def side_by_side(videos: list[torch.Tensor], min_height: int) -> torch.Tensor:
+    """Videos [T, 3, H, W] of one size next to each other, upscaled by the smallest integer factor (nearest
+    neighbour, so pixels stay sharp) that makes them at least ``min_height`` tall, and cropped to even sizes (4:2:0
+    chroma needs them)."""
+    if len({tuple(v.shape) for v in videos}) != 1:
+        raise ValueError(f"side by side needs videos of one shape, got {[tuple(v.shape) for v in videos]}")
+    x = torch.cat(videos, dim=-1)
+    k = max(1, -(-int(min_height) // x.shape[-2]))
+    if k > 1:
+        x = x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+    return x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
 
 
 def read_video(path: str | os.PathLike) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random CausalWan model and Hydra composition helpers."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -36,3 +37,17 @@ def compose(overrides=(), config_name: str = "config"):
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose(config_name, overrides=list(overrides))
+
+
+@functools.lru_cache(maxsize=None)
+def _video_settings(key: str) -> tuple:
+    from omegaconf import OmegaConf
+
+    return tuple(OmegaConf.to_container(OmegaConf.select(compose(), key), resolve=True).items())
+
+
+def video_encoding(key: str = "eval.video", **changes):
+    """The VideoEncoding of ``key`` in conf/ (its one source of values), with ``changes``."""
+    from eval.video_io import VideoEncoding
+
+    return VideoEncoding(**{**dict(_video_settings(key)), **changes})
