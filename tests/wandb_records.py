@@ -40,9 +40,8 @@ def raw_records(path: str | Path) -> list[bytes]:
     return out
 
 
-def _nested(items) -> dict:
-    """W&B's key/value updates (``key`` or ``nested_key`` path, ``value_json``) as one nested dict."""
-    out: dict = {}
+def _nested(items, out: dict) -> dict:
+    """Apply W&B's key/value updates (``key`` or ``nested_key`` path, ``value_json``) to the nested dict ``out``."""
     for it in items:
         path = list(it.nested_key) or [it.key]
         d = out
@@ -64,15 +63,16 @@ def read_run(run_dir: str | Path) -> dict:
         r.ParseFromString(raw)
         kind = r.WhichOneof("record_type")
         if kind == "run":
+            if not run["run"]:  # the first one holds the config; later ones (new tags) resend it without additions
+                _nested(r.run.config.update, run["config"])
             run["run"] = {"group": r.run.run_group, "job_type": r.run.job_type, "tags": list(r.run.tags),
                           "name": r.run.display_name}
-            run["config"].update(_nested(r.run.config.update))
         elif kind == "config":
-            run["config"].update(_nested(r.config.update))
+            _nested(r.config.update, run["config"])
         elif kind == "history":
-            run["history"].append(_nested(r.history.item))
+            run["history"].append(_nested(r.history.item, {}))
         elif kind == "summary":
-            run["summary"].update(_nested(r.summary.update))
+            _nested(r.summary.update, run["summary"])
         elif kind == "artifact":
             run["artifacts"].append({"type": r.artifact.type, "name": r.artifact.name,
                                      "files": [c.path for c in r.artifact.manifest.contents]})

@@ -155,11 +155,13 @@ class MultirunPreflight(Callback):
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:
-    """The override list of every job of the sweep (Hydra's basic sweeper's cartesian product)."""
+    """The override list of every job of the sweep: Hydra's basic sweeper's cartesian product of the sweeper params
+    (an experiment preset's grid) followed by the command line's overrides."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 

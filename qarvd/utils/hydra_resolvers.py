@@ -38,9 +38,9 @@ def job_dir_name(overrides: Iterable[str], swept: Optional[Iterable[str]] = None
     Why not Hydra's ``override_dirname``: a preset plus nine overrides overflows the 255-byte file-name limit, and
     its '=' and ',' make the folder unusable as an override value (``eval.artifact=<job dir>``). Here the items are
     ``method``, ``bits`` and ``model`` (value only), then the keys the sweep varies (``swept``: the sweeper's
-    params), then the other overrides in command-line order, each ``<last key segment>-<value>``, as many as fit in
+    params), then the other overrides sorted by key, each ``<last key segment>-<value>``, as many as fit in
     ``max_len``; ``exclude`` keys (and hydra's own) are hashed but not shown. Characters an unquoted override value
-    cannot hold become '_'. The same override set always gives the same name, whatever the job's number."""
+    cannot hold become '_'. The same override set gives the same name, whatever its order or the job's number."""
     overrides = [str(o) for o in overrides]
     digest = hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
     swept = [k.lstrip("+~") for k in (swept or ())]
@@ -53,7 +53,7 @@ def job_dir_name(overrides: Iterable[str], swept: Optional[Iterable[str]] = None
         value = _UNSAFE.sub("_", value.strip("'\"[]")).strip("_") or "null"
         items[key] = value if key in HEADLINE_KEYS else f"{_UNSAFE.sub('_', key.rsplit('.', 1)[-1])}-{value}"
     order = [k for k in HEADLINE_KEYS if k in items] + [k for k in swept if k in items and k not in HEADLINE_KEYS]
-    order += [k for k in items if k not in order]
+    order += sorted(k for k in items if k not in order)
     budget = max_len - len(digest) - 1
     shown: list[str] = []
     for k in order:
