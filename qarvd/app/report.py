@@ -24,7 +24,8 @@ from qarvd.utils.io import atomic_write_text
 
 REPORT_FILE = "report.html"
 
-SWEEP_TAGS = {"tau_sweep": "tau", "table5": "outlier_ratio", "alpha_sweep": "outlier_ratio"}
+SWEEP_TAGS = {"tau_sweep": "tau", "table5": "outlier_ratio", "alpha_sweep": "outlier_ratio"}  # swept tag per table
+DS_TABLES = ("table1", "table2")  # the tables with a Discriminability Score (it compares methods)
 
 
 def output_folder(cfg: DictConfig) -> Path:
@@ -64,7 +65,7 @@ def make_tables(cfg: DictConfig) -> tuple[Path, list[Table]]:
     table = TABLES[cfg.table](records, n_boot=int(cfg.n_boot), seed=int(cfg.seed))
     write_table(table, out, cfg.table)
     rendered = [table]
-    if cfg.table in ("table1", "table2"):
+    if cfg.table in DS_TABLES:
         metrics = scorable_metrics(records, list(VBENCH_KEYS) + list(REFERENCE_METRICS))
         if metrics:
             ds = ds_from_records(records, metrics, bool(cfg.ds.include_bf16), int(cfg.ds.ddof))
