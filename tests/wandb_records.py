@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32768
@@ -27,6 +28,8 @@ def raw_records(path: str | Path) -> list[bytes]:
         if length == 0 and kind == 0:
             pos += left
             continue
+        if pos + HEADER + length > len(data):  # a record still being written
+            break
         payload = data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         if kind == 1:
@@ -51,9 +54,19 @@ def _nested(items, out: dict) -> dict:
     return out
 
 
-def read_run(run_dir: str | Path) -> dict:
+def read_run(run_dir: str | Path, timeout_s: float = 30.0) -> dict:
     """{"run": {group, job_type, tags, name}, "config", "history": [rows], "summary", "artifacts": [{type, name,
-    files}], "files": [paths], "exit_code"} of one offline run folder."""
+    files}], "files": [paths], "exit_code"} of one offline run folder, once its exit record is written (W&B's
+    service writes the file after ``finish()`` returns)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = _read(run_dir)
+        if run["exit_code"] is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
+def _read(run_dir: str | Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = Path(run_dir).glob("run-*.wandb")
