@@ -16,10 +16,20 @@ from PIL import Image, ImageDraw, ImageFont
 from qarvd.utils.io import atomic_write
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """[T, 3, H, W] in [-1, 1] -> [T, H, W, 3] uint8."""
-    x = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+UINT8_MODES = ("round", "truncate")
+
+
+def to_uint8(video: torch.Tensor, mode: str = "round") -> np.ndarray:
+    """[T, 3, H, W] in [-1, 1] -> [T, H, W, 3] uint8: the nearest level (``round``), or ``truncate``: the release's
+    ``255 * (x / 2 + 1 / 2)`` cast to uint8, which cuts toward 0 (torchvision's write_video of a float video)."""
+    x = video.detach().float().cpu()
+    if mode == "round":
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round()
+    elif mode == "truncate":
+        x = (x * 0.5 + 0.5).clamp(0, 1) * 255.0
+    else:
+        raise ValueError(f"uint8 conversion '{mode}' is not one of {UINT8_MODES}")
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 FRAME_GAP, CHUNK_GAP = 1, 6  # pixels between frames of one chunk / between chunks

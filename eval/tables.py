@@ -28,6 +28,9 @@ METHODS = {  # record name -> paper row label, in the paper's row order
     "ptq4dit": "PTQ4DiT",
     "svdquant": "SVDQuant",
     "qarvd": "Q-ARVD (Ours)",
+    "smoothquant_published": "SmoothQuant (as published)",  # the baselines run as their originals: no reconstruction
+    "svdquant_published": "SVDQuant (as published)",
+    "ptq4dit_published": "PTQ4DiT (as published)",  # block reconstruction
 }
 BITS = {"w4a8": "W4A8", "w8a8": "W8A8", "w4a6": "W4A6", "w4a4": "W4A4"}  # paper group order first
 COLUMNS = {  # metric -> (header, decimals)
@@ -166,13 +169,16 @@ def default_metrics(records: list[dict]) -> list[str]:
 
 
 def caption(title: str, records: list[dict]) -> str:
-    """``title`` plus n (items per cell), the calib preset(s) and the model(s) of the records."""
+    """``title`` plus n (items per cell), the calib preset(s), the video encoding preset(s) of evaluation records (the
+    metrics were read from those files: lossless or the release's lossy encoding) and the model(s) of the records."""
     ns = sorted({n for r in records if r.get("bits") != "bf16" and (n := int(r.get("num_items") or len(r.get("per_item", {}))))})
     n = "n/a" if not ns else (str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}")
     calib = ", ".join(sorted({str(r.get("calib")) for r in records if r.get("calib")})) or "n/a"
     models = ", ".join(sorted({str(r.get("model")) for r in records})) or "no results"
     unit = "prompts" if all(r.get("stage") == "calibrate" for r in records) else "videos"
-    return (f"{title} Model: {models}; calib: {calib}; n = {n} {unit} per cell; "
+    video = ", ".join(sorted({str(r["video"]["name"]) for r in records if r.get("video")}))
+    video = f"videos: {video}; " if video else ""
+    return (f"{title} Model: {models}; calib: {calib}; {video}n = {n} {unit} per cell; "
             f"[95 % bootstrap interval over {unit}]; bold: better than the runner-up (paired interval excludes 0).")
 
 

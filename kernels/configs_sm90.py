@@ -1,6 +1,6 @@
 """Frozen launch configurations of the quantized GEMM for sm_90 (H100/H200): no autotuning at run time.
 
-The table was produced offline by ``scripts/bench_latency.py --tune`` on an H100 (see kernels/NOTES.md) and pasted
+The table was produced offline by ``scripts/bench_latency.py tune=true`` on an H100 (see kernels/NOTES.md) and pasted
 here; keys are (variant, epilogue, Kp, total N) with variant ``w8``/``w4`` + dual mode. Shapes not in the table
 use the variant's default. Under the Triton interpreter (CPU tests) small tiles keep the tests fast.
 """

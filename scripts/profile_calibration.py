@@ -1,172 +1,32 @@
 """Calibration cost at Wan2.1-T2V-1.3B dims (random weights): capture + layer-wise reconstruction of one block.
 
-    python scripts/profile_calibration.py --device cuda --out benchmarks/results/profile_calibration_h100.json
-    python scripts/profile_calibration.py --device cpu --small --iters 5 --out /tmp/p.json          # smoke run
+    python scripts/profile_calibration.py device=cuda out=benchmarks/results name=profile_calibration_h100
+    python scripts/profile_calibration.py device=cpu small=true iters=5 out=/tmp/p   # smoke run
 
-Runs the real stages of the released procedure on the 1.42 B-parameter architecture (bf16, 21 latent frames of
-60 x 104, 7 chunks x (4 steps + refresh) = 35 forwards per prompt, random umT5-sized text context): percentile weight
-init of every quantized layer, the two-pass activation init over a W-quantized rollout, one streamed capture pass of
-one block's layers under a host-RAM budget, and AdaRound + activation-step reconstruction of that block's layers for
-``--iters`` iterations. Reports peak host RSS, peak GPU memory, seconds per layer and per iteration, and projects the
-full calibration (all blocks, ``--full-iters`` iterations per layer, one capture pass per RAM-budget group of
-blocks). Writes one JSON file (atomically).
+:func:`qarvd.bench.calibration_profile.profile_calibration` (the stages, the projection) writes ``<out>/<name>.json``;
+settings in conf/bench/profile_calibration.yaml.
 """
 from __future__ import annotations
 
-import argparse
-import platform
-import resource
-import time
-from dataclasses import dataclass
+import logging
 
-import torch
+import hydra
+from omegaconf import DictConfig
 
-from qarvd.models.rollout import RolloutConfig, rollout
-from qarvd.models.wan import CausalWanModel, WanConfig, count_parameters
-from qarvd.quant.api import QuantConfig, calibrate_activations_, quantize_
-from qarvd.quant.capture import CaptureBudget, capture, run_calibration
-from qarvd.quant.linear import quant_layers
-from qarvd.quant.reconstruct import ReconConfig, reconstruct_layer
-from qarvd.quant.roles import block_index, role_of
-from qarvd.utils.io import atomic_write_json
+import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_repo:} before composing)
+from qarvd.bench.calibration_profile import profile_calibration
 
-SMALL = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, text_len=16)
+log = logging.getLogger("profile_calibration")
 
 
-def peak_rss_gb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-@dataclass
-class RandomContextPipeline:
-    """The pieces of ARVDPipeline that calibration touches, with a seeded random text context (no umT5 needed)."""
-
-    model: CausalWanModel
-    rollout_cfg: RolloutConfig
-    latent_shape: tuple
-
-    def encode_prompts(self, prompts):
-        g = torch.Generator().manual_seed(len(prompts))
-        cfg = self.model.cfg
-        return torch.randn(len(prompts), cfg.text_len, cfg.text_dim, generator=g).to(next(self.model.parameters()).device)
-
-    @torch.no_grad()
-    def generate_latents(self, prompts, seeds, on_chunk=None, context=None):
-        ctx = self.encode_prompts(prompts) if context is None else context
-        return rollout(self.model, ctx, seeds, self.latent_shape, self.rollout_cfg, on_chunk=on_chunk)
-
-
-class Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.s = time.perf_counter() - self.t0
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--out", required=True, help="JSON output file")
-    p.add_argument("--block", type=int, default=0, help="block whose layers are captured and reconstructed")
-    p.add_argument("--iters", type=int, default=100, help="reconstruction iterations measured per layer")
-    p.add_argument("--full-iters", type=int, default=2000, help="iterations per layer of the projected calibration")
-    p.add_argument("--ram-gb", type=float, default=8.0, help="host-RAM budget for captured activations")
-    p.add_argument("--prompts", type=int, default=1, help="calibration prompts (the release: 1)")
-    p.add_argument("--w-bits", type=int, default=4)
-    p.add_argument("--a-bits", type=int, default=8)
-    p.add_argument("--small", action="store_true", help="shrunk dims for a smoke run")
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    arch = WanConfig(**SMALL) if args.small else WanConfig()
-    latent = (16, 8, 8) if args.small else (16, 60, 104)
-    rcfg = RolloutConfig()  # 21 frames, 3 per chunk, 4 steps + refresh
-    res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                 "torch": torch.__version__, "arch": arch.to_dict(), "latent_frame": list(latent),
-                 "forwards_per_prompt": len(rcfg.forward_infos()), "prompts": args.prompts, "bits": f"w{args.w_bits}a{args.a_bits}",
-                 "ram_budget_gb": args.ram_gb, "iters_measured": args.iters, "iters_projected": args.full_iters, "seconds": {}}
-    sec = res["seconds"]
-    with Timer(device) as t:
-        with torch.device(device):
-            model = CausalWanModel(arch)
-        model = model.to(torch.bfloat16).eval().requires_grad_(False)
-    sec["build"] = t.s
-    res["parameters"] = count_parameters(model)
-    pipe = RandomContextPipeline(model, rcfg, latent)
-    prompts, seeds = [f"prompt {i}" for i in range(args.prompts)], list(range(args.prompts))
-    with Timer(device) as t:
-        pipe.generate_latents(prompts, seeds)
-    sec["fp_rollout"] = t.s
-    with Timer(device) as t:
-        quantize_(model, QuantConfig(w_bits=args.w_bits, a_bits=args.a_bits))
-    sec["weight_init_all_layers"] = t.s
-    layers = quant_layers(model)
-    res["quantized_layers"] = len(layers)
-    contexts: dict = {}
-    with Timer(device) as t:
-        calibrate_activations_(model, lambda: run_calibration(pipe, prompts, seeds, 8, contexts))
-    sec["activation_init_two_passes"] = t.s
-    res["peak_rss_gb_after_init"] = peak_rss_gb()
-    if device.type == "cuda":
-        res["gpu_peak_gb_init"] = torch.cuda.max_memory_allocated(device) / 2**30
-        torch.cuda.reset_peak_memory_stats(device)
-
-    skip = ("cross_kv", "embed")
-    names = [n for n in layers if block_index(n) == args.block and role_of(n) not in skip]
-    budget = CaptureBudget(ram_bytes=int(args.ram_gb * 2**30))
-    with Timer(device) as t:
-        session = capture(pipe, prompts, seeds, {n: layers[n] for n in names}, budget, batch_size=8, context_cache=contexts)
-    sec["capture_pass_one_block"] = t.s
-    captured = {n: sum(s.nbytes for s in session.stores[n].samples) for n in names}
-    res["captured_bytes_per_layer"] = captured
-    res["captured_gb_one_block"] = sum(captured.values()) / 2**30
-    res["spilled_gb"] = sum(session.stores[n].spilled_bytes for n in names) / 2**30
-    res["peak_rss_gb_after_capture"] = peak_rss_gb()
-    per_layer = {}
-    cfg = ReconConfig(iters=args.iters)
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench/profile_calibration")
+def main(cfg: DictConfig) -> None:
     try:
-        for n in names:
-            with Timer(device) as t:
-                st = reconstruct_layer(layers[n], session.stores[n], cfg, seed=0, desc=n)
-            per_layer[n] = {"seconds": t.s, "seconds_per_iter": st["seconds_per_iter"], "loss_nearest": st["loss_nearest"],
-                            "loss_final": st["loss_final"], "in_features": layers[n].in_features,
-                            "out_features": layers[n].out_features, "samples": st["samples"]}
-            session.stores[n].clear()
-    finally:
-        session.close()
-    res["per_layer"] = per_layer
-    res["peak_rss_gb"] = peak_rss_gb()
-    if device.type == "cuda":
-        res["gpu_peak_gb_reconstruction"] = torch.cuda.max_memory_allocated(device) / 2**30
-
-    # projection: every block like this one; capture passes grouped under the RAM budget
-    nb = arch.num_layers
-    block_bytes = sum(captured.values())
-    blocks_per_pass = max(1, int(budget.ram_bytes // max(block_bytes, 1)))
-    passes = -(-nb // blocks_per_pass)
-    recon_block = sum(v["seconds_per_iter"] * args.full_iters + (v["seconds"] - v["seconds_per_iter"] * args.iters)
-                      for v in per_layer.values())
-    full = sec["weight_init_all_layers"] + sec["activation_init_two_passes"] + passes * sec["capture_pass_one_block"] + nb * recon_block
-    res["projection"] = {
-        "blocks": nb, "blocks_per_capture_pass": blocks_per_pass, "capture_passes": passes,
-        "reconstruction_seconds_per_block": recon_block, "full_calibration_seconds": full,
-        "full_calibration_hours": full / 3600,
-        "captured_gb_all_blocks_inputs": block_bytes * nb / 2**30,
-        "note": "release keeps inputs and outputs of every layer in RAM at once; here one budget group at a time",
-    }
-    atomic_write_json(args.out, res)
-    print(f"profile: {args.out}")
-    return res
+        path = profile_calibration(cfg)
+    except Exception:
+        log.exception("profile_calibration failed (device=%s)", cfg.device)
+        raise
+    print(f"profile: {path}")
 
 
 if __name__ == "__main__":

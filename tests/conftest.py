@@ -46,7 +46,7 @@ def _video_settings(key: str) -> tuple:
     return tuple(OmegaConf.to_container(OmegaConf.select(compose(), key), resolve=True).items())
 
 
-def video_encoding(key: str = "eval.video", **changes):
+def conf_encoding(key: str = "eval.video", **changes):
     """The VideoEncoding of ``key`` in conf/ (its one source of values), with ``changes``."""
     from eval.video_io import VideoEncoding
 

@@ -1,4 +1,4 @@
-"""The offline sm_90 compile check (scripts/compile_sm90.py), run in fresh processes without the Triton interpreter.
+"""The offline sm_90 compile check (qarvd.bench.compile_sm90), run in fresh processes without the Triton interpreter.
 
 The conftest turns the interpreter on in this process and Triton fixes the mode when a kernel is decorated, so the
 check runs in subprocesses, each with an empty Triton cache so that every kernel really goes through the compiler.
@@ -13,7 +13,6 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "compile_sm90.py"
 SMEM_LIMIT = 232448  # bytes of shared memory per block on sm_90 (227 KB)
 INT_LAUNCHES = ["norm1_mod->qkv_int8", "gemm_qkv_store", "attn->o_int8", "attn_fp8codes->o_int8",
                 "gemm_o_residual_gate", "norm3->cross_q_int8", "gemm_cross_q_store", "gemm_cross_o_residual",
@@ -38,9 +37,11 @@ def _run(args: list, tmp_path: Path, timeout: int) -> subprocess.CompletedProces
 
 # ~30 s on 2 CPU cores (83 launches, ptxas included): part of every run, so CI compiles what the GPU would
 def test_every_rollout_kernel_compiles_for_sm90(tmp_path):
-    res = _run([str(SCRIPT), "--jobs", "2"], tmp_path, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    res = _run(["scripts/compile_sm90.py", "jobs=2", f"out={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
+               timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert f"results: {tmp_path / 'compile_sm90.json'}" in res.stdout
+    rows = {r["name"]: r for r in json.loads((tmp_path / "compile_sm90.json").read_text())}
     assert sorted(rows) == sorted(EXPECTED)
     for r in rows.values():
         assert r["ok"] and r["error"] is None, r
@@ -69,11 +70,12 @@ def bad_kernel(x_ptr, s, CODE: tl.constexpr):
 '''
 
 PROBE = '''
-import json, runpy, sys
+import importlib.util, json, sys
 import torch
-sm90 = runpy.run_path(sys.argv[1])  # the script's definitions, without running its main
-sys.path.insert(0, sys.argv[2])
-import bad
+from qarvd.bench.compile_sm90 import check, compile_only
+spec = importlib.util.spec_from_file_location("bad", sys.argv[1])
+bad = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bad)
 from kernels import qgemm
 from kernels.configs_sm90 import GemmConfig
 from qarvd.deploy.modules import RealQuantLinear
@@ -84,8 +86,8 @@ cases = {"gemm_128x128_3_stages": lambda: qgemm.qgemm(a, None, g, 512, config=Ge
          "gemm_256x256_4_stages": lambda: qgemm.qgemm(a, None, g, 512, config=GemmConfig(256, 256, 128, 8, 8, 4)),
          "one_return_type": lambda: bad.bad_kernel[(1,)](x, 2.0, CODE=False),
          "two_return_types": lambda: bad.bad_kernel[(1,)](x, 2.0, CODE=True)}
-with sm90["compile_only"]() as compiled:
-    print(json.dumps({name: sm90["check"](name, fn, compiled) for name, fn in cases.items()}))
+with compile_only() as compiled:
+    print(json.dumps({name: check(name, fn, compiled) for name, fn in cases.items()}))
 '''
 
 
@@ -93,7 +95,7 @@ def test_check_flags_what_only_the_gpu_used_to_catch(tmp_path):
     """The two kinds of error the interpreter lets through: a shared-memory overflow (Triton compiles it; the launch
     fails) and a helper with two return types (the interpreter runs it; the compiler refuses it)."""
     (tmp_path / "bad.py").write_text(BAD_KERNEL)
-    res = _run(["-c", PROBE, str(SCRIPT), str(tmp_path)], tmp_path, timeout=300)
+    res = _run(["-c", PROBE, str(tmp_path / "bad.py")], tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     rows = json.loads(res.stdout.splitlines()[-1])
     fits, big = rows["gemm_128x128_3_stages"], rows["gemm_256x256_4_stages"]

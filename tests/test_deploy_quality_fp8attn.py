@@ -15,7 +15,7 @@ def test_fp8_attention_row_next_to_the_default_row(tmp_path):
 
     run = tmp_path / "run"
     train_quant(tiny_cfg("method=minmax", "bits=w8a8"), run)
-    deploy_quality(compose([f"run='{run}'", "weights=[artifact]", "attention=[default,cudnn_fp8]", "batch=2"],
+    deploy_quality(compose([f"run='{run}'", "weights=[artifact]", "attention=[default,cudnn_fp8]", "prompts_per_batch=2"],
                            "deploy_quality"), tmp_path)
     res = json.loads((tmp_path / "deploy_quality.json").read_text())
     assert res["prompts"] == 2 and res["attention_calibration_prompts"] == 1

@@ -9,7 +9,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from conftest import video_encoding
+from conftest import conf_encoding
 from eval.fvd import I3DBackbone, fvd_from_features, frechet_distance, gaussian_stats, sqrtm_psd
 from eval.reference import evaluate_pairs
 from eval.video_io import write_video
@@ -120,7 +120,7 @@ def test_missing_i3d_names_key_file_and_source(tmp_path):
 
 def _write_set(folder, videos, names):
     for v, n in zip(videos, names):
-        write_video(folder / f"{n}.mp4", v, video_encoding())
+        write_video(folder / f"{n}.mp4", v, conf_encoding())
 
 
 def test_folder_fvd_zero_for_identical_sets_and_positive_otherwise(tmp_path, standin_path):
@@ -133,5 +133,5 @@ def test_folder_fvd_zero_for_identical_sets_and_positive_otherwise(tmp_path, sta
     bb = I3DBackbone(standin_path)
     same = evaluate_pairs(tmp_path / "fp", tmp_path / "same", {}, bb, progress=False)
     noisy = evaluate_pairs(tmp_path / "fp", tmp_path / "noisy", {}, bb, progress=False)
-    assert same["num_videos"] == 4 and abs(same["metrics"]["fvd_fp"]) < 1e-6
+    assert same["num_items"] == 4 and abs(same["metrics"]["fvd_fp"]) < 1e-6
     assert noisy["metrics"]["fvd_fp"] > 1e-4

@@ -144,7 +144,7 @@ def test_prompt_cache_is_reused_without_loading_the_encoder(release, tmp_path):
     again = _encoder(paths, tmp_path)
     ctx = again.encode(PROMPTS[::-1])
     assert again._model is None  # every prompt came from the cache
-    fresh = _encoder(paths, tmp_path, batch_size=3).__class__(
+    fresh = _encoder(paths, tmp_path, prompts_per_batch=3).__class__(
         str(paths["text_weights"]), str(paths["tokenizer"]), text_len=16, arch=T5_ARCH, dtype="float32", cache_dir=None)
     assert torch.equal(ctx, fresh.encode(PROMPTS[::-1]))
 
@@ -432,16 +432,16 @@ def test_gpu_leases_are_exclusive_until_released(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- profiler
-@pytest.mark.slow  # a smoke run of the GPU benchmark script (~30 s on 2 cores); python -m pytest -m slow
+@pytest.mark.slow  # a smoke run of the GPU benchmark entry point (~30 s on 2 cores); python -m pytest -m slow
 def test_profile_real_runs_and_reports_each_stage(release, tmp_path):
     import json
 
     ov = [o for o in real_overrides(release, tmp_path) if o.startswith(("model.arch", "model.text_encoder.arch",
                                                                            "model.vae.arch", "model.latent", "model.rollout"))]
     ov = [o.replace("vocab_size=64", "vocab_size=256") for o in ov]
-    _script("profile_real.py", ["--device", "cpu", "--batch-sizes", "1", "2", "--out", str(tmp_path / "p.json"),
-                                "--tokenizer", str(release / "Wan2.1-T2V-1.3B" / WAN_TOKENIZER_DIR), *ov,
-                                *CPU_FP32[:1]])
+    _script("profile_real.py", ["device=cpu", "batch_sizes=[1,2]", f"out={tmp_path}", "name=p",
+                                f"hydra.run.dir={tmp_path / 'run'}",
+                                f"tokenizer={release / 'Wan2.1-T2V-1.3B' / WAN_TOKENIZER_DIR}", *ov, *CPU_FP32[:1]])
     res = json.loads((tmp_path / "p.json").read_text())
     for stage in ("text_encode", "dit_rollout", "vae_decode"):
         assert set(res[stage]) == {"1", "2"} and all(v["seconds"] > 0 for v in res[stage].values())

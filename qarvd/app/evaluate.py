@@ -56,6 +56,15 @@ def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str
     return evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone, device=e.metrics_device), unavailable
 
 
+def video_encoding(cfg: DictConfig, folder: str | os.PathLike) -> dict:
+    """How the scored files were encoded: the folder's manifest says (a reused folder may predate the config), else
+    ``eval.video``; tables name the preset, since lossy files move FVD-FP / LPIPS-FP."""
+    manifest = Path(folder) / MANIFEST
+    if manifest.exists() and json.loads(manifest.read_text()).get("encoding"):
+        return json.loads(manifest.read_text())["encoding"]
+    return OmegaConf.to_container(cfg.eval.video, resolve=True)
+
+
 def vbench_metrics(cfg: DictConfig, videos_dir: str | os.PathLike, name: str) -> dict:
     """VBench percentages plus ``vbench_avg``, kept next to the videos (``<dir>.vbench/``): a folder that already has
     its results (the FP set shared by a sweep, a resumed job) is not scored again."""
@@ -81,7 +90,7 @@ def evaluate_run(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os
         "evaluate", identity, metrics=out["metrics"],
         per_item=out["per_item"], num_items=out["num_items"], unavailable=unavailable,
         per_chunk=chunk_curves(cfg, out["per_frame"]),
-        fvd_backbone=e.fvd.backbone if e.fvd.enabled else None,
+        fvd_backbone=e.fvd.backbone if e.fvd.enabled else None, video=video_encoding(cfg, quant_dir),
         dirs={"fp": str(fp_dir), "quant": str(quant_dir)}, **(extra or {}))
     log.info("reference metrics of %d video pairs in %.1f s: %s", out["num_items"], time.perf_counter() - t0,
              ", ".join(f"{k} {v:.4g}" for k, v in out["metrics"].items()))

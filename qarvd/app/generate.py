@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from eval.strip import save_png, strip_image
-from eval.video_io import VIDEO_SUFFIX, VideoEncoding, write_video
+from eval.video_io import VIDEO_SUFFIX, VideoEncoding, VideoWriterPool, write_video
 from qarvd.app.preflight import preflight
 from qarvd.app.provenance import check_or_write_manifest, run_lock, video_manifest
 from qarvd.data.prompts import select
@@ -118,31 +118,41 @@ def generate_set(
     strips: Optional[str | os.PathLike],
     enc: VideoEncoding,
     strip: StripSpec,
+    writers: int,
     skip_existing: bool = True,
     desc: str = "videos",
 ) -> dict:
-    """Roll out and write every batch (mp4 + PNG strip); returns counts of written and skipped videos and the wall
-    seconds of the loop and of each generated batch (encode + rollout + decode + writing; the first one also loads
-    lazily built models): the throughput figures of multi-GPU runs."""
+    """Roll out every batch and hand its videos to ``writers`` threads (mp4 + PNG strip each; 0: written in this
+    thread), which encode while the next batch generates; returns counts of written and skipped videos, the wall
+    seconds of the loop (until the last file is written) and of each generated batch (text encode + rollout + decode;
+    the first one also loads lazily built models): the throughput figures of multi-GPU runs."""
     video_dir = Path(video_dir)
     written = skipped = 0
     batch_seconds = []
     start = time.perf_counter()
-    for batch in progress_bar(batches, desc=desc, unit="batch"):
-        paths = [video_dir / f"{j.name}{VIDEO_SUFFIX}" for j in batch]
-        if skip_existing and all(p.exists() for p in paths):
-            skipped += len(batch)
-            continue
-        t0 = time.perf_counter()
-        latents = pipe.generate_latents([j.prompt for j in batch], [j.seed for j in batch])
-        videos = pipe.decode(latents)
-        for job, video, path in zip(batch, videos, paths):
-            if strips is not None:
-                save_png(_strip(video, pipe.rollout_cfg.num_chunks, strip), Path(strips) / f"{job.name}.png")
-            write_video(path, video, enc)
-            written += 1
-        batch_seconds.append(time.perf_counter() - t0)
+    with VideoWriterPool(writers) as pool:
+        for batch in progress_bar(batches, desc=desc, unit="batch"):
+            paths = [video_dir / f"{j.name}{VIDEO_SUFFIX}" for j in batch]
+            if skip_existing and all(p.exists() for p in paths):
+                skipped += len(batch)
+                continue
+            t0 = time.perf_counter()
+            latents = pipe.generate_latents([j.prompt for j in batch], [j.seed for j in batch])
+            videos = pipe.decode(latents)
+            for job, video, path in zip(batch, videos, paths):
+                strip_path = None if strips is None else Path(strips) / f"{job.name}.png"
+                pool.submit(_write, video, path, enc, strip_path, pipe.rollout_cfg.num_chunks, strip)
+                written += 1
+            batch_seconds.append(time.perf_counter() - t0)
     return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start, "batch_seconds": batch_seconds}
+
+
+def _write(video: torch.Tensor, path: Path, enc: VideoEncoding, strip_path: Optional[Path], num_chunks: int,
+           strip: StripSpec) -> None:
+    """One video's files: the strip first, the mp4 last (its presence means the video is done)."""
+    if strip_path is not None:
+        save_png(_strip(video, num_chunks, strip), strip_path)
+    write_video(path, video, enc)
 
 
 def _strip(video: torch.Tensor, num_chunks: int, spec: StripSpec):
@@ -207,8 +217,8 @@ def generate(cfg: DictConfig, artifact: Optional[str] = None, info: Optional[dic
     log.info("generating %d videos of %s (%s) into %s", len(todo), cfg.model.name, "FP and quantized" if artifact else "FP",
              e.video_dir)
     return generate_pair(pipe, todo, e.video_dir, encoding(cfg), quantize, int(e.prompts_per_batch),
-                         StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), bool(e.skip_existing), fp_folder(cfg),
-                         manifests)
+                         StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), int(e.writers), bool(e.skip_existing),
+                         fp_folder(cfg), manifests)
 
 
 def generate_videos(cfg: DictConfig) -> dict:
@@ -243,6 +253,7 @@ def generate_pair(
     quantize: Optional[Callable[[object], None]],
     prompts_per_batch: int,
     strip: StripSpec,
+    writers: int,
     skip_existing: bool,
     fp_dir: Optional[str | os.PathLike],
     manifests: dict[str, dict],
@@ -257,7 +268,8 @@ def generate_pair(
     batches = shard(jobs, prompts_per_batch, rank, world)
     dirs = {"fp": Path(fp_dir) if fp_dir else video_dir / "fp"}
     check_or_write_manifest(dirs["fp"], manifests["fp"])
-    counts = {"fp": generate_set(pipe, batches, dirs["fp"], strip_dir(dirs["fp"]), enc, strip, skip_existing, f"FP videos (rank {rank})")}
+    counts = {"fp": generate_set(pipe, batches, dirs["fp"], strip_dir(dirs["fp"]), enc, strip, writers, skip_existing,
+                                 f"FP videos (rank {rank})")}
     log_counts("FP", dirs["fp"], counts["fp"])
     if quantize is not None:
         dirs["quant"] = video_dir / "quant"
@@ -265,8 +277,8 @@ def generate_pair(
         quant_paths = [dirs["quant"] / f"{j.name}{VIDEO_SUFFIX}" for b in batches for j in b]
         if not (skip_existing and all(p.exists() for p in quant_paths)):
             quantize(pipe)
-        counts["quant"] = generate_set(pipe, batches, dirs["quant"], strip_dir(dirs["quant"]), enc, strip, skip_existing,
-                                       f"quantized videos (rank {rank})")
+        counts["quant"] = generate_set(pipe, batches, dirs["quant"], strip_dir(dirs["quant"]), enc, strip, writers,
+                                       skip_existing, f"quantized videos (rank {rank})")
         log_counts("quantized", dirs["quant"], counts["quant"])
     return {"dirs": {k: str(v) for k, v in dirs.items()}, "counts": counts, "rank": rank, "world_size": world}
 

@@ -1,2 +1,3 @@
-"""Benchmark logic (latency, GEMM, attention, calibration and real-model profiles), built from conf/ groups; the
-entry points in scripts/ only parse arguments and call one function here."""
+"""Benchmark logic (latency, GEMM, attention, compile check, calibration and real-model profiles, generation
+scaling), built from conf/ groups; each entry point in scripts/ composes its conf/bench/<name>.yaml and calls one
+function here."""

@@ -9,9 +9,11 @@ The DiT works on normalised latents: ``(mu - mean) / std`` with Wan's fixed per-
 diffusers config as ``latents_mean`` / ``latents_std``). Decoding un-normalises and returns video frames
 ``[B, 1 + 4 (F - 1), 3, 8h, 8w]`` in [-1, 1] (81 x 480 x 832 for 21 x 60 x 104 latents).
 
-Memory: ``AutoencoderKLWan`` decodes one latent frame at a time through its causal feature cache, so activation
-memory is that of one frame; we additionally decode ``decode_batch`` videos at a time and move each result to host
-memory at once, so GPU memory does not grow with the batch.
+Memory: the decoder runs one latent frame at a time through its causal feature cache (as ``AutoencoderKLWan.decode``
+does), so activation memory is that of one frame; we additionally decode ``decode_batch`` videos at a time and move
+each result to host memory at once, so GPU memory does not grow with the batch. :class:`ChunkDecoder` exposes that
+loop chunk by chunk: the frames of a chunk are final as soon as the rollout has made it, and the chunks' frames are
+exactly the whole video's decode.
 """
 from __future__ import annotations
 
@@ -159,18 +161,13 @@ class WanVAE:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, F, C, h, w] -> video [B, T, 3, H, W] in [-1, 1], float32 on the host."""
-        model = self.model
         if latents.dim() != 5 or latents.shape[2] != self.latent_channels:
             raise ValueError(f"expected latents [B, F, {self.latent_channels}, h, w], got {tuple(latents.shape)}")
         b, f, _, h, w = latents.shape
         s = self.spatial_factor
         out = torch.empty(b, self.num_video_frames(f), 3, h * s, w * s, dtype=torch.float32)
-        mean, std = self.mean.to(self.device), self.std.to(self.device)
         for i in range(0, b, self.decode_batch):
-            z = latents[i : i + self.decode_batch].to(self.device, torch.float32).transpose(1, 2)  # [b, C, F, h, w]
-            z = (z * std + mean).to(self.dtype)
-            video = model.decode(z, return_dict=False)[0]
-            out[i : i + self.decode_batch] = video.float().clamp(-1, 1).transpose(1, 2).cpu()
+            out[i : i + self.decode_batch] = ChunkDecoder(self)(latents[i : i + self.decode_batch]).cpu()
         return out
 
     @torch.no_grad()
@@ -185,3 +182,33 @@ class WanVAE:
     def config(self) -> dict:
         return {"kind": "wan_vae", "weights": str(self.weights) if self.weights else None, "arch": self.arch,
                 "dtype": str(self.dtype), "random_init": self.random_init}
+
+
+class ChunkDecoder:
+    """Decodes one batch of videos chunk by chunk, in order, through the VAE's causal feature cache (one per decoder).
+
+    Each call takes the next latent frames [b, f, C, h, w] (normalised) and returns their video frames
+    [b, t, 3, H, W] in [-1, 1] (float32, on the VAE's device): the first latent frame gives one video frame, every
+    later one ``temporal_factor``. The decoder runs frame by frame with the cache, as ``AutoencoderKLWan.decode``
+    does, so the concatenated chunks equal the whole video's decode (tests/test_wan_vae_stream.py).
+    """
+
+    def __init__(self, vae: WanVAE) -> None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        self.vae, self.model = vae, vae.model
+        self.cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in self.model.decoder.modules())
+        self.frames = 0  # latent frames decoded so far
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        z = latents.to(vae.device, torch.float32).transpose(1, 2)  # [b, C, f, h, w]
+        z = (z * vae.std.to(vae.device) + vae.mean.to(vae.device)).to(vae.dtype)
+        x = self.model.post_quant_conv(z)
+        out = []
+        for i in range(x.shape[2]):
+            out.append(self.model.decoder(x[:, :, i : i + 1], feat_cache=self.cache, feat_idx=[0],
+                                          first_chunk=self.frames == 0))
+            self.frames += 1
+        return torch.cat(out, 2).float().clamp(-1, 1).transpose(1, 2)

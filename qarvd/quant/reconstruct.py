@@ -21,7 +21,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -52,13 +52,19 @@ class ReconConfig:
     granularity: str  # layer | block
     skip_roles: tuple  # not reconstructed (nearest rounding, percentile-init steps)
     seed: int
+    batch: object  # calib.batch: qarvd.quant.recon_batched.BatchOptions (or its dict)
 
     def __post_init__(self) -> None:
+        from qarvd.quant.recon_batched import BatchOptions
+
         if self.granularity not in ("layer", "block"):
             raise ValueError(f"reconstruction granularity must be 'layer' or 'block', got '{self.granularity}'")
         if self.iters < 1 or self.calls_per_step < 1:
             raise ValueError("reconstruction needs calib.iters >= 1 and calib.calls_per_step >= 1")
         self.skip_roles = tuple(self.skip_roles)
+        self.batch = self.batch if isinstance(self.batch, BatchOptions) else BatchOptions(**dict(self.batch))
+        if self.batch.enabled and self.granularity != "layer":
+            raise ValueError("calib.batch.enabled learns layers in lock-step: it needs calib.granularity=layer")
 
 
 # ----------------------------------------------------------------------------------------------- learnable state
@@ -86,52 +92,75 @@ def _regularizer(layers: Sequence[QuantLinear], beta: float) -> torch.Tensor:
     return sum(g.rounding.regularizer(beta) for l in layers for g in l.groups if g.rounding is not None)
 
 
-def _run_loop(layers: Sequence[QuantLinear], loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int,
-              cfg: ReconConfig, seed: int, desc: str) -> dict:
-    """The shared optimisation loop; ``loss_fn(sample indices)`` returns the weighted reconstruction loss.
+class RoundingLearner:
+    """The learning state of one reconstruction unit: AdaRound variables and activation steps of ``layers``, their
+    Adam optimisers, the regulariser schedule and the unit's own sample draws (its seeded generator, drawn up front
+    so that no step waits on the host). :func:`_run_loop` drives one; :mod:`qarvd.quant.recon_batched` drives several
+    in lock-step, so each unit does the same arithmetic either way.
 
     Reports the loss on a fixed check batch with nearest rounding (before) and with the hardened result (after).
     """
-    check = torch.arange(min(n, 4 * cfg.calls_per_step))
-    with torch.no_grad():
-        loss_nearest = float(loss_fn(check))
-    rounds, steps = [], []
-    for l in layers:
-        r, s = begin_learning(l)
-        rounds += r
-        steps += s
-    opt_v, opt_a, sched = _optimizers(rounds, steps, cfg)
-    beta_of = BetaSchedule(cfg.iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
-    gen = torch.Generator().manual_seed(int(seed))
-    first = last = None
+
+    def __init__(self, layers: Sequence[QuantLinear], loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int,
+                 cfg: ReconConfig, seed: int) -> None:
+        self.layers, self.loss_fn, self.n, self.cfg = list(layers), loss_fn, n, cfg
+        self.check = torch.arange(min(n, 4 * cfg.calls_per_step))
+        with torch.no_grad():
+            self.loss_nearest = float(loss_fn(self.check))
+        rounds, self.steps = [], []
+        for l in self.layers:
+            r, s = begin_learning(l)
+            rounds += r
+            self.steps += s
+        self.opt_v, self.opt_a, self.sched = _optimizers(rounds, self.steps, cfg)
+        self.beta_of = BetaSchedule(cfg.iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
+        gen = torch.Generator().manual_seed(int(seed))
+        self.draws = [torch.randperm(n, generator=gen)[: cfg.calls_per_step] for _ in range(cfg.iters)]
+        self.first: Optional[torch.Tensor] = None
+        self.last: Optional[torch.Tensor] = None
+
+    def step(self, it: int) -> torch.Tensor:
+        """Iteration ``it``: loss on its draw, backward, optimiser steps; returns the reconstruction loss (detached)."""
+        rec = self.loss_fn(self.draws[it])
+        beta, active = self.beta_of(it)
+        loss = rec + self.cfg.reg_weight * _regularizer(self.layers, beta) if active else rec
+        self.opt_v.zero_grad(set_to_none=True)
+        self.opt_a.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_v.step()
+        self.opt_a.step()
+        self.sched.step()
+        with torch.no_grad():
+            for s in self.steps:
+                s.clamp_(min=MIN_SCALE)
+        self.last = rec.detach()
+        self.first = self.last if self.first is None else self.first
+        return self.last
+
+    def finish(self, seconds: float) -> dict:
+        """Harden the learned rounding; the unit's statistics (``seconds``: its learning time)."""
+        for l in self.layers:
+            l.harden()
+        with torch.no_grad():
+            loss_final = float(self.loss_fn(self.check))
+        return {"loss_nearest": self.loss_nearest, "loss_final": loss_final, "soft_loss_first": float(self.first),
+                "soft_loss_last": float(self.last), "seconds": seconds, "seconds_per_iter": seconds / self.cfg.iters,
+                "samples": self.n}
+
+
+def _run_loop(layers: Sequence[QuantLinear], loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int,
+              cfg: ReconConfig, seed: int, desc: str) -> dict:
+    """The optimisation loop of one unit; ``loss_fn(sample indices)`` returns the weighted reconstruction loss."""
+    learner = RoundingLearner(layers, loss_fn, n, cfg, seed)
     t0 = time.perf_counter()
     bar = progress_bar(range(cfg.iters), desc=desc, leave=False, mininterval=2.0)
     with torch.enable_grad():
         for it in bar:
-            idx = torch.randperm(n, generator=gen)[: cfg.calls_per_step]
-            rec = loss_fn(idx)
-            beta, active = beta_of(it)
-            loss = rec + cfg.reg_weight * _regularizer(layers, beta) if active else rec
-            opt_v.zero_grad(set_to_none=True)
-            opt_a.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_v.step()
-            opt_a.step()
-            sched.step()
-            with torch.no_grad():
-                for s in steps:
-                    s.clamp_(min=MIN_SCALE)
-            last = float(rec.detach())
-            first = last if first is None else first
+            rec = learner.step(it)
             if it % 50 == 0:
-                bar.set_postfix(rec=f"{last:.3e}", refresh=False)
-    seconds = time.perf_counter() - t0
-    for l in layers:
-        l.harden()
-    with torch.no_grad():
-        loss_final = float(loss_fn(check))
-    return {"loss_nearest": loss_nearest, "loss_final": loss_final, "soft_loss_first": first, "soft_loss_last": last,
-            "seconds": seconds, "seconds_per_iter": seconds / cfg.iters, "samples": n}
+                bar.set_postfix(rec=f"{float(rec):.3e}", refresh=False)
+    float(learner.last)  # waits for the device, so that the time is the learning time
+    return learner.finish(time.perf_counter() - t0)
 
 
 def _stage_on_device(store: SampleStore, device: torch.device, share: float = 0.4) -> Optional[list[torch.Tensor]]:
@@ -145,13 +174,18 @@ def _stage_on_device(store: SampleStore, device: torch.device, share: float = 0.
     return [store.tensors(i)["x"].to(device) for i in range(len(store))]
 
 
-def reconstruct_layer(layer: QuantLinear, store: SampleStore, cfg: ReconConfig, seed: int = 0, desc: str = "") -> dict:
-    """Layer-wise reconstruction of one QuantLinear on its captured FP inputs."""
-    if len(store) == 0:
-        raise RuntimeError(f"no captured calibration samples for layer '{layer.name}'")
+def weighted_error(layer: QuantLinear, x: torch.Tensor, y: torch.Tensor, tok_w: torch.Tensor, calls: int) -> torch.Tensor:
+    """Squared error summed over channels, weighted per token row, averaged over calls and output channels."""
+    err = (layer(x).float() - y).pow(2).sum(-1)
+    return (err * tok_w).sum() / (calls * layer.out_features)
+
+
+def layer_objective(layer: QuantLinear, store: SampleStore, staged: Optional[list[torch.Tensor]] = None,
+                    error: Callable = weighted_error) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``loss(sample indices)`` of one layer on its captured FP inputs (``staged``: the inputs already on the layer's
+    device); the FP targets are computed once per sample in the layer's dtype and widened at use (exact)."""
     device = layer.weight.device
-    weights = torch.tensor([layer.sample_weight(s.info) for s in store.samples], dtype=torch.float32)
-    staged = _stage_on_device(store, device)
+    weights = torch.tensor([layer.sample_weight(s.info) for s in store.samples], dtype=torch.float32).to(device)
     targets: dict[int, torch.Tensor] = {}  # FP outputs of in-memory samples, computed once (spilled ones: per use)
 
     def sample(i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +193,7 @@ def reconstruct_layer(layer: QuantLinear, store: SampleStore, cfg: ReconConfig, 
         y = targets.get(i)
         if y is None:
             with torch.no_grad():
-                y = layer.fp_forward(x).float()
+                y = layer.fp_forward(x)
             if staged is not None or store.samples[i].tensors is not None:
                 targets[i] = y
         return x, y
@@ -167,11 +201,18 @@ def reconstruct_layer(layer: QuantLinear, store: SampleStore, cfg: ReconConfig, 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         pairs = [sample(int(i)) for i in idx]
         x = torch.cat([p[0] for p in pairs])
-        y = torch.cat([p[1] for p in pairs])
-        tok_w = torch.cat([torch.full((p[0].shape[0],), float(weights[int(i)])) for p, i in zip(pairs, idx)]).to(device)
-        err = (layer(x).float() - y).pow(2).sum(-1)
-        return (err * tok_w).sum() / (len(idx) * layer.out_features)
+        y = torch.cat([p[1] for p in pairs]).float()
+        tok_w = torch.cat([weights[int(i)].expand(p[0].shape[0]) for p, i in zip(pairs, idx)])
+        return error(layer, x, y, tok_w, len(idx))
 
+    return loss_fn
+
+
+def reconstruct_layer(layer: QuantLinear, store: SampleStore, cfg: ReconConfig, seed: int = 0, desc: str = "") -> dict:
+    """Layer-wise reconstruction of one QuantLinear on its captured FP inputs."""
+    if len(store) == 0:
+        raise RuntimeError(f"no captured calibration samples for layer '{layer.name}'")
+    loss_fn = layer_objective(layer, store, _stage_on_device(store, layer.weight.device))
     with quant_state(layer, weights=True, acts=True):
         return _run_loop([layer], loss_fn, len(store), cfg, seed, desc or layer.name)
 
@@ -275,13 +316,34 @@ def _capture_bytes(module: nn.Module, pipeline, budget: CaptureBudget, n_prompts
     return calls * (2 * tokens * dim + prefix) * elem
 
 
+def unit_seed(cfg: ReconConfig, unit: str) -> int:
+    """Every unit's own seed: its sample draws do not depend on which other units run, or in which order."""
+    return cfg.seed * 1_000_003 + zlib.crc32(unit.encode())
+
+
+def _learn(group: Sequence[str], units: dict, stores: dict[str, SampleStore], cfg: ReconConfig) -> Iterator[tuple[str, dict]]:
+    """(unit, stats) as units finish: layers in lock-step groups with ``calib.batch.enabled``, else one at a time."""
+    if cfg.batch.enabled:
+        from qarvd.quant.recon_batched import LayerJob, reconstruct_layers
+
+        yield from reconstruct_layers([LayerJob(u, units[u][0], stores[u], unit_seed(cfg, u)) for u in group], cfg, cfg.batch)
+        return
+    for u in group:
+        if cfg.granularity == "layer":
+            yield u, reconstruct_layer(units[u][0], stores[u], cfg, unit_seed(cfg, u), u)
+        else:
+            yield u, reconstruct_block(units[u][0], stores[u], cfg, unit_seed(cfg, u), u)
+
+
 def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cfg: ReconConfig, budget: CaptureBudget,
                       resume: Optional[ResumeStore] = None, prompts_per_batch: int = 8,
-                      context_cache: Optional[dict] = None) -> dict:
-    """Capture and reconstruct every eligible unit of ``pipeline.model`` in RAM-bounded passes; returns stats."""
+                      context_cache: Optional[dict] = None, blocks: Optional[Sequence[int]] = None) -> dict:
+    """Capture and reconstruct every eligible unit of ``pipeline.model`` in RAM-bounded passes; returns stats.
+    ``blocks``: only the units of these blocks (a profile times a few; the others keep nearest rounding)."""
     model = pipeline.model
     layers = quant_layers(model)
-    eligible = {n: l for n, l in layers.items() if role_of(n) not in cfg.skip_roles}
+    eligible = {n: l for n, l in layers.items()
+                if role_of(n) not in cfg.skip_roles and (blocks is None or block_index(n) in blocks)}
     if cfg.granularity == "layer":
         units = {n: (l, {n: l}) for n, l in eligible.items()}
     else:
@@ -316,18 +378,13 @@ def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cf
         log.info("capture pass %d/%d: %d unit(s) (%s ... %s), %.1f s, peak %.3g GiB in RAM", k, len(passes), len(group),
                  group[0], group[-1], time.perf_counter() - t0, session.ledger.peak / 2**30)
         try:
-            for u in group:
-                unit_seed = cfg.seed * 1_000_003 + zlib.crc32(u.encode())
+            for u, st in _learn(group, units, session.stores, cfg):
                 store = session.stores[u]
-                if cfg.granularity == "layer":
-                    st = reconstruct_layer(units[u][0], store, cfg, unit_seed, u)
-                else:
-                    st = reconstruct_block(units[u][0], store, cfg, unit_seed, u)
                 st["spilled_bytes"] = store.spilled_bytes
                 store.clear()
                 stats[u] = st
-                log.info("reconstructed %s: loss %.4g -> %.4g (nearest -> learned rounding), %d samples, %.1f s", u,
-                         st["loss_nearest"], st["loss_final"], st["samples"], st["seconds"])
+                log.info("reconstructed %s: loss %.4g -> %.4g (nearest -> learned rounding), %s samples, %.1f s", u,
+                         st["loss_nearest"], st["loss_final"], st.get("samples"), st.get("seconds", math.nan))
                 if resume is not None:
                     resume.save(u, units[u][1], st)
                 bar.update(1)
