@@ -101,8 +101,9 @@ def test_help_shows_the_description_examples_and_groups():
 # ------------------------------------------------------------------------------------------------------- logs
 def test_a_failing_job_leaves_its_traceback_in_its_log(tmp_path):
     """A sweep of two evaluations of folders that do not exist: both fail, each log holds its traceback."""
-    out = _run(["scripts/evaluate.py", "-m", "debug=tiny", "logger=none", f"eval.fp_dir={tmp_path}/no_fp",
-                f"eval.quant_dir={tmp_path}/a,{tmp_path}/b", f"paths.log_dir={tmp_path}/logs"], check=False)
+    out = _run(["scripts/evaluate.py", "-m", "debug=tiny", "logger=wandb", "logger.mode=offline",
+                f"eval.fp_dir={tmp_path}/no_fp", f"eval.quant_dir={tmp_path}/a,{tmp_path}/b",
+                f"paths.log_dir={tmp_path}/logs"], check=False)
     assert out.returncode != 0
     logs = sorted(glob.glob(f"{tmp_path}/logs/evaluate/multiruns/*/*/evaluate.log"))
     assert len(logs) == 2
@@ -110,6 +111,8 @@ def test_a_failing_job_leaves_its_traceback_in_its_log(tmp_path):
         text = Path(path).read_text()
         assert "job evaluate started" in text and "job evaluate FAILED" in text and "Traceback (most recent call last)" in text
         assert "FileNotFoundError: video folder" in text and "no_fp" in text
+        (run,) = (Path(path).parent / "wandb").glob("offline-run-*")
+        assert read_run(run)["exit_code"] == 1  # the W&B run is finished, as failed
 
 
 def test_progress_is_plain_lines_off_a_terminal(caplog, monkeypatch):
