@@ -2,7 +2,9 @@
 
 Fig. 2: chunk sensitivity alpha of several runs side by side (``sensitivity.json`` of scripts/sensitivity.py) and of
 one run (drawn by :mod:`qarvd.app.sensitivity`). Figs. 3/4: sorted column norms with their outliers, and the share of
-layers with outliers (drawn by :mod:`qarvd.app.outlier_report`). Fig. 6: FVD/LPIPS over the tau sweep. Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
+layers with outliers (drawn by :mod:`qarvd.app.outlier_report`). Fig. 6: FVD/LPIPS/PSNR/SSIM over the tau sweep with
+interval error bars. Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
+Per-chunk curves: a metric over the rollout's chunks, one line per run.
 Every function returns the Figure and, given ``path``, also saves it (PNG, atomically).
 """
 from __future__ import annotations
@@ -15,16 +17,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from eval.records import higher_is_better
-from eval.tables import COLUMNS, METHODS
+from eval.stats import cell_interval
+from eval.tables import COLUMNS, METHODS, item_stat
 from qarvd.utils.io import atomic_write_bytes
+
+
+def png(fig) -> bytes:
+    """``fig`` as PNG bytes (files, and the data: URIs of the HTML report)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def save(fig, path: Optional[str | os.PathLike]):
     """Write ``fig`` as PNG to ``path`` (temp file + rename) when a path is given; return the figure."""
     if path is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, png(fig))
     return fig
 
 
@@ -43,20 +51,70 @@ def plot_sensitivity(alphas: Mapping[str, Sequence[float]], path=None):
     return save(fig, path)
 
 
-def plot_sweep(records: list[dict], tag: str, path=None, bits: str = "w4a8"):
-    """Fig. 6 (tag='tau') and Table 5 as a figure (tag='alpha'): FVD-FP and LPIPS-FP over the swept value."""
-    runs = sorted((float(r["tags"][tag]), r["metrics"]) for r in records
-                  if r["method"] == "qarvd" and r["bits"] == bits and r.get("tags", {}).get(tag) is not None)
+SWEEP_METRICS = ("fvd_fp", "lpips_fp", "psnr_fp", "ssim_fp", "latent_mse")  # the panels of a sweep figure, in order
+
+
+def plot_sweep(records: list[dict], tag: str, path=None, bits: str = "w4a8", n_boot: int = 1000, seed: int = 0):
+    """Fig. 6 (tag='tau') and Table 5 as a figure (tag='outlier_ratio'): one panel per metric the records carry
+    (FVD-FP, LPIPS-FP, PSNR-FP, SSIM-FP, latent MSE) over the swept value, with 95 % bootstrap intervals as error
+    bars (over prompts / video pairs, as in the tables). Give the records of one stage (:func:`eval.tables.of_stage`)."""
+    runs = sorted(((float(r["tags"][tag]), r) for r in records
+                   if r["method"] == "qarvd" and r["bits"] == bits and r.get("tags", {}).get(tag) is not None),
+                  key=lambda x: x[0])
+    metrics = [m for m in SWEEP_METRICS if any(m in r["metrics"] for _, r in runs)]
+    if not runs or not metrics:
+        raise ValueError(f"no Q-ARVD {bits} results with a '{tag}' tag and one of {SWEEP_METRICS} to plot")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        pts = [(x, r["metrics"][m], _interval(r, m, n_boot, seed)) for x, r in runs if m in r["metrics"]]
+        y = np.array([p[1] for p in pts], dtype=float)
+        err = np.array([[p[1] - p[2][0], p[2][1] - p[1]] if p[2] else [0.0, 0.0] for p in pts]).T
+        ax.errorbar([p[0] for p in pts], y, yerr=err, fmt="o-", capsize=3, color="tab:blue")
+        ax.set_xlabel(tag)
+        ax.set_title(COLUMNS.get(m, (m,))[0], fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _interval(record: dict, metric: str, n_boot: int, seed: int) -> Optional[tuple[float, float]]:
+    stat = item_stat(record, metric)
+    if stat is None or len(stat.names) < 2:
+        return None
+    iv = cell_interval(stat, n_boot, seed)
+    return iv.lo, iv.hi
+
+
+def run_label(record: dict, tags: Sequence[str] = ()) -> str:
+    """``Q-ARVD (Ours) W4A8 tau=3.0``: method and bits as the tables name them, plus the given tags' values."""
+    label = f"{METHODS.get(record['method'], record['method'])} {str(record['bits']).upper()}"
+    extra = [f"{t}={record.get('tags', {}).get(t)}" for t in tags if record.get("tags", {}).get(t) is not None]
+    return " ".join([label, *extra])
+
+
+def varying_tags(records: list[dict]) -> list[str]:
+    """The tags whose values differ between the records (what tells runs of one method and bits apart)."""
+    keys = sorted({k for r in records for k in r.get("tags", {})})
+    return [k for k in keys if len({str(r.get("tags", {}).get(k)) for r in records}) > 1]
+
+
+def plot_chunk_curves(records: list[dict], metric: str, path=None):
+    """A metric over the rollout's chunks (``per_chunk``), one line per run (method, bits and the tags that vary)."""
+    runs = [r for r in records if r.get("per_chunk", {}).get(metric)]
     if not runs:
-        raise ValueError(f"no Q-ARVD {bits} results with a '{tag}' tag to plot")
-    x = [v for v, _ in runs]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(x, [m.get("fvd_fp", np.nan) for _, m in runs], "o-", color="tab:blue")
-    ax.set_xlabel(tag)
-    ax.set_ylabel("FVD-FP", color="tab:blue")
-    ax2 = ax.twinx()
-    ax2.plot(x, [m.get("lpips_fp", np.nan) for _, m in runs], "s--", color="tab:red")
-    ax2.set_ylabel("LPIPS-FP", color="tab:red")
+        raise ValueError(f"no record has a per-chunk '{metric}' curve")
+    tags = varying_tags(runs)
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for r in sorted(runs, key=lambda r: run_label(r, tags)):
+        v = r["per_chunk"][metric]
+        ax.plot(range(1, len(v) + 1), v, "o-", ms=3, lw=1, label=run_label(r, tags))
+    ax.set_xlabel("chunk")
+    ax.set_xticks(range(1, max(len(r["per_chunk"][metric]) for r in runs) + 1))
+    ax.set_ylabel(COLUMNS.get(metric, (metric,))[0])
+    if metric == "latent_mse":
+        ax.set_yscale("log")
+    ax.legend(fontsize=6, ncol=2 if len(runs) > 6 else 1)
+    fig.tight_layout()
     return save(fig, path)
 
 

@@ -8,6 +8,8 @@ beside the paper's. One encoder thread per file: x264's output depends on its th
 must write byte-identical files whatever the machine; throughput comes from encoding several files at once
 (:class:`VideoWriterPool`), which leaves every file's bytes unchanged. Every file is written to a temporary name and
 renamed into place, so a killed job never leaves a truncated video that a resumed job would mistake for a finished one.
+Browsers do not play yuv444p: the side-by-side samples shown in W&B and the HTML report are upscaled and
+encoded with ``eval/video=browser`` (``eval.samples.video``: yuv420p), and nothing is measured on them.
 """
 from __future__ import annotations
 
@@ -31,15 +33,16 @@ VIDEO_SUFFIX = ".mp4"
 
 @dataclass(frozen=True)
 class VideoEncoding:
-    """How mp4 files are encoded (the ``eval.video`` preset; conf/eval/video/*.yaml documents each field)."""
+    """How mp4 files are encoded: the ``eval.video`` preset (what metrics read) or ``eval.samples.video`` (what browsers
+    play); conf/eval/video/*.yaml holds the values and documents each field (one source: no defaults here)."""
 
-    name: str = "custom"  # preset name, recorded with every video folder and result
-    fps: float = 16  # frames per second
-    codec: str = "libx264"  # FFmpeg encoder
-    crf: int = 0  # x264 constant rate factor; 0 = lossless in YUV
-    pix_fmt: str = "yuv444p"  # yuv420p plays in browsers but halves chroma resolution (and needs even sizes)
-    threads: int = 1  # encoder threads; 1 keeps the bytes independent of the machine
-    to_uint8: str = "round"  # frames to 8 bits: round | truncate (eval.strip.to_uint8)
+    name: str  # preset name, recorded with every video folder and result
+    fps: float  # frames per second
+    codec: str  # FFmpeg encoder
+    crf: int  # x264 constant rate factor; 0 = lossless in YUV
+    pix_fmt: str  # yuv420p plays in browsers but halves chroma resolution (and needs even sizes)
+    threads: int  # encoder threads; 1 keeps the bytes independent of the machine
+    to_uint8: str  # frames to 8 bits: round | truncate (eval.strip.to_uint8)
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -54,7 +57,7 @@ class VideoEncoding:
             raise ValueError(f"eval.video.to_uint8 must be one of {UINT8_MODES}, got '{self.to_uint8}'")
 
 
-def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding = VideoEncoding()) -> Path:
+def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding) -> Path:
     """Encode ``video`` [T, 3, H, W] in [-1, 1] to an mp4 at ``path`` atomically."""
     if video.ndim != 4 or video.shape[1] != 3:
         raise ValueError(f"expected a video [T, 3, H, W], got shape {tuple(video.shape)}")
@@ -74,6 +77,19 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, enc: VideoEncoding
             container.mux(stream.encode())
 
     return atomic_write(path, _write)
+
+
+def side_by_side(videos: list[torch.Tensor], min_height: int) -> torch.Tensor:
+    """Videos [T, 3, H, W] of one size next to each other, upscaled by the smallest integer factor (nearest
+    neighbour, so pixels stay sharp) that makes them at least ``min_height`` tall, and cropped to even sizes (4:2:0
+    chroma needs them)."""
+    if len({tuple(v.shape) for v in videos}) != 1:
+        raise ValueError(f"side by side needs videos of one shape, got {[tuple(v.shape) for v in videos]}")
+    x = torch.cat(videos, dim=-1)
+    k = max(1, -(-int(min_height) // x.shape[-2]))
+    if k > 1:
+        x = x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+    return x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
 
 
 class VideoWriterPool:

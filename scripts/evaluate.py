@@ -17,7 +17,7 @@ import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc
 from qarvd.app.evaluate import evaluate
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> Optional[float]:
     record = evaluate(cfg)
     if record is None:  # not rank 0

@@ -16,7 +16,7 @@ import qarvd.utils.hydra_resolvers  # noqa: F401  (registers ${qarvd_asset:} etc
 from qarvd.app.generate import generate_videos
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
     out = generate_videos(cfg)
     if out["rank"] == 0:

@@ -9,6 +9,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+from conftest import conf_encoding
 from eval.fvd import I3DBackbone, fvd_from_features, frechet_distance, gaussian_stats, sqrtm_psd
 from eval.reference import evaluate_pairs
 from eval.video_io import write_video
@@ -119,7 +120,7 @@ def test_missing_i3d_names_key_file_and_source(tmp_path):
 
 def _write_set(folder, videos, names):
     for v, n in zip(videos, names):
-        write_video(folder / f"{n}.mp4", v)
+        write_video(folder / f"{n}.mp4", v, conf_encoding())
 
 
 def test_folder_fvd_zero_for_identical_sets_and_positive_otherwise(tmp_path, standin_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import conf_encoding
 from eval.lpips_fp import ALEXNET_FILE, LPIPSMetric, build_lpips, psnr_frames, ssim_frames
 from eval.reference import evaluate_pairs
 from eval.video_io import read_video, write_video
@@ -18,8 +19,8 @@ def _sets(tmp_path, n=3, t=4, h=40, w=48):
     fp = torch.rand(n, t, 3, h, w, generator=g) * 2 - 1
     q = (fp + 0.2 * torch.randn(fp.shape, generator=g)).clamp(-1, 1)
     for i in range(n):
-        write_video(tmp_path / "fp" / f"v{i}-0.mp4", fp[i])
-        write_video(tmp_path / "quant" / f"v{i}-0.mp4", q[i])
+        write_video(tmp_path / "fp" / f"v{i}-0.mp4", fp[i], conf_encoding())
+        write_video(tmp_path / "quant" / f"v{i}-0.mp4", q[i], conf_encoding())
     return n
 
 

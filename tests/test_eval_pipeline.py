@@ -89,7 +89,7 @@ def test_generation_resumes_without_redoing_finished_videos(tmp_path):
     from conftest import compose
     from omegaconf import open_dict
 
-    from qarvd.app.evaluate import generate, jobs
+    from qarvd.app.generate import generate, jobs
 
     cfg = compose([*wiring(), *SMALL, "model.prompts.eval.count=3", "eval.prompts_per_batch=2"])
     with open_dict(cfg):
@@ -126,7 +126,7 @@ def test_evaluate_writes_its_record_and_an_offline_wandb_run(tmp_path, videos):
 def test_shared_fp_folder_is_keyed_by_what_fp_videos_depend_on():
     from conftest import compose
 
-    from qarvd.app.evaluate import fp_folder
+    from qarvd.app.generate import fp_folder
 
     base = [*wiring(), *SMALL, "eval.share_fp=true"]
     folder = fp_folder(compose(base))

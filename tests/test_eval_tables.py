@@ -130,7 +130,27 @@ def test_ablation_strategy_and_sweep_tables():
         t5 = TABLES[name](ratios)
         assert t5.header == ["outlier ratio", "1.10", "1.20", "1.30"] and [c.text() for c in t5.rows[0][1:]] == ["115.28", "116.26", "119.96"]
     fig = plots.plot_sweep(ratios, "outlier_ratio")
+    assert [a.get_title() for a in fig.axes] == ["FVD-FP ↓", "LPIPS-FP ↓"]  # a panel per metric the records carry
     assert list(fig.axes[0].lines[0].get_xdata()) == [1.1, 1.2, 1.3]
+
+
+def test_sweep_figure_has_every_reference_metric_with_interval_error_bars():
+    rng = np.random.default_rng(0)
+    recs = []
+    for tau, shift in ((2.5, 0.0), (3.5, 1.0)):
+        items = {f"p{i}": {"psnr_fp": 30 + shift + d, "ssim_fp": 0.9 + shift / 100 + d / 100, "lpips_fp": 0.1 - d / 100}
+                 for i, d in enumerate(rng.normal(0, 1, 16))}
+        metrics = {m: float(np.mean([v[m] for v in items.values()])) for m in ("psnr_fp", "ssim_fp", "lpips_fp")}
+        recs.append(_rec("qarvd", "w4a8", {"tau": tau}, per_item=items, **metrics))
+    recs.append(_rec("qarvd", "w4a8", {"tau": 3.0}, stage="calibrate", latent_mse=1e-3))  # another stage: not drawn
+    fig = plots.plot_sweep([r for r in recs if r["stage"] == "evaluate"], "tau", n_boot=200)
+    assert [a.get_title() for a in fig.axes] == ["LPIPS-FP ↓", "PSNR-FP ↑", "SSIM-FP ↑"]  # no empty LPIPS axis, PSNR/SSIM kept
+    psnr = fig.axes[1]
+    assert list(psnr.lines[0].get_ydata()) == pytest.approx([recs[0]["metrics"]["psnr_fp"], recs[1]["metrics"]["psnr_fp"]])
+    (bars,) = psnr.collections  # the error bars: the 95 % interval of each point (sd 1 over 16 prompts: about +-0.5)
+    for seg, r in zip(bars.get_segments(), recs):
+        lo, hi = sorted(seg[:, 1])
+        assert lo < r["metrics"]["psnr_fp"] < hi and 0.5 < hi - lo < 2.0
 
 
 def test_csv_and_json_hold_every_cell(tmp_path):
@@ -168,7 +188,7 @@ def test_make_tables_entry_point(tmp_path):
     assert "| Q-ARVD (Ours) |  | 97.05 | 96.27 | 98.95 | 61.00 | 70.71 | 84.80 | 116.26 | 0.466 |" in out
     assert "| FVD-FP ↓ | " in out and "BOA" in out
     assert {p.name for p in sweep.iterdir() if p.is_file()} == {f"{n}.{s}" for n in ("table2", "ds") for s in
-                                                                ("md", "tex", "csv", "json")} | {"ds.png"}
+                                                                ("md", "tex", "csv", "json")} | {"ds.png", "report.html"}
 
 
 def test_fig2_from_several_sensitivity_runs(tmp_path):

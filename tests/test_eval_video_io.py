@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from qarvd.app.generate import file_stem, shard, video_jobs
-from eval.video_io import UnpairedVideosError, VideoEncoding, list_videos, pair_videos, read_video, write_video
+from conftest import conf_encoding
+from eval.video_io import UnpairedVideosError, list_videos, pair_videos, read_video, write_video
 
 
 def _video(t=7, h=24, w=40, seed=0):
@@ -21,7 +22,7 @@ def _levels(video):  # the uint8 values the writer encodes, back in [-1, 1]
 
 def test_mp4_round_trip_is_lossless_enough(tmp_path):
     v = _video()
-    write_video(tmp_path / "a.mp4", v, VideoEncoding(fps=8))
+    write_video(tmp_path / "a.mp4", v, conf_encoding(fps=8))
     back = read_video(tmp_path / "a.mp4")
     assert back.shape == v.shape
     err = (back - _levels(v)).abs() * 127.5  # in 8-bit levels
@@ -30,34 +31,34 @@ def test_mp4_round_trip_is_lossless_enough(tmp_path):
 
 def test_rgb_codec_round_trip_is_exact(tmp_path):
     v = _video(seed=1)
-    write_video(tmp_path / "a.mp4", v, VideoEncoding(fps=8, codec="libx264rgb", pix_fmt="rgb24"))
+    write_video(tmp_path / "a.mp4", v, conf_encoding(fps=8, codec="libx264rgb", pix_fmt="rgb24"))
     torch.testing.assert_close(read_video(tmp_path / "a.mp4"), _levels(v), atol=1e-6, rtol=0)
 
 
 def test_writes_are_atomic_and_byte_deterministic(tmp_path):
     v = _video(seed=2)
-    write_video(tmp_path / "a.mp4", v)
-    write_video(tmp_path / "b.mp4", v)
+    write_video(tmp_path / "a.mp4", v, conf_encoding())
+    write_video(tmp_path / "b.mp4", v, conf_encoding())
     digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.mp4", "b.mp4")]
     assert digest[0] == digest[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]  # no temp files left
     with pytest.raises(ValueError, match="frame sizes"):
-        write_video(tmp_path / "odd.mp4", _video(h=25), VideoEncoding(pix_fmt="yuv420p"))
+        write_video(tmp_path / "odd.mp4", _video(h=25), conf_encoding(pix_fmt="yuv420p"))
     assert not (tmp_path / "odd.mp4").exists()
 
 
 def test_bad_encoding_settings_fail_clearly():
     with pytest.raises(ValueError, match="eval.video.crf"):
-        VideoEncoding(crf=60)
+        conf_encoding(crf=60)
     with pytest.raises(ValueError, match="eval.video.codec"):
-        VideoEncoding(codec="no_such_codec")
+        conf_encoding(codec="no_such_codec")
 
 
 def test_pairing_lists_unmatched_names(tmp_path):
     v = _video(t=2, h=8, w=8)
     for folder, names in (("fp", ["a-0", "b-0", "c-0"]), ("quant", ["a-0", "c-0", "d-0"])):
         for n in names:
-            write_video(tmp_path / folder / f"{n}.mp4", v)
+            write_video(tmp_path / folder / f"{n}.mp4", v, conf_encoding())
     (tmp_path / "quant" / ".e-0.mp4.123.tmp").write_bytes(b"")  # an unfinished write is not a video
     with pytest.raises(UnpairedVideosError) as err:
         pair_videos(tmp_path / "fp", tmp_path / "quant")

@@ -44,3 +44,17 @@ def test_every_config_key_has_a_comment():
             if "#" not in m.group(3) and not opens_mapping and not m.group(2).startswith("_"):
                 offenders.append(f"{path.relative_to(ROOT)}:{i + 1}: {stripped}")
     assert not offenders, "undocumented config keys:\n" + "\n".join(offenders[:50])
+
+
+def test_readme_quantize_example_runs():
+    """The README's five-line quantize_ example, on the debug model."""
+    from conftest import compose
+    from qarvd.quant.linear import quant_layers
+
+    section = (ROOT / "README.md").read_text().split("## The quantization API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {"cfg": compose(["debug=tiny"])}
+    exec(code, scope)  # noqa: S102  (the documentation's own code)
+    layers = quant_layers(scope["pipe"].model)
+    assert len(layers) == 20 and all(n.startswith("blocks.") for n in layers)  # 2 blocks x 10 linears
+    assert all(g.w_int is not None for l in layers.values() for g in l.groups)  # hardened: integer codes

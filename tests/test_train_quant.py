@@ -14,6 +14,7 @@ from conftest import compose
 from qarvd.app.calibrate import train_quant
 from qarvd.app.provenance import weights_identity
 from quant_helpers import tiny_cfg
+from wandb_records import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,12 @@ def test_cli_demo_writes_artifact_config_and_metrics(tmp_path):
     assert len(m["per_item"]) == m["num_items"] == 2 and len(m["per_chunk"]["latent_mse"]) == 2
     assert m["metrics"]["latent_mse"] == pytest.approx(sum(v["latent_mse"] for v in m["per_item"].values()) / 2, rel=1e-12)
     assert "${" not in (tmp_path / "resolved_config.yaml").read_text()
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")  # logger=wandb (offline) is the default: the job's W&B run
+    wb = read_run(run)
+    assert wb["run"]["job_type"] == "train_quant" and wb["run"]["tags"] == ["tiny", "minmax", "w4a8"]
+    assert wb["summary"]["calibrate/latent_mse"] == pytest.approx(m["metrics"]["latent_mse"])
+    assert wb["summary"]["weight_bytes"] == m["weight_bytes"] and wb["exit_code"] == 0
+    assert "job train_quant finished in" in (tmp_path / "train_quant.log").read_text()
 
 
 def test_error_grows_as_bits_shrink_on_the_tiny_model(tmp_path):

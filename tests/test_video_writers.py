@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import conf_encoding
 from eval.strip import to_uint8
 from eval.tables import caption
 from eval.video_io import VideoEncoding, VideoWriterPool, read_video, write_video
@@ -52,7 +53,7 @@ def test_truncation_matches_the_release_cast():
     assert to_uint8(v, "truncate")[0, 0, :, 0].tolist() == [0, 0, 127, 128, 254, 255, 255]
     assert to_uint8(v, "round")[0, 0, :, 0].tolist() == [0, 0, 128, 128, 255, 255, 255]
     with pytest.raises(ValueError, match="eval.video.to_uint8"):
-        VideoEncoding(to_uint8="floor")
+        conf_encoding(to_uint8="floor")
 
 
 def test_paper_preset_writes_the_release_encoding(tmp_path):

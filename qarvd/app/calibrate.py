@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from eval.records import RECORD_FILE, new_record
 from qarvd.app.preflight import preflight
 from qarvd.app.provenance import base_weights, checkpoint_identity, run_identity, run_lock, weights_identity
+from qarvd.app.quantized import weight_bytes
+from qarvd.app.wandb_logger import NullLogger, log_calibration, logging_run
 from qarvd.data.prompts import select
 from qarvd.methods.base import Calibration
 from qarvd.models.pipeline import build_pipeline
@@ -83,8 +85,15 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
     return cal, eval_prompts, [seed + i for i in range(len(eval_prompts))]
 
 
-def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and record; return the record.
+def train_quant_job(cfg: DictConfig) -> dict:
+    """The train_quant entry point: :func:`train_quant` into the run folder, mirrored into a logger run (W&B)."""
+    with logging_run(instantiate(cfg.logger), cfg) as logger:
+        return train_quant(cfg, cfg.paths.output_dir, logger)
+
+
+def train_quant(cfg: DictConfig, out_dir: str | Path, logger: Optional[NullLogger] = None) -> dict:
+    """Calibrate ``cfg.method`` at ``cfg.bits`` on ``cfg.model``; write artifact, config and record; return the record
+    (also logged to ``logger``).
 
     The config and every file the run reads are checked first (nothing is built before); the folder is locked."""
     out_dir = Path(out_dir)
@@ -92,20 +101,31 @@ def train_quant(cfg: DictConfig, out_dir: str | Path) -> dict:
     check_bits(cfg.bits.a_bits, "bits.a_bits")
     preflight(cfg, "calibrate")
     with run_lock(out_dir):
-        return _train_quant(cfg, out_dir)
+        record = _train_quant(cfg, out_dir)
+    log_calibration(logger or NullLogger(), record, out_dir / RECORD_FILE)
+    return record
 
 
 def _train_quant(cfg: DictConfig, out_dir: Path) -> dict:
     recipe = instantiate(cfg.method, _convert_="all")
     t0 = time.perf_counter()
+    log.info("calibrating %s %s on %s (calib %s) into %s", cfg.method.name, cfg.bits.name, cfg.model.name,
+             cfg.calib.name, out_dir)
     cal, eval_prompts, eval_seeds = build_calibration(cfg, out_dir)
     pipeline = cal.pipeline
-    fp_latents = generate(pipeline, eval_prompts, eval_seeds, cal.batch)  # FP reference, before any layer is swapped
+    log.info("model built in %.1f s; %d calibration, %d sensitivity, %d held-out prompts", time.perf_counter() - t0,
+             len(cal.prompts), len(cal.sensitivity_prompts), len(eval_prompts))
+    t = time.perf_counter()
+    fp_latents = generate(pipeline, eval_prompts, eval_seeds, cal.batch, desc="FP reference rollout")  # before any layer is swapped
+    log.info("FP reference rollout: %d prompts in %.1f s", len(eval_prompts), time.perf_counter() - t)
     t1 = time.perf_counter()
     info = recipe.run(cal)
     t2 = time.perf_counter()
-    q_latents = generate(pipeline, eval_prompts, eval_seeds, cal.batch)
+    log_recipe(info, t2 - t1)
+    q_latents = generate(pipeline, eval_prompts, eval_seeds, cal.batch, desc="quantized rollout")
     mse = latent_mse_by_chunk(q_latents, fp_latents, pipeline.rollout_cfg.chunk_frames())
+    log.info("quantized rollout in %.1f s: latent MSE to FP %.4g (per chunk %s)", time.perf_counter() - t2,
+             mse["overall"], ", ".join(f"{v:.3g}" for v in mse["per_chunk"]))
     identity = run_identity(cfg)
     tags = OmegaConf.to_container(cfg.eval.tags, resolve=True)
     artifact = save_artifact(pipeline.model, out_dir, {
@@ -125,10 +145,29 @@ def _train_quant(cfg: DictConfig, out_dir: Path) -> dict:
                     "config": str(out_dir / "resolved_config.yaml"), "calib_prompts": len(cal.prompts)},
         method_config=OmegaConf.to_container(cfg.method, resolve=True),
         calibration=info,
+        weight_bytes=weight_bytes(pipeline.model),
         seconds={"build_and_fp_reference": t1 - t0, "calibration": t2 - t1, "evaluation": time.perf_counter() - t2},
     )
     atomic_write_json(out_dir / RECORD_FILE, record)
+    log.info("artifact %s (%.3g MiB of weights); record %s", artifact, record["weight_bytes"] / 2**20,
+             out_dir / RECORD_FILE)
     return record
+
+
+def log_recipe(info: dict, seconds: float) -> None:
+    """The job log's summary of a recipe's stages: frame weighting, outlier split, activation init, reconstruction."""
+    fw = info.get("frame_weighting", {})
+    if fw.get("frame_alpha"):
+        log.info("frame sensitivity alpha %s (%s)", ", ".join(f"{a:.3g}" for a in fw["frame_alpha"]),
+                 fw.get("sensitivity_file"))
+    log.info("frame weighting: %s; %d quantized layers%s", fw.get("strategy"), info.get("quantized_layers", 0),
+             f", {info['dual_scale_layers']} with a dual-scale outlier split" if "dual_scale_layers" in info else "")
+    recon = info.get("recon")
+    if recon:
+        log.info("reconstruction: %d units, learned / nearest rounding loss %.3g on average; captured RAM peak %.3g GiB",
+                 len(recon["units"]), recon["mean_final_over_nearest"], recon["captured_ram_peak_bytes"] / 2**30)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in info.get("seconds", {}).items())
+    log.info("%s calibrated in %.1f s (%s)", info.get("method"), seconds, stages)
 
 
 def item_name(prompt: str, seed: int) -> str:

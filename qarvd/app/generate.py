@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-from tqdm import tqdm
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -34,6 +34,9 @@ from qarvd.app.preflight import preflight
 from qarvd.app.provenance import check_or_write_manifest, run_lock, video_manifest
 from qarvd.data.prompts import select
 from qarvd.utils.io import atomic_write_json
+from qarvd.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 230  # file names are limited to 255 bytes; room is left for "-<k>.mp4"
 
@@ -128,7 +131,7 @@ def generate_set(
     batch_seconds = []
     start = time.perf_counter()
     with VideoWriterPool(writers) as pool:
-        for batch in tqdm(batches, desc=desc, unit="batch"):
+        for batch in progress_bar(batches, desc=desc, unit="batch"):
             paths = [video_dir / f"{j.name}{VIDEO_SUFFIX}" for j in batch]
             if skip_existing and all(p.exists() for p in paths):
                 skipped += len(batch)
@@ -211,6 +214,8 @@ def generate(cfg: DictConfig, artifact: Optional[str] = None, info: Optional[dic
     deploy = OmegaConf.to_container(cfg.kernel, resolve=True) if e.deploy else None
     manifests = {"fp": video_manifest(cfg, todo, None), "quant": video_manifest(cfg, todo, artifact, deploy)}
     quantize = artifact_quantizer(artifact, info, cfg) if artifact else None
+    log.info("generating %d videos of %s (%s) into %s", len(todo), cfg.model.name, "FP and quantized" if artifact else "FP",
+             e.video_dir)
     return generate_pair(pipe, todo, e.video_dir, encoding(cfg), quantize, int(e.prompts_per_batch),
                          StripSpec(**OmegaConf.to_container(e.strip, resolve=True)), int(e.writers), bool(e.skip_existing),
                          fp_folder(cfg), manifests)
@@ -222,7 +227,9 @@ def generate_videos(cfg: DictConfig) -> dict:
     if cfg.eval.deploy and not cfg.eval.artifact:  # else it would make FP videos only, which is not what was asked
         raise ValueError("eval.deploy=true deploys a quantized artifact: set eval.artifact=<scripts/train_quant.py run dir>")
     preflight(cfg, "generate")
-    with process_group():
+    from qarvd.app.wandb_logger import NullLogger, logging_run
+
+    with process_group(), logging_run(instantiate(cfg.logger) if dist_env()[0] == 0 else NullLogger(), cfg) as logger:
         rank = dist_env()[0]
         with run_lock(cfg.paths.output_dir) if rank == 0 else contextlib.nullcontext():
             with open_dict(cfg):
@@ -233,6 +240,8 @@ def generate_videos(cfg: DictConfig) -> dict:
             if rank == 0:
                 atomic_write_json(Path(cfg.paths.output_dir) / "generation.json",
                                   {"world_size": out["world_size"], "dirs": out["dirs"], "ranks": ranks})
+                logger.log_summary({f"{kind}/{k}": sum(r[kind][k] for r in ranks) for kind in out["dirs"]
+                                    for k in ("written", "skipped")} | {"world_size": out["world_size"]})
     return {**out, "ranks": ranks}
 
 
@@ -261,6 +270,7 @@ def generate_pair(
     check_or_write_manifest(dirs["fp"], manifests["fp"])
     counts = {"fp": generate_set(pipe, batches, dirs["fp"], strip_dir(dirs["fp"]), enc, strip, writers, skip_existing,
                                  f"FP videos (rank {rank})")}
+    log_counts("FP", dirs["fp"], counts["fp"])
     if quantize is not None:
         dirs["quant"] = video_dir / "quant"
         check_or_write_manifest(dirs["quant"], manifests["quant"])
@@ -269,7 +279,13 @@ def generate_pair(
             quantize(pipe)
         counts["quant"] = generate_set(pipe, batches, dirs["quant"], strip_dir(dirs["quant"]), enc, strip, writers,
                                        skip_existing, f"quantized videos (rank {rank})")
+        log_counts("quantized", dirs["quant"], counts["quant"])
     return {"dirs": {k: str(v) for k, v in dirs.items()}, "counts": counts, "rank": rank, "world_size": world}
+
+
+def log_counts(kind: str, folder: Path, counts: dict) -> None:
+    log.info("%s videos in %s: %d written, %d already there, %.1f s", kind, folder, counts["written"], counts["skipped"],
+             counts["seconds"])
 
 
 @contextlib.contextmanager

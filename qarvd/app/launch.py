@@ -1,4 +1,9 @@
-"""Hydra callbacks that place sweep jobs on GPUs (used by ``conf/hydra/launcher/*.yaml``).
+"""Hydra callbacks: where runs go and what their logs hold (``conf/hydra/default.yaml``), and GPU placement of
+sweep jobs (``conf/hydra/launcher/*.yaml``).
+
+- :class:`JobLog` (every entry point): prints the run or sweep folder when it starts and when it ends, writes a
+  start and an end line (status, seconds) into each job's log file, and, when a job fails, its traceback: Hydra
+  keeps a job's exception to itself (a sweep goes on with the next job) and prints it on stderr only.
 
 - :class:`OneGPUPerJob` (joblib launcher): every job leases one GPU of the machine for its whole run through an
   exclusive file lock in the sweep folder and makes it the current CUDA device. A lease, not ``job.num % n``,
@@ -20,6 +25,48 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
+
+
+class JobLog(Callback):
+    """Folders on the console, job start / end / traceback in the job's log file (``<output_dir>/<script>.log``)."""
+
+    def __init__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        print(f"run folder: {config.hydra.run.dir}", flush=True)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print(f"run folder: {config.hydra.run.dir}", flush=True)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from qarvd.app.preflight import job_overrides
+
+        print(f"sweep folder: {config.hydra.sweep.dir} ({len(job_overrides(config))} jobs)", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print(f"sweep folder: {config.hydra.sweep.dir}", flush=True)
+        preset = config.hydra.runtime.choices.get("experiment")
+        if preset:
+            print(f"tables and report: python scripts/make_tables.py table={preset} records=[{config.hydra.sweep.dir}]",
+                  flush=True)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._t0 = time.perf_counter()
+        log.info("job %s started in %s; overrides: %s", config.hydra.job.name, config.hydra.runtime.output_dir,
+                 " ".join(config.hydra.overrides.task) or "(none)")
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        seconds = time.perf_counter() - self._t0
+        if job_return is not None and job_return.status == JobStatus.FAILED:
+            err = job_return._return_value  # the exception (reading .return_value would raise it)
+            log.error("job %s FAILED after %.1f s", config.hydra.job.name, seconds,
+                      exc_info=(type(err), err, err.__traceback__))
+        else:
+            log.info("job %s finished in %.1f s", config.hydra.job.name, seconds)
+
 
 def lease_gpu(lock_dir: str | os.PathLike, num_gpus: int, poll_s: float = 1.0, timeout_s: Optional[float] = None):
     """Index of a GPU no other process holds, and the open lock file that holds it (close it to release).

@@ -122,6 +122,13 @@ def preflight(cfg: DictConfig, stage: str) -> None:
                              + "\n  - ".join(problems))
 
 
+def check_files(cfg: DictConfig) -> list[str]:
+    """The preflight entry point (scripts/preflight.py): one line per file of the ``cfg.stage`` run (found or
+    missing, config key, path); raises :class:`PreflightError` with every problem after printing nothing else."""
+    preflight(cfg, str(cfg.stage))
+    return [f"ok  {key} = {path}" for key, path, _ in required_files(cfg, str(cfg.stage))]
+
+
 class MultirunPreflight(Callback):
     """Hydra callback: before a multirun's first job, compose every job's config and run :func:`preflight` on it
     (the stage is named by ``task_name``: train_quant -> calibrate, evaluate, generate); jobs that read the same files
@@ -148,11 +155,13 @@ class MultirunPreflight(Callback):
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:
-    """The override list of every job of the sweep (Hydra's basic sweeper's cartesian product)."""
+    """The override list of every job of the sweep: Hydra's basic sweeper's cartesian product of the sweeper params
+    (an experiment preset's grid) followed by the command line's overrides."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 

@@ -1,23 +1,31 @@
-"""Tables and figures of a sweep from its run records (scripts/make_tables.py).
+"""Tables, figures and the HTML report of a sweep from its run records (scripts/make_tables.py).
 
 Writes, per table, ``<name>.md`` / ``.tex`` / ``.csv`` / ``.json`` (cells with their intervals, n and the winner
 comparisons), and for Tables 1/2 the Discriminability Score table and figures (Fig. 7, the quality/size frontier);
-for the tau / outlier-ratio sweeps the sweep figure; Fig. 2 from ``sensitivity.json`` files.
+for the tau / outlier-ratio sweeps the sweep figure; Fig. 2 from ``sensitivity.json`` files. With ``html=true``
+also ``report.html`` (:mod:`eval.report`): the tables, the quality/size frontier, per-chunk curves per run, the sweep
+curves with error bars and each evaluation run's FP | quantized samples, in one file that opens offline.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
 from eval import plots
 from eval.ds import ds_from_records, scorable_metrics
 from eval.records import REFERENCE_METRICS, VBENCH_KEYS, load_records
-from eval.tables import TABLES, Table, ds_table, to_csv, to_json, to_latex, to_markdown
+from eval.report import Report, render as render_html
+from eval.tables import TABLES, Table, ds_table, of_stage, to_csv, to_json, to_latex, to_markdown
+from qarvd.app.evaluate import SAMPLES_DIR
 from qarvd.utils.io import atomic_write_text
 
-SWEEP_TAGS = {"tau_sweep": "tau", "table5": "outlier_ratio", "alpha_sweep": "outlier_ratio"}
+REPORT_FILE = "report.html"
+
+SWEEP_TAGS = {"tau_sweep": "tau", "table5": "outlier_ratio", "alpha_sweep": "outlier_ratio"}  # swept tag per table
+DS_TABLES = ("table1", "table2")  # the tables with a Discriminability Score (it compares methods)
 
 
 def output_folder(cfg: DictConfig) -> Path:
@@ -57,7 +65,7 @@ def make_tables(cfg: DictConfig) -> tuple[Path, list[Table]]:
     table = TABLES[cfg.table](records, n_boot=int(cfg.n_boot), seed=int(cfg.seed))
     write_table(table, out, cfg.table)
     rendered = [table]
-    if cfg.table in ("table1", "table2"):
+    if cfg.table in DS_TABLES:
         metrics = scorable_metrics(records, list(VBENCH_KEYS) + list(REFERENCE_METRICS))
         if metrics:
             ds = ds_from_records(records, metrics, bool(cfg.ds.include_bf16), int(cfg.ds.ddof))
@@ -70,5 +78,34 @@ def make_tables(cfg: DictConfig) -> tuple[Path, list[Table]]:
                                 out / "frontier.png")
     tag = SWEEP_TAGS.get(cfg.table)
     if tag:
-        plots.plot_sweep(records, tag, out / f"{tag}_sweep.png")
+        plots.plot_sweep(of_stage(records, cfg.stage), tag, out / f"{tag}_sweep.png", n_boot=int(cfg.n_boot),
+                         seed=int(cfg.seed))
+    if cfg.html:
+        atomic_write_text(out / REPORT_FILE, render_html(sweep_report(cfg, records, rendered)))
     return out, rendered
+
+
+def sweep_report(cfg: DictConfig, records: list[dict], tables: list[Table]) -> Report:
+    """The HTML report's content: tables, figures (frontier, per-chunk curves, sweep curves, DS) and samples."""
+    shown = of_stage(records, cfg.stage)
+    sources = sorted({str(Path(r["_source"]).parent) for r in shown if r.get("_source")})
+    report = Report(f"{cfg.table}: {len(shown)} runs of {shown[0]['model'] if shown else 'no model'}",
+                    [f"Records: {', '.join(map(str, cfg.records))} ({len(shown)} {shown[0]['stage'] if shown else ''} "
+                     f"records, {len(records)} in all).", f"Runs: {len(sources)} folders."], tables)
+    figures = report.figures
+    metric = next((m for m in ("fvd_fp", "psnr_fp", "latent_mse") if any(m in r["metrics"] for r in shown)), None)
+    if metric and any(r.get("weight_bytes") for r in shown):
+        figures.append((f"quality / weight memory ({metric})", plots.png(plots.plot_frontier(shown, metric))))
+    for m in sorted({m for r in records for m in r.get("per_chunk", {})}):
+        figures.append((f"{m} per chunk", plots.png(plots.plot_chunk_curves(records, m))))
+    tag = SWEEP_TAGS.get(cfg.table)
+    if tag:
+        figures.append((f"{tag} sweep (95 % bootstrap intervals)",
+                        plots.png(plots.plot_sweep(shown, tag, n_boot=int(cfg.n_boot), seed=int(cfg.seed)))))
+    tags = plots.varying_tags(shown)
+    for r in sorted(shown, key=lambda r: plots.run_label(r, tags)):
+        folder = Path(r.get("_source", ".")).parent / SAMPLES_DIR
+        for i, video in enumerate(sorted(folder.glob("*.mp4"))[: int(cfg.videos_per_run)]):
+            report.videos.append((f"{plots.run_label(r, tags)}, sample {i}", video.read_bytes()))
+    plt.close("all")
+    return report

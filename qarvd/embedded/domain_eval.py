@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from tqdm import tqdm
 
 from qarvd.embedded.procedural import ProceduralVideos
 from qarvd.embedded.featnet import caption_matches
+from qarvd.utils.progress import progress_bar
 
 GenerateFn = Callable[[list[str], list[int]], torch.Tensor]  # (prompts, seeds) -> videos [B, T, 3, H, W] in [-1, 1]
 FrechetFn = Callable[[torch.Tensor, torch.Tensor], float]  # (features A [N, D], features B [M, D]) -> distance
@@ -33,7 +33,7 @@ def real_set(split: str, count: int, num_frames: int, size: int, batch_size: int
 
 def generated_set(generate: GenerateFn, prompts: Sequence[str], seed: int, prompts_per_batch: int) -> torch.Tensor:
     out = []
-    for s in tqdm(range(0, len(prompts), prompts_per_batch), desc="generate", leave=False):
+    for s in progress_bar(range(0, len(prompts), prompts_per_batch), desc="generate", leave=False):
         p = list(prompts[s : s + prompts_per_batch])
         out.append(generate(p, [seed + s + i for i in range(len(p))]).float().cpu())
     return torch.cat(out)

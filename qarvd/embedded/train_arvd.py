@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm import tqdm
 
 from qarvd.embedded.procedural import VOCAB, ProceduralVideos
 from qarvd.models.pipeline import ARVDPipeline
@@ -42,6 +41,7 @@ from qarvd.embedded.train_common import (autocast, device_name, ema_update, find
                                 peak_memory_gb, resolve_device, save_state, step_generator)
 from qarvd.embedded.train_layout import context_frames, teacher_forcing_mask
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
+from qarvd.utils.progress import progress_bar
 
 
 # ----------------------------------------------------------------------------------------------- noise levels
@@ -174,7 +174,7 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None, frechet=None) 
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
     t0, stage_start = time.time(), {}
-    bar = tqdm(range(start, tc.steps), desc="tiny-arvd", initial=start, total=tc.steps)
+    bar = progress_bar(range(start, tc.steps), desc="tiny-arvd", initial=start, total=tc.steps)
     for step in bar:
         nets.train()
         if step in (start, own_from):
@@ -197,7 +197,7 @@ def train_tiny_arvd(cfg: DictConfig, out_dir: Path, featnet=None, frechet=None) 
         if step % tc.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", gnorm=f"{float(grad_norm):.2f}")
         if featnet is not None and tc.probe_every and (step + 1) % tc.probe_every == 0 and step + 1 < tc.steps:
-            tqdm.write(f"step {step + 1}: probe {json.dumps(_probe(ema, rc, size, featnet, cfg))}")
+            bar.write(f"step {step + 1}: probe {json.dumps(_probe(ema, rc, size, featnet, cfg))}")
         if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
             save_state(out_dir / "state.pt", {"model": nets.state_dict(), "ema": ema.state_dict(),
                                               "optimizer": opt.state_dict(), "step": step + 1})

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from qarvd.embedded.domain_eval import accuracy, real_set
 from qarvd.embedded.procedural import ProceduralVideos
@@ -21,6 +20,7 @@ from qarvd.embedded.featnet import FeatNetBackbone, FeatNetConfig, VideoFeatureN
 from qarvd.embedded.train_common import (autocast, device_name, find_resume, git_commit, load_state, lr_at, peak_memory_gb,
                                 resolve_device, save_state, step_generator)
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
+from qarvd.utils.progress import progress_bar
 
 
 def random_blur(video: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -48,7 +48,7 @@ def train_featnet(cfg: DictConfig, out_dir: Path) -> dict:
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
     t0 = time.time()
-    bar = tqdm(range(start, tc.steps), desc="featnet", initial=start, total=tc.steps)
+    bar = progress_bar(range(start, tc.steps), desc="featnet", initial=start, total=tc.steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc.lr, tc.warmup_steps, tc.steps)

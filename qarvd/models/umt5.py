@@ -242,10 +242,10 @@ class UMT5TextEncoder:
         out: list[Optional[torch.Tensor]] = [self._read_cache(p) for p in prompts]
         todo = [i for i, t in enumerate(out) if t is None]
         if todo:
-            from tqdm import tqdm
+            from qarvd.utils.progress import progress_bar
 
             starts = range(0, len(todo), self.prompts_per_batch)
-            for s in tqdm(starts, desc="umT5 encode", unit="batch", disable=not progress):
+            for s in progress_bar(starts, desc="umT5 encode", unit="batch", disable=not progress):
                 idx = todo[s : s + self.prompts_per_batch]
                 for i, emb in zip(idx, self._encode_batch([prompts[i] for i in idx])):
                     out[i] = emb

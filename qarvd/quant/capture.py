@@ -25,6 +25,7 @@ from torch import nn
 
 from qarvd.models.context import ForwardInfo, current_forward
 from qarvd.quant.linear import check_finite, quant_state
+from qarvd.utils.progress import progress_bar
 
 
 @dataclass
@@ -262,7 +263,8 @@ class CaptureSession:
 def run_calibration(pipeline, prompts: Sequence[str], seeds: Sequence[int], prompts_per_batch: int,
                     context_cache: Optional[dict] = None, on_batch_start: Optional[Callable[[int], None]] = None) -> None:
     """Roll out the calibration prompts in batches (prompt embeddings are computed once and reused)."""
-    for start in range(0, len(prompts), prompts_per_batch):
+    for start in progress_bar(range(0, len(prompts), prompts_per_batch), desc="calibration rollout", unit="batch",
+                              leave=False):
         batch = list(prompts[start : start + prompts_per_batch])
         key = (start, len(batch))
         if context_cache is not None and key in context_cache:

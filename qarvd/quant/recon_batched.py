@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from qarvd.quant.capture import SampleStore, plan_passes
 from qarvd.quant.linear import QuantLinear, quant_state
 from qarvd.quant.reconstruct import ReconConfig, RoundingLearner, layer_objective, weighted_error
+from qarvd.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _learn_group(group: list[LayerJob], cfg: ReconConfig, error: Callable, devic
                                     len(j.store), cfg, j.seed) for j in group]
         t0 = time.perf_counter()
         with torch.enable_grad():
-            for it in tqdm(range(cfg.iters), desc=f"{len(group)} layers in lock-step", leave=False, mininterval=2.0):
+            for it in progress_bar(range(cfg.iters), desc=f"{len(group)} layers in lock-step", leave=False):
                 for learner in learners:
                     learner.step(it)
         for learner in learners:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 import zlib
@@ -24,7 +25,6 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from qarvd.models.wan import LayerCache
 from qarvd.quant.adaround import AdaRoundWeight, BetaSchedule
@@ -33,6 +33,9 @@ from qarvd.quant.linear import QuantLinear, quant_layers, quant_state
 from qarvd.quant.quantizer import MIN_SCALE
 from qarvd.quant.roles import block_index, role_of
 from qarvd.utils.io import atomic_write_json, save_safetensors_atomic
+from qarvd.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,7 +154,7 @@ def _run_loop(layers: Sequence[QuantLinear], loss_fn: Callable[[torch.Tensor], t
     """The optimisation loop of one unit; ``loss_fn(sample indices)`` returns the weighted reconstruction loss."""
     learner = RoundingLearner(layers, loss_fn, n, cfg, seed)
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.iters), desc=desc, leave=False, mininterval=2.0)
+    bar = progress_bar(range(cfg.iters), desc=desc, leave=False, mininterval=2.0)
     with torch.enable_grad():
         for it in bar:
             rec = learner.step(it)
@@ -358,18 +361,26 @@ def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cf
             todo.append(u)
     nbytes = {u: _capture_bytes(units[u][0], pipeline, budget, len(prompts), cfg.granularity) for u in todo}
     recorder = LinearRecorder() if cfg.granularity == "layer" else BlockRecorder()
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"reconstruct ({cfg.granularity})")
+    bar = progress_bar(total=len(units), initial=len(units) - len(todo), desc=f"reconstruct ({cfg.granularity})")
     peak_ram = 0
-    for group in plan_passes(todo, nbytes, budget.ram_bytes):
+    passes = plan_passes(todo, nbytes, budget.ram_bytes)
+    if len(todo) < len(units):
+        log.info("reconstruction resumes: %d of %d units already done", len(units) - len(todo), len(units))
+    for k, group in enumerate(passes, 1):
+        t0 = time.perf_counter()
         session = capture(pipeline, prompts, seeds, {u: units[u][0] for u in group}, budget, recorder,
                           prompts_per_batch=prompts_per_batch, context_cache=context_cache)
         peak_ram = max(peak_ram, session.ledger.peak)
+        log.info("capture pass %d/%d: %d unit(s) (%s ... %s), %.1f s, peak %.3g GiB in RAM", k, len(passes), len(group),
+                 group[0], group[-1], time.perf_counter() - t0, session.ledger.peak / 2**30)
         try:
             for u, st in _learn(group, units, session.stores, cfg):
                 store = session.stores[u]
                 st["spilled_bytes"] = store.spilled_bytes
                 store.clear()
                 stats[u] = st
+                log.info("reconstructed %s: loss %.4g -> %.4g (nearest -> learned rounding), %s samples, %.1f s", u,
+                         st["loss_nearest"], st["loss_final"], st.get("samples"), st.get("seconds", math.nan))
                 if resume is not None:
                     resume.save(u, units[u][1], st)
                 bar.update(1)

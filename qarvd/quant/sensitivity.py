@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from qarvd.quant.linear import chunk_gate, quant_state
+from qarvd.utils.progress import progress_bar
 
 STRATEGIES = ("final_quality", "uniform", "exp2", "reverse", "none")
 
@@ -35,10 +35,11 @@ def latent_mse_by_chunk(q: torch.Tensor, ref: torch.Tensor, chunk_frames: Sequen
 
 
 def generate(pipeline, prompts: Sequence[str], seeds: Sequence[int], prompts_per_batch: int,
-             contexts: Optional[list] = None) -> torch.Tensor:
+             contexts: Optional[list] = None, desc: str = "rollout") -> torch.Tensor:
     """Latents of all prompts, in batches (``contexts``: pre-encoded prompt batches to reuse)."""
     out = []
-    for i, start in enumerate(range(0, len(prompts), prompts_per_batch)):
+    starts = range(0, len(prompts), prompts_per_batch)
+    for i, start in enumerate(progress_bar(starts, desc=desc, unit="batch", leave=False)):
         batch = list(prompts[start : start + prompts_per_batch])
         ctx = contexts[i] if contexts is not None else None
         out.append(pipeline.generate_latents(batch, list(seeds[start : start + prompts_per_batch]), context=ctx))
@@ -54,7 +55,7 @@ def frame_sensitivity(pipeline, prompts: Sequence[str], seeds: Sequence[int], pr
     with quant_state(model, weights=False, acts=False):
         fp = generate(pipeline, prompts, seeds, prompts_per_batch, contexts)
     mse = []
-    for k in tqdm(range(cfg.num_chunks), desc="chunk sensitivity", disable=not progress):
+    for k in progress_bar(range(cfg.num_chunks), desc="chunk sensitivity", disable=not progress):
         with quant_state(model, weights=True, acts=True), chunk_gate(model, [k]):
             q = generate(pipeline, prompts, seeds, prompts_per_batch, contexts)
         mse.append(latent_mse_by_chunk(q, fp, cfg.chunk_frames())["overall"])

@@ -13,6 +13,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+_UMASK = os.umask(0)  # the process umask: reading it means setting it, so it is set back at once
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path``; the temp file is removed on failure."""
@@ -20,6 +23,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared like any other file
     try:
         write(tmp)
         os.replace(tmp, path)
