@@ -35,7 +35,7 @@ CPU_ROWS = ["rows.bf16.kernel=null", "rows.w8a8.kernel=torch_ref", "rows.w8a8.gr
 def test_generation_benchmark_writes_every_row_end_to_end(tmp_path):
     from qarvd.bench.generation_e2e import bench_generation
 
-    cfg = compose([f"out={tmp_path}", "device=cpu", "videos=2", "batch=2", "eval.writers=2", *SMALL_MODEL, *CPU_ROWS],
+    cfg = compose([f"out={tmp_path}", "device=cpu", "videos=2", "batch=2", "writers=2", *SMALL_MODEL, *CPU_ROWS],
                   config_name="bench/generation_e2e")
     res = json.loads(bench_generation(cfg).read_text())
     assert set(res["rows"]) == {"bf16", "w8a8"} and set(res["fps_ratio"]) == {"w8a8/bf16"}

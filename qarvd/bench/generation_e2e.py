@@ -6,7 +6,7 @@ The composed ``model`` (self-forcing) is built with seeded random full-size weig
 Each row swaps the pipeline's DiT (``rows``: ``kernel: null`` = the model as built, eager; a ``conf/kernel`` choice =
 :func:`qarvd.deploy.accelerate_` with that backend; ``w_bits`` = the min-max real low-bit conversion of
 :func:`qarvd.bench.rows.real_model`) and runs :func:`qarvd.app.generate.generate_set` (the generation stage itself:
-text encode, rollout, VAE decode, ``eval.writers`` threads encoding ``eval.video`` mp4 files) over ``videos`` prompts
+text encode, rollout, VAE decode, ``writers`` threads encoding ``eval.video`` mp4 files) over ``videos`` prompts
 in batches of ``batch``, after ``warmup_batches`` untimed ones (CUDA graphs, cuDNN plans, lazily built models).
 
 Reported per row: wall seconds until the last file is on disk and its FPS (frames written / seconds), the generating
@@ -52,7 +52,7 @@ def row_model(base, spec: DictConfig, cfg: DictConfig):
 def run_row(pipe, jobs, cfg: DictConfig, enc: VideoEncoding, work: Path, name: str, device: torch.device) -> dict:
     """Warm-up batches, then the timed generation of every job into ``work/<name>``."""
     batch, frames = int(cfg.batch), pipe.vae.num_video_frames(pipe.rollout_cfg.num_frames)
-    strip, writers = StripSpec(0, 1), int(cfg.eval.writers)
+    strip, writers = StripSpec(0, 1), int(cfg.writers)
     warm = shard(jobs[: batch * int(cfg.warmup_batches)], batch)
     generate_set(pipe, warm, work / f"{name}_warmup", None, enc, strip, writers, skip_existing=False, desc=f"{name} warm-up")
     with Timer(device, reset_peak=True) as t:
@@ -82,7 +82,7 @@ def bench_generation(cfg: DictConfig) -> Path:
     enc = VideoEncoding(**OmegaConf.to_container(cfg.eval.video, resolve=True))
     res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                  "torch": torch.__version__, "overrides": command_overrides(), "batch": int(cfg.batch),
-                 "videos": int(cfg.videos), "writers": int(cfg.eval.writers), "encoding": enc.__dict__,
+                 "videos": int(cfg.videos), "writers": int(cfg.writers), "encoding": enc.__dict__,
                  "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
