@@ -10,9 +10,9 @@ text encode, rollout, VAE decode, ``writers`` threads encoding ``eval.video`` mp
 in batches of ``batch``, after ``warmup_batches`` untimed ones (CUDA graphs, cuDNN plans, lazily built models).
 
 Reported per row: wall seconds until the last file is on disk and its FPS (frames written / seconds), the generating
-part alone (sum of batch seconds: text + DiT + VAE, the writers' queue hidden), and the seconds one file takes to
-encode in one thread (random weights make noisy frames, which x264 encodes slower than real videos: with ``writers``
-threads the writers keep up while ``writers * frames / encode_seconds`` exceeds the generating FPS). With
+part alone (sum of batch seconds: text + DiT + VAE, the writers' queue hidden), and the seconds each file took to
+write in its thread (random weights make noisy frames, which x264 encodes slower than real videos: with ``writers``
+threads the writers keep up while ``writers * frames / write_seconds`` exceeds the generating FPS). With
 ``vae_precision`` also the bf16 decode's error against fp32 at full size (:mod:`qarvd.bench.vae_precision`).
 The JSON is rewritten after every row.
 """
@@ -22,13 +22,12 @@ import copy
 import gc
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from eval.video_io import VideoEncoding, write_video
+from eval.video_io import VideoEncoding
 from qarvd.app.generate import StripSpec, generate_set, shard, video_jobs
 from qarvd.bench.real_profile import PROMPTS, command_overrides, tokenizer_folder
 from qarvd.bench.rows import backend, real_model
@@ -59,18 +58,12 @@ def run_row(pipe, jobs, cfg: DictConfig, enc: VideoEncoding, work: Path, name: s
         stats = generate_set(pipe, shard(jobs, batch), work / name, None, enc, strip, writers, skip_existing=False,
                              desc=name)
     generating = sum(stats["batch_seconds"])
+    write = stats["write_seconds"]
     return {"videos": stats["written"], "frames_per_video": frames, "seconds": t.seconds,
             "fps": stats["written"] * frames / t.seconds, "generating_seconds": generating,
             "generating_fps": stats["written"] * frames / generating, "batch_seconds": stats["batch_seconds"],
+            "write_seconds_per_video": sum(write) / len(write), "writers_fps": writers * frames * len(write) / sum(write),
             "gpu": t.gpu}
-
-
-def encode_seconds(pipe, enc: VideoEncoding, work: Path) -> float:
-    """One thread's seconds to write one of the row's videos again (decoded from a fresh rollout of its first job)."""
-    video = pipe.decode(pipe.generate_latents([PROMPTS[0]], [0]))[0]
-    t0 = time.perf_counter()
-    write_video(work / "encode_probe.mp4", video, enc)
-    return time.perf_counter() - t0
 
 
 def bench_generation(cfg: DictConfig) -> Path:
@@ -101,7 +94,6 @@ def bench_generation(cfg: DictConfig) -> Path:
             pipe.model = model
             with torch.no_grad():
                 row = run_row(pipe, jobs, cfg, enc, work, name, device)
-                row["encode_seconds_per_video"] = encode_seconds(pipe, enc, work)
             row.update(OmegaConf.to_container(spec, resolve=True))
             res["rows"][name] = row
             pipe.model = base
