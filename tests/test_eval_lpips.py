@@ -93,7 +93,7 @@ def test_missing_lpips_package_is_named_and_optional_when_not_required(monkeypat
                         {"metrics": {}, "per_item": {}})
     cfg = OmegaConf.create({"eval": {"lpips": {"enabled": True, "required": False, "alexnet_path": None, "pnet_rand": True,
                                                "frames_per_batch": 8},
-                                     "psnr": True, "ssim": True, "fvd": {"enabled": False}, "metrics_device": "cpu"}})
+                                     "psnr": True, "ssim": True, "fvd": {"enabled": False}, "metrics_device": "cpu", "readers": 0}})
     _, unavailable = ev.reference_metrics(cfg, "fp", "quant")
     assert "pip install lpips" in unavailable["lpips_fp"] and set(seen) == {"psnr_fp", "ssim_fp"}
     cfg.eval.lpips.required = True
