@@ -28,6 +28,9 @@ METHODS = {  # record name -> paper row label, in the paper's row order
     "ptq4dit": "PTQ4DiT",
     "svdquant": "SVDQuant",
     "qarvd": "Q-ARVD (Ours)",
+    "smoothquant_published": "SmoothQuant (as published)",  # the baselines run as their originals: no reconstruction
+    "svdquant_published": "SVDQuant (as published)",
+    "ptq4dit_published": "PTQ4DiT (as published)",  # block reconstruction
 }
 BITS = {"w4a8": "W4A8", "w8a8": "W8A8", "w4a6": "W4A6", "w4a4": "W4A4"}  # paper group order first
 COLUMNS = {  # metric -> (header, decimals)

@@ -43,10 +43,11 @@ def _conf(path: str):
 
 
 def outlier_cfg(**overrides):
-    """OutlierConfig with the YAML defaults (conf/method/recipe/base.yaml), some overridden."""
+    """OutlierConfig with the YAML defaults (conf/method/recipe/base.yaml, resolved for the default model), some
+    overridden."""
     from qarvd.quant.outliers import OutlierConfig
 
-    return OutlierConfig(**{**_conf("method/recipe/base.yaml")["outlier"], **overrides})
+    return OutlierConfig(**{**OmegaConf.to_container(compose([]).method.outlier, resolve=True), **overrides})
 
 
 def recon_cfg(**overrides):

@@ -8,7 +8,9 @@ from qarvd.models.context import current_forward
 from qarvd.quant.api import QuantConfig, calibrate_activations_, quantize_
 from qarvd.quant.capture import run_calibration
 from qarvd.quant.linear import chunk_gate, quant_layers, quant_state
-from qarvd.quant.sensitivity import chunk_weights, frame_sensitivity, latent_mse_by_chunk, load_sensitivity
+from qarvd.models.rollout import RolloutConfig
+from qarvd.quant.sensitivity import (call_weights, calls_per_chunk, chunk_weights, frame_sensitivity, latent_mse_by_chunk,
+                                     load_sensitivity)
 from quant_helpers import prompts, tiny_pipeline
 
 
@@ -69,6 +71,27 @@ def test_weighting_strategies_by_hand():
         chunk_weights("linear", 3)
     with pytest.raises(ValueError, match="needs a sensitivity"):
         chunk_weights("reverse", 3)
+
+
+def test_each_chunk_carries_its_alpha_whatever_its_number_of_calls():
+    """Eq. 5 draws the chunk uniformly: chunk 0 with 11 calls (10 steps + refresh) and the others with 5 each still
+    carry exactly their alpha share of the loss weight when summed over their calls."""
+    rollout = RolloutConfig(num_frames=21, frames_per_chunk=3, first_chunk_steps=[1000 - 100 * i for i in range(10)])
+    calls = calls_per_chunk(rollout)
+    assert calls == [11, 5, 5, 5, 5, 5, 5]
+    alpha = [0.5462, 0.1668, 0.1189, 0.0789, 0.0534, 0.0263, 0.0096]  # the published W4A8 self-forcing vector
+    for strategy in ("final_quality", "uniform", "exp2"):
+        w = call_weights(chunk_weights(strategy, 7, alpha), calls)
+        totals = w * torch.tensor(calls, dtype=w.dtype)  # every call of chunk c weighs w[c]
+        a = chunk_weights(strategy, 7, alpha).double()
+        assert (totals / totals.sum()).tolist() == pytest.approx((a / a.sum()).tolist(), abs=1e-6)
+        assert float(totals.sum()) == pytest.approx(sum(calls))  # mean weight per call 1: the loss keeps its scale
+    assert call_weights(chunk_weights("uniform", 7), calls)[0] == pytest.approx(41 / 7 / 11)  # 11 of 41 calls share 1/7
+    # the release's schedule (5 calls everywhere): the per-call weight is alpha_c / mean(alpha), as before
+    same = call_weights(chunk_weights("final_quality", 7, alpha), calls_per_chunk(RolloutConfig()))
+    assert same.tolist() == pytest.approx(chunk_weights("final_quality", 7, alpha).tolist())
+    with pytest.raises(ValueError, match="call count"):
+        call_weights(torch.ones(3), [5, 5])
 
 
 def test_latent_mse_by_chunk():

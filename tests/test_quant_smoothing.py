@@ -93,3 +93,10 @@ def test_refinement_keeps_the_best_error_and_stops_when_it_rises():
     assert err == pytest.approx(min(hist), rel=1e-6)
     _, _, none = refine_lowrank(w, 4, q, x, iters=0)
     assert len(none) == 1 and none[0] == pytest.approx(hist[0])
+    # the residual path sees the quantized input, the 16-bit branch the input itself (SVDQuant's forward)
+    xq = (x * 4).round() / 4
+    down0, up0 = lowrank_factors(w, 4)
+    _, _, quantized = refine_lowrank(w, 4, q, x, iters=0, x_quantized=xq)
+    lr = branch(down0, up0)
+    assert quantized[0] == pytest.approx(float((xq @ q(w - lr).T + x @ lr.T - x @ w.T).pow(2).mean()), rel=1e-6)
+    assert quantized[0] > none[0]

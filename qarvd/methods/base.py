@@ -6,7 +6,8 @@ Stages (deepcompressor-style, each reading the previous one's state):
   2. ``prepare``: the method's own transformation (smoothing, low-rank branch);
   3. dual-scale split of block linears (``dual_scale``), then per-channel weight init (percentile MSE, data free);
   4. activation init on a run with quantized weights (32768-bin histogram, chunk-weighted MSE);
-  5. reconstruction (``recon``): streamed capture of FP inputs + AdaRound and activation-step learning;
+  5. reconstruction (``recon``, per layer or per block: ``recon_granularity``): streamed capture of FP inputs +
+     AdaRound and activation-step learning;
   6. hardening: integer weight codes, the state that is saved.
 """
 from __future__ import annotations
@@ -29,11 +30,13 @@ from qarvd.quant.linear import QuantLinear, quant_layers
 from qarvd.quant.outliers import OutlierConfig
 from qarvd.quant.reconstruct import ReconConfig, ResumeStore, reconstruct_model
 from qarvd.quant.roles import BLOCK_ROLES, input_group, role_of
-from qarvd.quant.sensitivity import STRATEGIES, chunk_weights, frame_sensitivity, load_sensitivity
+from qarvd.quant.sensitivity import STRATEGIES, call_weights, calls_per_chunk, chunk_weights, frame_sensitivity, load_sensitivity
 from qarvd.quant.smoothing import fold_into_norm, foldable_norm
 from qarvd.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
+
+PROTOCOLS = ("paper", "as_published")  # the paper's §4.1 setting | the method as its original code runs it
 
 
 @dataclass
@@ -97,7 +100,9 @@ class Recipe:
     # every field comes from conf/method/<name>.yaml (shared keys: conf/method/recipe/base.yaml), the one place
     # that holds their defaults
     name: str
+    protocol: str
     recon: bool
+    recon_granularity: str
     dual_scale: bool
     outlier: dict
     frame_weighting: str
@@ -107,6 +112,10 @@ class Recipe:
     recon_skip_roles: Sequence[str]
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"method.protocol='{self.protocol}' is not one of {list(PROTOCOLS)}")
+        if self.recon_granularity not in ("layer", "block"):
+            raise ValueError(f"method.recon_granularity='{self.recon_granularity}' must be 'layer' or 'block'")
         if self.frame_weighting not in STRATEGIES:
             raise ValueError(f"method.frame_weighting='{self.frame_weighting}' is not one of {list(STRATEGIES)}")
         self.outlier_cfg = OutlierConfig(**dict(self.outlier))
@@ -120,9 +129,15 @@ class Recipe:
 
     # -- shared stages -------------------------------------------------------------------------------------
     def frame_weights(self, cal: Calibration) -> tuple[Optional[torch.Tensor], dict]:
-        num_chunks = cal.pipeline.rollout_cfg.num_chunks
+        """The loss weight of one calibration call of each chunk (None: every call weighs 1, no chunk weighting).
+
+        Chunk c's calls together carry the share alpha_c / sum(alpha) of the weight, whatever the number of forward
+        calls of each chunk (Eq. 5 draws the chunk uniformly; :func:`qarvd.quant.sensitivity.call_weights`).
+        """
+        rollout = cal.pipeline.rollout_cfg
+        num_chunks = rollout.num_chunks
         info: dict = {"strategy": self.frame_weighting}
-        if self.frame_weighting in ("none", "uniform"):
+        if self.frame_weighting == "none":
             return None, info
         alpha = None
         if self.frame_weighting in ("final_quality", "reverse"):
@@ -136,20 +151,23 @@ class Recipe:
                 info["sensitivity_file"] = str(cal.work_dir / "sensitivity.json")
             info["frame_alpha"] = list(alpha)
         w = chunk_weights(self.frame_weighting, num_chunks, alpha)
-        info["chunk_weights"] = w.tolist()
-        return w, info
+        calls = calls_per_chunk(rollout)
+        per_call = call_weights(w, calls)
+        info.update(chunk_weights=w.tolist(), calls_per_chunk=calls, call_weights=per_call.tolist())
+        return per_call, info
 
     def run(self, cal: Calibration) -> dict:
         """Calibrate ``cal.pipeline.model`` in place; returns what happened (the record's ``calibration``)."""
         t0 = time.perf_counter()
         torch.manual_seed(cal.seed)
-        info: dict[str, Any] = {"method": self.name}
+        info: dict[str, Any] = {"method": self.name, "protocol": self.protocol}
         weights, info["frame_weighting"] = self.frame_weights(cal)
         quantize_(cal.model, cal.quant_config(keep=self.keep, init_weights=False))  # initialised after prepare
         layers = quant_layers(cal.model)
         info["quantized_layers"] = len(layers)
         info["prepare"] = self.prepare(cal, layers)
         if self.dual_scale:
+            info["outlier_multiple"] = self.outlier_cfg.round_multiple
             info["dual_scale"] = {n: split_outliers(l, self.outlier_cfg).stats()
                                   for n, l in layers.items() if role_of(n) in BLOCK_ROLES}
             info["dual_scale_layers"] = sum(1 for s in info["dual_scale"].values() if s["count"] > 0)
@@ -163,7 +181,8 @@ class Recipe:
         t2 = time.perf_counter()
         if self.recon:
             info["recon"] = reconstruct_model(
-                cal.pipeline, cal.prompts, cal.seeds, recon_config(cal.calib, self.recon_skip_roles, cal.seed),
+                cal.pipeline, cal.prompts, cal.seeds,
+                recon_config({**cal.calib, "granularity": self.recon_granularity}, self.recon_skip_roles, cal.seed),
                 capture_budget(cal.calib, cal.seed), resume=ResumeStore(resume_dir(cal), cal.fingerprint),
                 prompts_per_batch=cal.batch, context_cache=cal.contexts)
         harden_(cal.model)

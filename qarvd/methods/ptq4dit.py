@@ -1,8 +1,10 @@
-"""PTQ4DiT: Channel-wise Salience Balancing b_j = sqrt(s(X_j) / s(W_j)) with Spearman-guided Salience Calibration.
+"""PTQ4DiT (adreamwu/PTQ4DiT ``models.py``): Channel-wise Salience Balancing b_j = sqrt(s(X_j) / s(W_j)) with
+Spearman-guided Salience Calibration.
 
 Samples are the calibration calls (chunk x step, per prompt): rho_n = spearman(s(X^(n)), s(W)), eta = softmax(-rho),
-s(X) = sum_n eta_n s(X^(n)). Balanced: qkv, attention output projections and ffn.0 (not ffn.2). The original's
-block reconstruction is replaced by the shared reconstruction settings (reference-notes §3).
+s(X) = sum_n eta_n s(X^(n)). Balanced: qkv, attention output projections and ffn.0 (not ffn.2). Reconstruction is the
+shared one: layer-wise under the paper's protocol, per transformer block as the original runs it
+(conf/method/ptq4dit_published.yaml, ``recon_granularity: block``).
 """
 from __future__ import annotations
 

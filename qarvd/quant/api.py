@@ -4,7 +4,9 @@ A config is a dataclass; a handler registered for its type turns one ``nn.Linear
 new configs (e.g. a real-kernel deployment format) plug in with :func:`register_quantize_handler`. A user quantizes
 their own ARVD without Hydra::
 
-    quantize_(model, QuantConfig(w_bits=4, a_bits=8, dual_scale=OutlierConfig(tau=3.5, outlier_ratio=1.2, multiple=32, max_fraction=0.5)))
+    outliers = OutlierConfig(tau=3.5, outlier_ratio=1.2, multiple=None, multiple_reference=(1536, 32),
+                             model_width=model.cfg.dim, max_fraction=0.5)  # multiple None: 32 scaled to the width
+    quantize_(model, QuantConfig(w_bits=4, a_bits=8, dual_scale=outliers))
     calibrate_activations_(model, lambda: pipeline.generate_latents(prompts, seeds))
     reconstruct_model(pipeline, prompts, seeds, recon_config(calib, skip_roles, seed), CaptureBudget())   # optional (AdaRound)
     harden_(model); save_artifact(model, "out/")

@@ -3,12 +3,18 @@
 For chunk k, only the forwards of chunk k (its denoising steps and its K/V refresh) run quantized; every other
 forward is FP but conditioned on the cache the quantized chunk left behind. ``alpha_k`` is the latent MSE of that
 rollout to the FP rollout over all frames (same per-prompt noise), averaged over prompts and normalised to sum 1.
-The quantized model is percentile-initialised only (no reconstruction). In reconstruction each sample of chunk c
-is weighted by ``alpha_c / mean(alpha)``.
+The quantized model is percentile-initialised only (no reconstruction).
+
+In the loss (activation init and reconstruction) Eq. 5 draws the chunk uniformly: chunk c's calls together carry the
+share ``alpha_c / sum(alpha)`` of the loss weight, whatever its number of forward calls (the embedded model's chunk
+0 and causal-forcing's few-step variants denoise their first chunk longer), so one call of chunk c weighs
+``alpha_c / mean(alpha) * mean(calls) / calls_c`` (:func:`call_weights`; ``alpha_c / mean(alpha)`` when every chunk
+has the same number of calls, as in the release).
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -93,3 +99,19 @@ def chunk_weights(strategy: str, num_chunks: int, alpha: Optional[Sequence[float
     if not bool((a >= 0).all()) or float(a.sum()) <= 0:
         raise ValueError(f"sensitivity vector must be non-negative with a positive sum, got {a.tolist()}")
     return a / a.mean()
+
+
+def calls_per_chunk(cfg) -> list[int]:
+    """Forward calls of every chunk of one rollout of ``cfg`` (a RolloutConfig): denoising steps + refresh."""
+    counts = Counter(info.chunk for info in cfg.forward_infos())
+    return [counts[c] for c in range(cfg.num_chunks)]
+
+
+def call_weights(chunk_w: torch.Tensor, calls: Sequence[int]) -> torch.Tensor:
+    """Loss weight of ONE forward call of each chunk, so that chunk c's calls together carry the share
+    ``chunk_w[c] / sum(chunk_w)`` of the total weight; the mean weight over all calls is 1 (the loss keeps its scale).
+    """
+    n = torch.tensor([float(c) for c in calls])
+    if n.numel() != chunk_w.numel() or bool((n < 1).any()):
+        raise ValueError(f"need one positive call count per chunk: {chunk_w.numel()} chunks, calls {list(calls)}")
+    return chunk_w.double() / chunk_w.double().sum() * n.double().sum() / n.double()

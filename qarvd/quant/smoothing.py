@@ -5,6 +5,8 @@
 - PTQ4DiT Channel-wise Salience Balancing: ``b_j = sqrt(s(X_j) / s(W_j))`` = the same formula at ``a = 0.5``, where
   the activation salience comes from Spearman-guided Salience Calibration over the calibration samples:
   ``rho_n = spearman(s(X^(n)), s(W))``, ``eta = softmax(-rho)``, ``s(X) = sum_n eta_n s(X^(n))``.
+- SVDQuant (deepcompressor ``calib/smooth.py``): ``s_j = max|X_j|^a / max|W_j|^b``, searched over the candidate
+  exponent pairs of :func:`smoothing_candidates` (identity first) by the quantized output error.
 
 Where the input comes from an affine norm that feeds nothing else (``norm3 -> cross_attn.q``), ``1/s`` can be
 folded into that norm; everywhere else (adaLN-modulated inputs, the GELU output, attention outputs) the layer
@@ -34,6 +36,30 @@ def smoothing_factors(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: fl
         raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
     wmax = weight_max.float().clamp(min=CLAMP)
     return (act_max.float().to(wmax.device).pow(alpha) / wmax.pow(1.0 - alpha)).clamp(min=CLAMP)
+
+
+def smoothing_candidates(grid: int) -> list[tuple[float, float]]:
+    """SVDQuant's search space, as deepcompressor's ``SmoothCalibConfig.get_alpha_beta_pairs`` builds it for the
+    SVDQuant configs (``alpha: 0.5, beta: -2, num_grids: 20``): identity ``(0, 0)`` first, then ``(a, 0)`` and
+    ``(a, 1 - a)`` for ``a = k / grid``, ``k = 1 .. grid - 1``. Identity first: a tie keeps the layer unsmoothed."""
+    if grid < 2:
+        raise ValueError(f"the smoothing grid needs at least 2 steps (a = k / grid, k = 1 .. grid - 1), got {grid}")
+    a = [k / grid for k in range(1, grid)]
+    return [(0.0, 0.0)] + [(x, 0.0) for x in a] + [(x, 1.0 - x) for x in a]
+
+
+def smooth_scale(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """deepcompressor's ``s = max|X|^alpha / max|W|^beta`` (``get_smooth_scale``; ``(0, 0)`` = no smoothing):
+    zero entries become 1 and a non-finite result falls back to no smoothing, with no clamps (unlike SmoothQuant)."""
+    if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0):
+        raise ValueError(f"smoothing exponents must lie in [0, 1], got ({alpha}, {beta})")
+    wmax = weight_max.float()
+    xmax = act_max.float().to(wmax.device)
+    if alpha == 0.0 and beta == 0.0:
+        return torch.ones_like(wmax)
+    s = xmax.pow(alpha) / wmax.pow(beta) if alpha > 0 else wmax.pow(-beta)
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    return s if bool(torch.isfinite(s).all()) else torch.ones_like(s)
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
