@@ -29,7 +29,8 @@ SMALL_MODEL = ["model.arch.dim=64", "model.arch.ffn_dim=128", "model.arch.num_he
                "model.text_encoder.arch.num_layers=1", "model.text_encoder.arch.d_kv=16", "model.vae.arch.base_dim=8",
                "model.vae.arch.num_res_blocks=1", "model.latent.height=4", "model.latent.width=6",
                "model.rollout.num_frames=6"]
-CPU_ROWS = ["rows.bf16.kernel=null", "rows.w8a8.kernel=torch_ref", "rows.w8a8.graphs=false", "rows.w8a8.attention=auto"]
+CPU_ROWS = ["rows.bf16.kernel=null", "rows.w8a8.kernel=torch_ref", "rows.w8a8.graphs=false", "rows.w8a8.attention=auto",
+            "+rows.fake={kernel:null,w_bits:4,a_bits:8,outliers:0,attention:auto,graphs:false}"]
 
 
 def test_generation_benchmark_writes_every_row_end_to_end(tmp_path):
@@ -38,7 +39,7 @@ def test_generation_benchmark_writes_every_row_end_to_end(tmp_path):
     cfg = compose([f"out={tmp_path}", "device=cpu", "videos=2", "batch=2", "writers=2", *SMALL_MODEL, *CPU_ROWS],
                   config_name="bench/generation_e2e")
     res = json.loads(bench_generation(cfg).read_text())
-    assert set(res["rows"]) == {"bf16", "w8a8"} and set(res["fps_ratio"]) == {"w8a8/bf16"}
+    assert set(res["rows"]) == {"bf16", "w8a8", "fake"} and set(res["fps_ratio"]) == {"w8a8/bf16", "fake/bf16"}
     for row in res["rows"].values():
         assert row["videos"] == 2 and row["frames_per_video"] == 21  # 6 latent frames -> 1 + 4 x 5 video frames
         assert 0 < row["generating_seconds"] <= row["seconds"] and row["fps"] == 2 * 21 / row["seconds"]

@@ -3,7 +3,8 @@ kernels) in the same run; frames per second of the whole path and of its generat
 
 The composed ``model`` (self-forcing) is built with seeded random full-size weights (DiT, umT5-XXL, Wan VAE:
 ``model.checkpoint.random_init=true``), so nothing is downloaded; a tokenizer folder is read, or a tiny one trained.
-Each row swaps the pipeline's DiT (``rows``: ``kernel: null`` = the model as built, eager; a ``conf/kernel`` choice =
+Each row swaps the pipeline's DiT (``rows``: ``kernel: null`` = the model as built, eager, or with ``w_bits`` its
+fake-quantized copy, the simulation evaluation generates with unless ``eval.deploy``; a ``conf/kernel`` choice =
 :func:`qarvd.deploy.accelerate_` with that backend; ``w_bits`` = the min-max real low-bit conversion of
 :func:`qarvd.bench.rows.real_model`) and runs :func:`qarvd.app.generate.generate_set` (the generation stage itself:
 text encode, rollout, VAE decode, ``writers`` threads encoding ``eval.video`` mp4 files) over ``videos`` prompts
@@ -34,14 +35,19 @@ from qarvd.bench.rows import backend, real_model
 from qarvd.bench.timing import Timer, host_rss_gb
 from qarvd.bench.vae_precision import vae_bf16_error
 from qarvd.deploy import accelerate_
+from qarvd.quant.api import QuantConfig, quantize_
 from qarvd.utils.io import atomic_write_json
 
 
 def row_model(base, spec: DictConfig, cfg: DictConfig):
-    """The DiT of a row: the base as built (eager, PyTorch's attention choice), accelerated with a backend (which
-    runs its own attention kernel), or converted to real low-bit modules of that backend."""
+    """The DiT of a row: the base as built (eager, PyTorch's attention choice), its fake-quantized copy (``kernel:
+    null`` with ``w_bits``: the simulation that evaluation generates with unless ``eval.deploy``; the steps' values do
+    not change its cost), accelerated with a backend (which runs its own attention kernel), or converted to real
+    low-bit modules of that backend."""
     if spec.kernel is None:
-        return base
+        if spec.w_bits is None:
+            return base
+        return quantize_(copy.deepcopy(base), QuantConfig(w_bits=int(spec.w_bits), a_bits=int(spec.a_bits)))
     be = backend(cfg, spec.kernel, attention=spec.attention, graphs=bool(spec.graphs))
     if spec.w_bits is None:
         return accelerate_(copy.deepcopy(base), be)
