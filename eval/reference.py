@@ -3,12 +3,16 @@
 Pairs are matched by file name (:func:`eval.video_io.pair_videos`). Per-frame metrics (LPIPS, PSNR, SSIM) are
 averaged over frames, then over videos; FVD-FP is the Fréchet distance between the backbone features of all FP
 videos and all quantized videos. Per-video values are returned too, so a dashboard can show the worst prompts.
+``readers`` threads decode the next pairs while the metrics of the current one run (FFmpeg releases the GIL), so
+the accelerator does not wait on the decoder; the values do not depend on it.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Mapping, Optional
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Mapping, Optional
 
 import torch
 
@@ -27,6 +31,7 @@ def evaluate_pairs(
     fvd_key: str = "fvd_fp",
     progress: bool = True,
     device: str | torch.device = "cpu",
+    readers: int = 0,
 ) -> dict:
     """``{"metrics": {name: mean}, "per_item": {file: {name: value}}, "per_frame": {name: [mean over videos of each
     frame]}, "num_items": N, "features": ...}``.
@@ -40,8 +45,9 @@ def evaluate_pairs(
     per_video: dict[str, dict[str, float]] = {}
     frames: dict[str, list[torch.Tensor]] = {key: [] for key in frame_metrics}
     feats_fp, feats_q = [], []
-    for name, fp_path, q_path in progress_bar(pairs, desc="reference metrics", disable=not progress):
-        fp, q = read_video(fp_path).to(device), read_video(q_path).to(device)
+    decoded = _decoded(pairs, readers)
+    for name, _, _ in progress_bar(pairs, desc="reference metrics", disable=not progress):
+        fp, q = (v.to(device) for v in next(decoded))
         if fp.shape != q.shape:
             raise ValueError(f"'{name}': FP video {tuple(fp.shape)} and quantized video {tuple(q.shape)} differ in shape")
         for key, fn in frame_metrics.items():
@@ -77,6 +83,25 @@ def per_chunk(per_frame: Mapping[str, list[float]], chunk_frames: list[tuple[int
         edges = [(0 if s == 0 else 1 + f * (s - 1), 1 + f * (s + n - 1)) for s, n in chunk_frames]
         out[key] = [math.fsum(values[a:b]) / (b - a) for a, b in edges]
     return out
+
+
+def _decoded(pairs, readers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(FP video, quantized video) of every pair in order, decoded up to ``readers`` pairs ahead on as many threads
+    (0: when asked for)."""
+    if readers <= 0:
+        for _, fp_path, q_path in pairs:
+            yield read_video(fp_path), read_video(q_path)
+        return
+    with ThreadPoolExecutor(readers, thread_name_prefix="video-reader") as pool:
+        ahead: deque = deque()
+        for _, fp_path, q_path in pairs:
+            ahead.append((pool.submit(read_video, fp_path), pool.submit(read_video, q_path)))
+            if len(ahead) > readers:
+                fp, q = ahead.popleft()
+                yield fp.result(), q.result()
+        while ahead:
+            fp, q = ahead.popleft()
+            yield fp.result(), q.result()
 
 
 def _mean(values: list[float]) -> float:

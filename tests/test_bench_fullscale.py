@@ -21,3 +21,29 @@ def test_calibration_profile_times_blocks_end_to_end_and_projects(tmp_path):
     assert p["full_calibration_seconds"] > res["seconds"]["reconstruction_timed_blocks"] * 4 / 2
     assert res["probe"]["fp32"]["seconds_per_block_iter"] > 0 and p["probe_fp32_hours"] > 0
     assert res["peak_rss_gb"] > 0 and "gpu_peak_gb_reconstruction" not in res
+
+
+SMALL_MODEL = ["model.arch.dim=64", "model.arch.ffn_dim=128", "model.arch.num_heads=2", "model.arch.num_layers=2",
+               "model.arch.text_len=8", "model.arch.text_dim=32", "model.text_encoder.arch.vocab_size=256",
+               "model.text_encoder.arch.d_ff=64", "model.text_encoder.arch.num_heads=2",
+               "model.text_encoder.arch.num_layers=1", "model.text_encoder.arch.d_kv=16", "model.vae.arch.base_dim=8",
+               "model.vae.arch.num_res_blocks=1", "model.latent.height=4", "model.latent.width=6",
+               "model.rollout.num_frames=6"]
+CPU_ROWS = ["rows.bf16.kernel=null", "rows.w8a8.kernel=torch_ref", "rows.w8a8.graphs=false", "rows.w8a8.attention=auto",
+            "+rows.fake={kernel:null,w_bits:4,a_bits:8,outliers:0,attention:auto,graphs:false}"]
+
+
+def test_generation_benchmark_writes_every_row_end_to_end(tmp_path):
+    from qarvd.bench.generation_e2e import bench_generation
+
+    cfg = compose([f"out={tmp_path}", "device=cpu", "videos=2", "batch=2", "writers=2", *SMALL_MODEL, *CPU_ROWS],
+                  config_name="bench/generation_e2e")
+    res = json.loads(bench_generation(cfg).read_text())
+    assert set(res["rows"]) == {"bf16", "w8a8", "fake"} and set(res["fps_ratio"]) == {"w8a8/bf16", "fake/bf16"}
+    for row in res["rows"].values():
+        assert row["videos"] == 2 and row["frames_per_video"] == 21  # 6 latent frames -> 1 + 4 x 5 video frames
+        assert 0 < row["generating_seconds"] <= row["seconds"] and row["fps"] == 2 * 21 / row["seconds"]
+        assert row["write_seconds_per_video"] > 0 and row["writers_fps"] > 0
+    assert res["rows"]["w8a8"]["w_bits"] == 8 and res["encoding"]["name"] == "lossless"
+    vae = res["vae_bf16_vs_fp32"]
+    assert vae["video_shape"] == [21, 3, 32, 48] and 0 < vae["mean_abs"] < 0.05

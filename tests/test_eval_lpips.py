@@ -90,11 +90,11 @@ def test_missing_lpips_package_is_named_and_optional_when_not_required(monkeypat
     with pytest.raises(ImportError, match="pip install lpips"):
         build_lpips(pnet_rand=True)
     seen = {}
-    monkeypatch.setattr(ev, "evaluate_pairs", lambda fp, q, metrics, backbone, device: seen.update(metrics) or
+    monkeypatch.setattr(ev, "evaluate_pairs", lambda fp, q, metrics, backbone, device, readers: seen.update(metrics) or
                         {"metrics": {}, "per_item": {}})
     cfg = OmegaConf.create({"eval": {"lpips": {"enabled": True, "required": False, "alexnet_path": None, "pnet_rand": True,
                                                "frames_per_batch": 8},
-                                     "psnr": True, "ssim": True, "fvd": {"enabled": False}, "metrics_device": "cpu"}})
+                                     "psnr": True, "ssim": True, "fvd": {"enabled": False}, "metrics_device": "cpu", "readers": 0}})
     _, unavailable = ev.reference_metrics(cfg, "fp", "quant")
     assert "pip install lpips" in unavailable["lpips_fp"] and set(seen) == {"psnr_fp", "ssim_fp"}
     cfg.eval.lpips.required = True

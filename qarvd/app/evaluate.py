@@ -53,7 +53,8 @@ def reference_metrics(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str
     if e.ssim:
         frame_metrics["ssim_fp"] = ssim_frames
     backbone = instantiate(e.fvd.backbones[e.fvd.backbone]) if e.fvd.enabled else None
-    return evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone, device=e.metrics_device), unavailable
+    return evaluate_pairs(fp_dir, quant_dir, frame_metrics, backbone, device=e.metrics_device,
+                          readers=int(e.readers)), unavailable
 
 
 def video_encoding(cfg: DictConfig, folder: str | os.PathLike) -> dict:

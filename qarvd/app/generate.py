@@ -124,11 +124,12 @@ def generate_set(
 ) -> dict:
     """Roll out every batch and hand its videos to ``writers`` threads (mp4 + PNG strip each; 0: written in this
     thread), which encode while the next batch generates; returns counts of written and skipped videos, the wall
-    seconds of the loop (until the last file is written) and of each generated batch (text encode + rollout + decode;
-    the first one also loads lazily built models): the throughput figures of multi-GPU runs."""
+    seconds of the loop (until the last file is written), of each generated batch (text encode + rollout + decode;
+    the first one also loads lazily built models) and of each video's writing (in its thread): the throughput
+    figures of multi-GPU runs and of the writer pool."""
     video_dir = Path(video_dir)
     written = skipped = 0
-    batch_seconds = []
+    batch_seconds, write_seconds = [], []
     start = time.perf_counter()
     with VideoWriterPool(writers) as pool:
         for batch in progress_bar(batches, desc=desc, unit="batch"):
@@ -141,18 +142,21 @@ def generate_set(
             videos = pipe.decode(latents)
             for job, video, path in zip(batch, videos, paths):
                 strip_path = None if strips is None else Path(strips) / f"{job.name}.png"
-                pool.submit(_write, video, path, enc, strip_path, pipe.rollout_cfg.num_chunks, strip)
+                pool.submit(_write, video, path, enc, strip_path, pipe.rollout_cfg.num_chunks, strip, write_seconds)
                 written += 1
             batch_seconds.append(time.perf_counter() - t0)
-    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start, "batch_seconds": batch_seconds}
+    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start, "batch_seconds": batch_seconds,
+            "write_seconds": write_seconds}
 
 
 def _write(video: torch.Tensor, path: Path, enc: VideoEncoding, strip_path: Optional[Path], num_chunks: int,
-           strip: StripSpec) -> None:
+           strip: StripSpec, seconds: list) -> None:
     """One video's files: the strip first, the mp4 last (its presence means the video is done)."""
+    t0 = time.perf_counter()
     if strip_path is not None:
         save_png(_strip(video, num_chunks, strip), strip_path)
     write_video(path, video, enc)
+    seconds.append(time.perf_counter() - t0)
 
 
 def _strip(video: torch.Tensor, num_chunks: int, spec: StripSpec):

@@ -92,7 +92,7 @@ def step_numerics(device: torch.device, opts: BatchOptions) -> Iterator[Callable
 
 
 def _compiled_error() -> Callable:
-    fast = torch.compile(weighted_error)
+    fast = torch.compile(weighted_error, dynamic=True)  # one graph for every layer shape and outlier split
 
     def error(layer, x, y, tok_w, calls):
         return fast(layer, x, y, tok_w, calls) if torch.is_grad_enabled() else weighted_error(layer, x, y, tok_w, calls)
