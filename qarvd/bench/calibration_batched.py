@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qarvd.bench.calibration_profile import RandomContextPipeline
+from qarvd.bench.calibration_profile import RandomContextPipeline, random_bf16_model
 from qarvd.bench.timing import Timer, peak_rss_gb
 from qarvd.methods.base import capture_budget, recon_config
 from qarvd.models.rollout import RolloutConfig
-from qarvd.models.wan import CausalWanModel, WanConfig, count_parameters
+from qarvd.models.wan import WanConfig, count_parameters
 from qarvd.quant.api import QuantConfig, calibrate_activations_, quantize_
 from qarvd.quant.capture import capture, run_calibration
 from qarvd.quant.linear import quant_layers
@@ -134,11 +134,7 @@ def profile_batched_calibration(cfg: DictConfig) -> Path:
                  "calib_batch": OmegaConf.to_container(calib.batch), "ram_budget_gb": float(calib.capture.ram_gb),
                  "seconds": {}}
     sec = res["seconds"]
-    with Timer(device) as t:
-        with torch.device(device):
-            model = CausalWanModel(arch)
-        model = model.to(torch.bfloat16).eval().requires_grad_(False)
-    sec["build"] = t.seconds
+    model, sec["build"] = random_bf16_model(arch, device)
     res["parameters"] = count_parameters(model)
     rcfg = RolloutConfig()  # 21 frames, 3 per chunk, 4 steps + refresh
     res["forwards_per_prompt"] = len(rcfg.forward_infos())

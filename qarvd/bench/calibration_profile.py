@@ -52,6 +52,14 @@ class RandomContextPipeline:
         return rollout(self.model, ctx, seeds, self.latent_shape, self.rollout_cfg, on_chunk=on_chunk)
 
 
+def random_bf16_model(arch, device: torch.device):
+    """(the CausalWan of ``arch`` with seeded random bf16 weights built on ``device``, seconds it took)."""
+    with Timer(device) as t:
+        with torch.device(device):
+            model = CausalWanModel(arch)
+        model = model.to(torch.bfloat16).eval().requires_grad_(False)
+    return model, t.seconds
+
 def projection(res: dict, per_layer: dict, block_bytes: int, budget: CaptureBudget, cfg: DictConfig) -> dict:
     """The full calibration if every block costs what the measured one did, capture passes grouped under the RAM
     budget, ``calib.iters`` reconstruction iterations per layer."""
@@ -87,11 +95,7 @@ def profile_calibration(cfg: DictConfig) -> Path:
                  "bits": f"w{bits.w_bits}a{bits.a_bits}", "ram_budget_gb": calib.capture.ram_gb,
                  "iters_measured": cfg.iters, "iters_projected": calib.iters, "seconds": {}}
     sec = res["seconds"]
-    with Timer(device) as t:
-        with torch.device(device):
-            model = CausalWanModel(arch)
-        model = model.to(torch.bfloat16).eval().requires_grad_(False)
-    sec["build"] = t.seconds
+    model, sec["build"] = random_bf16_model(arch, device)
     res["parameters"] = count_parameters(model)
     pipe = RandomContextPipeline(model, rcfg, latent)
     prompts, seeds = [f"prompt {i}" for i in range(calib.num_prompts)], list(range(calib.num_prompts))
