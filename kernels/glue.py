@@ -156,7 +156,7 @@ def _rope_ref(x: torch.Tensor, cos, sin, tokens: int) -> torch.Tensor:
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).view(m, d).type_as(x)
 
 
-def _fp8_code(x: torch.Tensor, step) -> torch.Tensor:
+def fp8_code(x: torch.Tensor, step) -> torch.Tensor:
     """E4M3 code as the glue kernel computes it: x times the float32 reciprocal of the step (not x / step)."""
     return (x.float() * (1.0 / step)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
 
@@ -172,7 +172,7 @@ def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, c
         return _rope_ref(x, cos, sin, tokens) if cos is not None else x
 
     if fp8_scales is not None:
-        enc = lambda x, i: _fp8_code(x, fp8_scales[i].float())  # noqa: E731
+        enc = lambda x, i: fp8_code(x, fp8_scales[i].float())  # noqa: E731
     else:
         enc = lambda x, i: x.to(src.dtype)  # noqa: E731
     q_out = enc(one(offsets[0], wq), 0).clone()

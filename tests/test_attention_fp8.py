@@ -136,3 +136,28 @@ def test_saved_model_keeps_its_fp8_attention_scales(real, tmp_path):
     save_real(copy.deepcopy(real), tmp_path / "plain")
     plain = accelerate_(load_real(tmp_path / "plain", TorchRefBackend()), TorchRefBackend(attention="cudnn_fp8"))
     assert plain.kv_cache_dtype is None  # not calibrated: the fused forward will ask for calibrate_attention_
+
+
+@pytest.mark.parametrize("attention", ["cudnn_fp8", "int8_sage"])
+def test_quantized_attention_from_a_later_chunk(real, attention):
+    """Chunk-adaptive precision (kernel.attention_from_chunk): bf16 attention in the chunks before the switch, the
+    quantized one from it on. Chunk 0 of the video equals the all-bf16 rollout's bit for bit; from the switch on it
+    is quantized (and differs from both uniform rollouts); switching at chunk 0 is the uniform quantized rollout."""
+    ctx = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
+    bf16 = _video(accelerate_(copy.deepcopy(real), TorchRefBackend()), ctx)
+    uniform = accelerate_(copy.deepcopy(real), TorchRefBackend(attention=attention))
+    calibrate_attention_(uniform, lambda: _video(uniform, ctx))
+    quant = _video(uniform, ctx)
+    late = accelerate_(copy.deepcopy(real), TorchRefBackend(attention=attention, attention_from_chunk=1))
+    calibrate_attention_(late, lambda: _video(late, ctx))
+    assert late.kv_cache_dtype is None and late.key_cache_dtype is None  # chunk 0 writes the bf16 cache
+    mixed = _video(late, ctx)
+    first = slice(0, RC.frames_per_chunk)
+    assert torch.equal(mixed[:, first], bf16[:, first])
+    assert not torch.equal(mixed[:, 2:], bf16[:, 2:]) and not torch.equal(mixed[:, 2:], quant[:, 2:])
+    err = lambda x: float((x - bf16).norm() / bf16.norm())  # noqa: E731
+    assert 0 < err(mixed) < err(quant)  # a quantized attention in fewer chunks moves the video less
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        accelerate_(copy.deepcopy(real), TorchRefBackend(attention=attention, attention_from_chunk=1, graphs=True))
+    with pytest.raises(ValueError, match="switches a quantized attention"):
+        TorchRefBackend(attention="auto", attention_from_chunk=2)

@@ -38,11 +38,22 @@ BACKENDS = dict(torch_ref=TorchRefBackend, triton_int8=TritonInt8Backend)  # `ke
 ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8", int8_sage="int8_sage")  # `attention` value -> the backend's attention argument
 
 
+def attention_choice(value: str) -> tuple[str, int]:
+    """(the backend's attention, the chunk it starts at) of an ``attention`` entry: ``cudnn_fp8`` or ``cudnn_fp8@3``
+    (bf16 attention in chunks 0-2, FP8 from chunk 3: chunk-adaptive precision)."""
+    name, _, start = str(value).partition("@")
+    if name not in ATTENTION or (start and (not start.isdigit() or ATTENTION[name] == "auto")):
+        raise ValueError(f"attention={value!r} unknown; choose from {list(ATTENTION)}, or <quantized>@<first chunk> "
+                         f"(e.g. cudnn_fp8@2)")
+    return ATTENTION[name], int(start or 0)
+
+
 def _check_choices(cfg: DictConfig) -> None:
-    for key, allowed in (("kernels", BACKENDS), ("attention", ATTENTION)):
-        bad = [v for v in cfg[key] if v not in allowed]
-        if bad:
-            raise ValueError(f"{key}={bad} unknown; choose from {list(allowed)}")
+    bad = [v for v in cfg.kernels if v not in BACKENDS]
+    if bad:
+        raise ValueError(f"kernels={bad} unknown; choose from {list(BACKENDS)}")
+    for v in cfg.attention:
+        attention_choice(v)
 
 
 def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -79,7 +90,8 @@ def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
     quant_model = pipe.model
     for kernel, weights, dual, attn in itertools.product(cfg.kernels, cfg.weights, cfg.dual_modes, cfg.attention):
         name = f"{kernel}/{weights}/{dual}/{attn}"
-        be = BACKENDS[kernel](attention=ATTENTION[attn], dual_mode=dual, weights=weights)
+        attention, from_chunk = attention_choice(attn)
+        be = BACKENDS[kernel](attention=attention, dual_mode=dual, weights=weights, attention_from_chunk=from_chunk)
         pipe.model = accelerate_(convert_to_real(copy.deepcopy(quant_model), real_specs(quant_model), be), be)
         if be.quantized_attention:
             calibrate_attention_(pipe.model, lambda: roll(f"{name} calibration", calib_prompts, calib_seeds))

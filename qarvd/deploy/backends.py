@@ -56,7 +56,8 @@ class KernelBackend:
     fa4_attention = staticmethod(attn_fa4.fa4_attention)
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
-                 weights: str = "artifact", graphs: bool = False, dual_layout: str = "split") -> None:
+                 weights: str = "artifact", graphs: bool = False, dual_layout: str = "split",
+                 attention_from_chunk: int = 0) -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
@@ -68,6 +69,14 @@ class KernelBackend:
             raise ValueError(f"weights={weights!r}; choose from {WEIGHTS}")
         self.attention, self.fused, self.dual_mode, self.weights = attention, bool(fused), dual_mode, weights
         self.graphs = bool(graphs)  # accelerate_ then replays rollout forwards as CUDA graphs (qarvd.deploy.graphs)
+        if isinstance(attention_from_chunk, bool) or not isinstance(attention_from_chunk, int) or attention_from_chunk < 0:
+            raise ValueError(f"kernel.attention_from_chunk={attention_from_chunk!r}: give a chunk index >= 0")
+        if attention_from_chunk and self.quantized_attention is None:
+            raise ValueError(f"kernel.attention_from_chunk={attention_from_chunk} switches a quantized attention "
+                             f"(cudnn_fp8 | int8_sage) on at a later chunk; attention={attention!r} is not one")
+        # chunk-adaptive precision (qarvd.deploy.precision_schedule): bf16 attention before this chunk, the quantized
+        # attention from it on; the K/V written before are converted once, at the first quantized forward
+        self.attention_from_chunk = attention_from_chunk
 
     def sdpa(self):
         return sdpa_context(self.attention)
@@ -100,7 +109,8 @@ class KernelBackend:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r}, "
-                f"weights={self.weights!r}, graphs={self.graphs}, dual_layout={self.dual_layout!r})")
+                f"weights={self.weights!r}, graphs={self.graphs}, dual_layout={self.dual_layout!r}, "
+                f"attention_from_chunk={self.attention_from_chunk})")
 
 
 def _lowrank(mod, x2: torch.Tensor):

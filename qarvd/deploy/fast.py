@@ -27,8 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from kernels.attn_cudnn import FP8_MAX, fp8_scalars
+from kernels.attn_int8 import quantize_rows
+from kernels.glue import fp8_code
 from kernels.layout import stack_acts
 from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, in_split_order, rows_permuted, stack_group
+from qarvd.models.context import current_forward
 from qarvd.models.wan import WanAttentionBlock, WanRMSNorm, attention
 
 
@@ -227,6 +230,12 @@ class FastWanAttentionBlock(WanAttentionBlock):
         qkv = plan.qkv(x2, mod, s)
         quant = be.quantized_attention
         scales, key_mean = getattr(self, "_qarvd_attn_scales", None), getattr(self, "_qarvd_key_mean", None)
+        if quant and be.attention_from_chunk:  # chunk-adaptive precision: bf16 attention before the switch chunk
+            info = current_forward()
+            if info is None or info.chunk < be.attention_from_chunk:
+                quant = None
+            elif not _ready(self, kv, quant) and (scales if quant == "fp8" else key_mean) is not None:
+                _quantize_cache(kv, quant, scales, key_mean, heads, hd)
         if quant and not _ready(self, kv, quant):
             raise RuntimeError(f"attention={be.attention} needs its calibration ({'per-layer scales and a float8 KV cache' if quant == 'fp8' else 'per-layer mean keys and an int8 key cache'}): run "
                                "qarvd.deploy.calibrate_attention_(model, run) after accelerate_")
@@ -269,6 +278,18 @@ def _attend(be, q, k, v):
         return attention(q, k, v)
 
 
+def _quantize_cache(kv, quant: str, scales, key_mean, heads: int, head_dim: int) -> None:
+    """At the first quantized chunk of a chunk-adaptive rollout: the bf16 K/V of the earlier chunks, converted once
+    to the quantized attention's format as its glue would have written them (float8 codes of K/V with the static
+    steps; int8 codes of k - mean key with one scale per (token, head)). New tensors replace the cache's: this path
+    is not graph-capturable (accelerate_ refuses graphs with attention_from_chunk)."""
+    if quant == "fp8":
+        kv.k, kv.v = fp8_code(kv.k, scales[1].float()), fp8_code(kv.v, scales[2].float())
+        return
+    codes, scale = quantize_rows(kv.k.float() - key_mean.view(heads, head_dim))
+    kv.k, kv.k_scale = codes.to(torch.int8), scale[..., 0].transpose(1, 2).contiguous()
+
+
 def _ready(block, kv, quant: str) -> bool:
     """The block's quantized attention is calibrated and the cache has the matching key format."""
     if quant == "fp8":
@@ -303,13 +324,21 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
     if (quant or backend.attention == "fa4") and not planned:
         raise ValueError(f"attention={backend.attention} runs inside the fused block forward: it needs fused=true and "
                          f"a plan for every block (no low-rank branches)")
-    # new caches hold float8 K/V (fp8) or int8 keys (int8) once calibrate_attention_ has run; the parameters' before
-    model.kv_cache_dtype = torch.float8_e4m3fn if quant == "fp8" and _calibrated(model, "fp8") else None
-    model.key_cache_dtype = torch.int8 if quant == "int8" and _calibrated(model, "int8") else None
+    if backend.attention_from_chunk and getattr(backend, "graphs", False):
+        raise ValueError("kernel.attention_from_chunk converts the K/V cache mid-rollout, which CUDA graphs cannot "
+                         "replay: use graphs=false with it")
+    _set_cache_dtypes(model, quant, backend.attention_from_chunk)
     return graph_(model) if getattr(backend, "graphs", False) else ungraph_(model)
 
 
 _STATE = {"fp8": "_qarvd_attn_scales", "int8": "_qarvd_key_mean"}  # block attribute of each quantized attention
+
+
+def _set_cache_dtypes(model, quant, from_chunk: int = 0) -> None:
+    """New caches hold float8 K/V (fp8) or int8 keys (int8) once the attention is calibrated, from the first chunk;
+    a rollout that switches later (``attention_from_chunk``) starts in the parameters' dtype."""
+    model.kv_cache_dtype = torch.float8_e4m3fn if quant == "fp8" and not from_chunk and _calibrated(model, "fp8") else None
+    model.key_cache_dtype = torch.int8 if quant == "int8" and not from_chunk and _calibrated(model, "int8") else None
 
 
 def _calibrated(model, quant: str) -> bool:
@@ -387,7 +416,7 @@ def set_attention_fp8_scales_(model: torch.nn.Module, scales: torch.Tensor) -> t
         sc = sc.contiguous()
         b._qarvd_attn_scales, b._qarvd_attn_scalars = sc, fp8_scalars(sc).contiguous()
     if _quantized_by(model, "fp8"):  # otherwise accelerate_ with cudnn_fp8 switches the caches
-        model.kv_cache_dtype = torch.float8_e4m3fn
+        _set_cache_dtypes(model, "fp8", model.blocks[0]._qarvd_plan.be.attention_from_chunk)
     return model
 
 
@@ -402,7 +431,7 @@ def set_attention_key_means_(model: torch.nn.Module, means: torch.Tensor) -> tor
     for b, km in zip(blocks, means.float().to(device)):
         b._qarvd_key_mean = km.contiguous()
     if _quantized_by(model, "int8"):  # otherwise accelerate_ with int8_sage switches the caches
-        model.key_cache_dtype = torch.int8
+        _set_cache_dtypes(model, "int8", model.blocks[0]._qarvd_plan.be.attention_from_chunk)
     return model
 
 
