@@ -86,8 +86,8 @@ def test_metric_readers_decode_ahead_without_changing_values(tmp_path):
     g = torch.Generator().manual_seed(0)
     for i in range(5):
         v = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
-        write_video(tmp_path / "fp" / f"v{i}.mp4", v)
-        write_video(tmp_path / "quant" / f"v{i}.mp4", (v + 0.1 * i).clamp(-1, 1))
+        write_video(tmp_path / "fp" / f"v{i}.mp4", v, conf_encoding())
+        write_video(tmp_path / "quant" / f"v{i}.mp4", (v + 0.1 * i).clamp(-1, 1), conf_encoding())
     metric = {"mad": lambda fp, q: (fp - q).abs().flatten(1).mean(1)}
     out = [evaluate_pairs(tmp_path / "fp", tmp_path / "quant", metric, progress=False, readers=r) for r in (0, 1, 3)]
     assert out[0]["per_item"] == out[1]["per_item"] == out[2]["per_item"] and out[0]["num_items"] == 5

@@ -105,6 +105,18 @@ class KernelBackend:
                                f"(or TRITON_INTERPRET=1); use kernel=torch_ref on the CPU")
 
     def module_forward(self, mod, x: torch.Tensor) -> torch.Tensor:
+        """A real module on its own (outside the fused block): quantize its input, run :meth:`linear`, add the
+        16-bit low-rank branch where the layer has one."""
+        self.check(x)
+        x2 = x.reshape(-1, mod.in_features)
+        y = self.linear(mod, x2)
+        lr = _lowrank(mod, x2)
+        if lr is not None:
+            y = (y.float() + lr).to(x.dtype)
+        return y.view(*x.shape[:-1], mod.out_features)
+
+    def linear(self, mod, x2: torch.Tensor) -> torch.Tensor:
+        """The module's low-bit linear of the token rows ``x2`` [M, in_features] (without the low-rank branch)."""
         raise NotImplementedError(f"backend {self.name!r} has no real modules")
 
     def __repr__(self) -> str:
@@ -126,16 +138,9 @@ class TritonInt8Backend(KernelBackend):
     name = "triton_int8"
     format = "int"
 
-    def module_forward(self, mod, x: torch.Tensor) -> torch.Tensor:
-        self.check(x)
-        x2 = x.reshape(-1, mod.in_features)
-        m = x2.shape[0]
+    def linear(self, mod, x2: torch.Tensor) -> torch.Tensor:
         a, rs = self.norm_quant(x2, mod.stacked_act(), rowsum=mod.group().has_wzp)
-        y = self.gemm(a, rs, mod.group(), m, out_dtype=x.dtype)
-        lr = _lowrank(mod, x2)
-        if lr is not None:
-            y = (y.float() + lr).to(x.dtype)
-        return y.view(*x.shape[:-1], mod.out_features)
+        return self.gemm(a, rs, mod.group(), x2.shape[0], out_dtype=x2.dtype)
 
 
 class CutlassInt8Backend(TritonInt8Backend):
@@ -188,17 +193,11 @@ class Fp8Backend(KernelBackend):
     name = "fp8"
     format = "fp8"
 
-    def module_forward(self, mod, x: torch.Tensor) -> torch.Tensor:
-        self.check(x)
-        x2 = x.reshape(-1, mod.in_features)
-        h = x2 if not mod.meta["has_smooth"] else (x2.float() / mod.smooth).to(x.dtype)
+    def linear(self, mod, x2: torch.Tensor) -> torch.Tensor:
+        h = x2 if not mod.meta["has_smooth"] else (x2.float() / mod.smooth).to(x2.dtype)
         h8 = self.norm_quant(h, fp8_scale=mod.a_scale)
-        y = self.fp8_linear(h8, mod.weight, mod.a_scale, mod.w_scale, mod.bias if mod.meta["has_bias"] else None,
-                            x.dtype)
-        lr = _lowrank(mod, x2)
-        if lr is not None:
-            y = (y.float() + lr).to(x.dtype)
-        return y.view(*x.shape[:-1], mod.out_features)
+        return self.fp8_linear(h8, mod.weight, mod.a_scale, mod.w_scale, mod.bias if mod.meta["has_bias"] else None,
+                               x2.dtype)
 
 
 class Fp8RefBackend(_TorchGlue, Fp8Backend):
