@@ -230,17 +230,19 @@ class FastWanAttentionBlock(WanAttentionBlock):
         qkv = plan.qkv(x2, mod, s)
         quant = be.quantized_attention
         scales, key_mean = getattr(self, "_qarvd_attn_scales", None), getattr(self, "_qarvd_key_mean", None)
+        cache_k, cache_v = kv.k, kv.v
         if quant and be.attention_from_chunk:  # chunk-adaptive precision: bf16 attention before the switch chunk
             info = current_forward()
             if info is None or info.chunk < be.attention_from_chunk:
                 quant = None
-            elif not _ready(self, kv, quant) and (scales if quant == "fp8" else key_mean) is not None:
-                _quantize_cache(kv, quant, scales, key_mean, heads, hd)
+                cache_k, cache_v = kv.early or (kv.k, kv.v)  # no early K/V: not calibrated, the caches are bf16
+            elif info.chunk == be.attention_from_chunk and kv.early is not None:
+                _convert_early(kv, token_start, quant, scales, key_mean, heads, hd)
         if quant and not _ready(self, kv, quant):
             raise RuntimeError(f"attention={be.attention} needs its calibration ({'per-layer scales and a float8 KV cache' if quant == 'fp8' else 'per-layer mean keys and an int8 key cache'}): run "
                                "qarvd.deploy.calibrate_attention_(model, run) after accelerate_")
         q = be.qk_norm_rope(qkv, (0, d, 2 * d), d, n, wq=_norm_weight(sa.norm_q), wk=_norm_weight(sa.norm_k),
-                            eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=kv.k, cache_v=kv.v,
+                            eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=cache_k, cache_v=cache_v,
                             start=token_start, fp8_scales=scales if quant == "fp8" else None,
                             key_int8=(key_mean, kv.k_scale) if quant == "int8" else None)
         q = q.view(b, n, heads, hd)
@@ -251,10 +253,10 @@ class FastWanAttentionBlock(WanAttentionBlock):
             if quant == "int8":
                 y = be.int8_attention(q, kv.k, kv.k_scale, kv.v, end)
             else:
-                y = _attend(be, q, kv.k[:, :end], kv.v[:, :end])
+                y = _attend(be, q, cache_k[:, :end], cache_v[:, :end])
             seen = getattr(self, "_qarvd_attn_stats", None)
             if seen is not None:  # calibration (bf16 attention): amax of q, this chunk's k and v, the output; k sums
-                k_new, v_new = kv.k[:, token_start:end], kv.v[:, token_start:end]
+                k_new, v_new = cache_k[:, token_start:end], cache_v[:, token_start:end]
                 new = torch.stack([q.abs().amax(), k_new.abs().amax(), v_new.abs().amax(), y.abs().amax()]).float()
                 torch.maximum(seen[:4], new, out=seen[:4])
                 seen[4:-1] += k_new.float().sum((0, 1)).flatten()
@@ -278,16 +280,25 @@ def _attend(be, q, k, v):
         return attention(q, k, v)
 
 
-def _quantize_cache(kv, quant: str, scales, key_mean, heads: int, head_dim: int) -> None:
-    """At the first quantized chunk of a chunk-adaptive rollout: the bf16 K/V of the earlier chunks, converted once
-    to the quantized attention's format as its glue would have written them (float8 codes of K/V with the static
-    steps; int8 codes of k - mean key with one scale per (token, head)). New tensors replace the cache's: this path
-    is not graph-capturable (accelerate_ refuses graphs with attention_from_chunk)."""
-    if quant == "fp8":
-        kv.k, kv.v = fp8_code(kv.k, scales[1].float()), fp8_code(kv.v, scales[2].float())
+def _convert_early(kv, start: int, quant: str, scales, key_mean, heads: int, head_dim: int) -> None:
+    """In the switch chunk of a chunk-adaptive rollout: the earlier chunks' 16-bit K/V (``kv.early[:, :start]``)
+    written into the quantized cache as the quantized attention's glue would have written them (float8 codes of K/V
+    with the static steps; int8 codes of k - mean key with one scale per (token, head), values as they are).
+
+    Every forward of the switch chunk converts again (the same values: those tokens are clean by then), so one CUDA
+    graph serves all of the chunk's calls; fixed shapes and addresses make it capturable. It costs one pass over
+    ``start`` tokens of K/V per call and layer, against attention over them in every later chunk."""
+    if not start:
         return
-    codes, scale = quantize_rows(kv.k.float() - key_mean.view(heads, head_dim))
-    kv.k, kv.k_scale = codes.to(torch.int8), scale[..., 0].transpose(1, 2).contiguous()
+    k, v = (t[:, :start] for t in kv.early)
+    if quant == "fp8":
+        kv.k[:, :start].copy_(fp8_code(k, scales[1].float()))
+        kv.v[:, :start].copy_(fp8_code(v, scales[2].float()))
+        return
+    codes, scale = quantize_rows(k.float() - key_mean.view(heads, head_dim))
+    kv.k[:, :start].copy_(codes)
+    kv.k_scale[:, :, :start].copy_(scale[..., 0].transpose(1, 2))
+    kv.v[:, :start].copy_(v)
 
 
 def _ready(block, kv, quant: str) -> bool:
@@ -324,9 +335,6 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
     if (quant or backend.attention == "fa4") and not planned:
         raise ValueError(f"attention={backend.attention} runs inside the fused block forward: it needs fused=true and "
                          f"a plan for every block (no low-rank branches)")
-    if backend.attention_from_chunk and getattr(backend, "graphs", False):
-        raise ValueError("kernel.attention_from_chunk converts the K/V cache mid-rollout, which CUDA graphs cannot "
-                         "replay: use graphs=false with it")
     _set_cache_dtypes(model, quant, backend.attention_from_chunk)
     return graph_(model) if getattr(backend, "graphs", False) else ungraph_(model)
 
@@ -335,10 +343,12 @@ _STATE = {"fp8": "_qarvd_attn_scales", "int8": "_qarvd_key_mean"}  # block attri
 
 
 def _set_cache_dtypes(model, quant, from_chunk: int = 0) -> None:
-    """New caches hold float8 K/V (fp8) or int8 keys (int8) once the attention is calibrated, from the first chunk;
-    a rollout that switches later (``attention_from_chunk``) starts in the parameters' dtype."""
-    model.kv_cache_dtype = torch.float8_e4m3fn if quant == "fp8" and not from_chunk and _calibrated(model, "fp8") else None
-    model.key_cache_dtype = torch.int8 if quant == "int8" and not from_chunk and _calibrated(model, "int8") else None
+    """New caches hold float8 K/V (fp8) or int8 keys (int8) once the attention is calibrated; a rollout that switches
+    later (``attention_from_chunk``) also gets 16-bit K/V for the chunks before the switch (``LayerCache.early``)."""
+    ready = quant is not None and _calibrated(model, quant)
+    model.kv_cache_dtype = torch.float8_e4m3fn if ready and quant == "fp8" else None
+    model.key_cache_dtype = torch.int8 if ready and quant == "int8" else None
+    model.early_cache_dtype = next(model.parameters()).dtype if ready and from_chunk else None
 
 
 def _calibrated(model, quant: str) -> bool:
@@ -369,7 +379,7 @@ def calibrate_attention_(model: torch.nn.Module, run: Callable[[], object], marg
     for b in blocks:
         b._qarvd_attn_stats = torch.zeros(4 + model.cfg.dim + 1, device=device)  # amax q/k/v/o, key sum, count
         setattr(b, _STATE[quant], None)
-    model.kv_cache_dtype = model.key_cache_dtype = None
+    model.kv_cache_dtype = model.key_cache_dtype = model.early_cache_dtype = None
     be.attention = "auto"  # bf16 SDPA, PyTorch's choice (cuDNN on Hopper); "auto" also runs on the CPU
     try:
         with torch.no_grad():
@@ -440,7 +450,7 @@ def restore_(model: torch.nn.Module) -> torch.nn.Module:
     from qarvd.deploy.graphs import ungraph_
 
     ungraph_(model)
-    model.kv_cache_dtype = model.key_cache_dtype = None
+    model.kv_cache_dtype = model.key_cache_dtype = model.early_cache_dtype = None
     for block in model.blocks:
         if isinstance(block, FastWanAttentionBlock):
             block.__class__ = WanAttentionBlock

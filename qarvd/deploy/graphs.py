@@ -36,7 +36,7 @@ class StaticCache(RolloutCache):
 
     def __init__(self, store: "_Store") -> None:  # no super().__init__: the storage is the store's
         self.store = store
-        self.layers = [LayerCache(l.k, l.v, l.k_scale) for l in store.layers]  # fresh cross-attention slots
+        self.layers = [LayerCache(l.k, l.v, l.k_scale, l.early) for l in store.layers]  # fresh cross-attention slots
         self.max_tokens = store.max_tokens
         self.context = None
 
@@ -91,7 +91,7 @@ class GraphedCausalWan(CausalWanModel):
             store = self._qarvd_stores[key] = _Store(self, batch, tokens)
         else:
             for layer in store.layers:
-                for t in (layer.k, layer.v, layer.k_scale):
+                for t in (layer.k, layer.v, layer.k_scale, *(layer.early or ())):
                     if t is not None:
                         t.zero_()
         store.live = StaticCache(store)

@@ -159,10 +159,14 @@ class LayerCache:
     The block receives this object, not a layer index into per-layer lists: ``torch.compile`` then sees the same
     inputs (tensors of one shape) for every layer and compiles the block once, instead of specialising on each
     Python-int layer index. ``k_scale`` [B, H, T] float32 holds one scale per (token, head) when the keys are int8
-    codes (INT8 attention, kernels/attn_int8.py)."""
+    codes (INT8 attention, kernels/attn_int8.py). ``early`` (16-bit K/V of the same shape) is present when the
+    attention switches to a quantized format at a later chunk (qarvd.deploy.fast, ``attention_from_chunk``): the
+    chunks before the switch attend in 16 bits on it, and the switch chunk converts it into ``k``/``v``."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
+                 early: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> None:
         self.k, self.v, self.k_scale = k, v, k_scale
+        self.early = early  # 16-bit K/V of the chunks before a chunk-adaptive switch to quantized attention
         self.cross: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.max_tokens = k.shape[1]
 
@@ -176,7 +180,7 @@ class RolloutCache:
     """
 
     def __init__(self, cfg: WanConfig, batch: int, max_tokens: int, key_dtype: torch.dtype, value_dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, early_dtype: Optional[torch.dtype] = None) -> None:
         shape = (batch, max_tokens, cfg.num_heads, cfg.head_dim)
 
         def scales():
@@ -184,8 +188,13 @@ class RolloutCache:
                 return None
             return torch.zeros((batch, cfg.num_heads, max_tokens), dtype=torch.float32, device=device)
 
+        def early():
+            if early_dtype is None:
+                return None
+            return tuple(torch.zeros(shape, dtype=early_dtype, device=device) for _ in range(2))
+
         self.layers = [LayerCache(torch.zeros(shape, dtype=key_dtype, device=device),
-                                  torch.zeros(shape, dtype=value_dtype, device=device), scales())
+                                  torch.zeros(shape, dtype=value_dtype, device=device), scales(), early())
                        for _ in range(cfg.num_layers)]
         self.context: Optional[torch.Tensor] = None  # text_embedding(context), computed once per video
         self.max_tokens = max_tokens
@@ -408,12 +417,13 @@ class CausalWanModel(nn.Module):
         return out.reshape(b, c, frames * pt, h * ph, w * pw)
 
     def cache_dtype_device(self) -> tuple:
-        """(key dtype, value dtype, device) of new KV caches: the parameters' dtype unless a deployment backend set
-        ``kv_cache_dtype`` (both; float8 codes for FP8 attention) or ``key_cache_dtype`` (keys only; int8 codes for
-        INT8 attention), qarvd.deploy.fast."""
+        """(key dtype, value dtype, device, early dtype) of new KV caches: the parameters' dtype unless a deployment
+        backend set ``kv_cache_dtype`` (both; float8 codes for FP8 attention) or ``key_cache_dtype`` (keys only; int8
+        codes for INT8 attention), qarvd.deploy.fast; ``early_cache_dtype`` (or None) adds the 16-bit K/V of a
+        chunk-adaptive rollout's chunks before the switch."""
         p = next(self.parameters())
         value = getattr(self, "kv_cache_dtype", None) or p.dtype
-        return getattr(self, "key_cache_dtype", None) or value, value, p.device
+        return getattr(self, "key_cache_dtype", None) or value, value, p.device, getattr(self, "early_cache_dtype", None)
 
     def new_cache(self, batch: int, max_frames: int, height: int, width: int) -> RolloutCache:
         return RolloutCache(self.cfg, batch, max_frames * self.tokens_per_frame(height, width),
