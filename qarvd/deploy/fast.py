@@ -230,14 +230,12 @@ class FastWanAttentionBlock(WanAttentionBlock):
         qkv = plan.qkv(x2, mod, s)
         quant = be.quantized_attention
         scales, key_mean = getattr(self, "_qarvd_attn_scales", None), getattr(self, "_qarvd_key_mean", None)
-        cache_k, cache_v = kv.k, kv.v
+        cache_k, cache_v, early = kv.k, kv.v, None
         if quant and be.attention_from_chunk:  # chunk-adaptive precision: bf16 attention before the switch chunk
             info = current_forward()
             if info is None or info.chunk < be.attention_from_chunk:
-                quant = None
+                early, quant = quant, None
                 cache_k, cache_v = kv.early or (kv.k, kv.v)  # no early K/V: not calibrated, the caches are bf16
-            elif info.chunk == be.attention_from_chunk and kv.early is not None:
-                _convert_early(kv, token_start, quant, scales, key_mean, heads, hd)
         if quant and not _ready(self, kv, quant):
             raise RuntimeError(f"attention={be.attention} needs its calibration ({'per-layer scales and a float8 KV cache' if quant == 'fp8' else 'per-layer mean keys and an int8 key cache'}): run "
                                "qarvd.deploy.calibrate_attention_(model, run) after accelerate_")
@@ -262,6 +260,8 @@ class FastWanAttentionBlock(WanAttentionBlock):
                 seen[4:-1] += k_new.float().sum((0, 1)).flatten()
                 seen[-1] += b * n
             x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
+            if early and kv.early is not None:
+                _quantize_early(kv, token_start, end, early, scales, key_mean, heads, hd)
         qc = be.qk_norm_rope(plan.cross_q(x2), (0,), d, n, wq=_norm_weight(ca.norm_q), eps=getattr(ca.norm_q, "eps", 0.0))
         if kv.cross is None:
             kv.cross = ca.context_kv(context)
@@ -280,25 +280,23 @@ def _attend(be, q, k, v):
         return attention(q, k, v)
 
 
-def _convert_early(kv, start: int, quant: str, scales, key_mean, heads: int, head_dim: int) -> None:
-    """In the switch chunk of a chunk-adaptive rollout: the earlier chunks' 16-bit K/V (``kv.early[:, :start]``)
-    written into the quantized cache as the quantized attention's glue would have written them (float8 codes of K/V
-    with the static steps; int8 codes of k - mean key with one scale per (token, head), values as they are).
+def _quantize_early(kv, start: int, end: int, quant: str, scales, key_mean, heads: int, head_dim: int) -> None:
+    """A chunk before the switch of a chunk-adaptive rollout attends on its 16-bit K/V (``kv.early``); its tokens
+    ``[start, end)`` are also written into the quantized cache, as the quantized attention's glue would have written
+    them (float8 codes of K/V with the static steps; int8 codes of k - mean key with one scale per (token, head),
+    values as they are), so the chunks from the switch on find every earlier token in their format.
 
-    Every forward of the switch chunk converts again (the same values: those tokens are clean by then), so one CUDA
-    graph serves all of the chunk's calls; fixed shapes and addresses make it capturable. It costs one pass over
-    ``start`` tokens of K/V per call and layer, against attention over them in every later chunk."""
-    if not start:
-        return
-    k, v = (t[:, :start] for t in kv.early)
+    Each forward rewrites only its own chunk's slot (the refresh pass leaves the clean values), at fixed shapes and
+    addresses: CUDA graphs capture it, and the switch chunk itself does no conversion."""
+    k, v = (t[:, start:end] for t in kv.early)
     if quant == "fp8":
-        kv.k[:, :start].copy_(fp8_code(k, scales[1].float()))
-        kv.v[:, :start].copy_(fp8_code(v, scales[2].float()))
+        kv.k[:, start:end].copy_(fp8_code(k, scales[1].float()))
+        kv.v[:, start:end].copy_(fp8_code(v, scales[2].float()))
         return
     codes, scale = quantize_rows(k.float() - key_mean.view(heads, head_dim))
-    kv.k[:, :start].copy_(codes)
-    kv.k_scale[:, :, :start].copy_(scale[..., 0].transpose(1, 2))
-    kv.v[:, :start].copy_(v)
+    kv.k[:, start:end].copy_(codes)
+    kv.k_scale[:, :, start:end].copy_(scale[..., 0].transpose(1, 2))
+    kv.v[:, start:end].copy_(v)
 
 
 def _ready(block, kv, quant: str) -> bool:
