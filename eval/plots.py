@@ -4,7 +4,8 @@ Fig. 2: chunk sensitivity alpha of several runs side by side (``sensitivity.json
 one run (drawn by :mod:`qarvd.app.sensitivity`). Figs. 3/4: sorted column norms with their outliers, and the share of
 layers with outliers (drawn by :mod:`qarvd.app.outlier_report`). Fig. 6: FVD/LPIPS/PSNR/SSIM over the tau sweep with
 interval error bars. Fig. 7: CV, BOA and DS per metric. Frontier: quality against weight memory per (method, bits).
-Per-chunk curves: a metric over the rollout's chunks, one line per run.
+Per-chunk curves: a metric over the rollout's chunks, one line per run. Chunk-adaptive precision: quality
+against rollout seconds of the allocator's schedules and the measured ones.
 Every function returns the Figure and, given ``path``, also saves it (PNG, atomically).
 """
 from __future__ import annotations
@@ -152,6 +153,24 @@ def plot_frontier(records: list[dict], metric: str = "fvd_fp", path=None):
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=1, label="Pareto front")
     ax.set_xlabel("weight memory (MiB)")
     ax.set_ylabel(COLUMNS.get(metric, (metric,))[0])
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_schedule_frontier(frontier: Sequence[Mapping], measured: Sequence[Mapping], title: str, path=None):
+    """Chunk-adaptive precision: latent-MSE ratio to the bf16-attention row against rollout seconds. The allocator's
+    predicted frontier (additive per-chunk costs) as a step line; the schedules measured as a whole as points with
+    their paired interval, labelled (qarvd.app.schedule_report)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.step([p["seconds"] for p in frontier], [p["mse_ratio"] for p in frontier], where="post", color="0.5", lw=1,
+            label="allocator frontier (predicted)")
+    for m in measured:
+        lo, hi = m["mse_ratio_interval"]
+        ax.errorbar(m["seconds"], m["mse_ratio"], yerr=[[m["mse_ratio"] - lo], [hi - m["mse_ratio"]]], fmt="o", ms=4,
+                    capsize=2)
+        ax.annotate(m["schedule"], (m["seconds"], m["mse_ratio"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"rollout seconds ({title})")
+    ax.set_ylabel("latent MSE / bf16 attention's")
     ax.legend(fontsize=7)
     return save(fig, path)
 

@@ -88,3 +88,15 @@ def paired_difference(a: ItemStat, b: ItemStat, n_boot: int = N_BOOT, seed: int 
     common = sorted(set(a.names) & set(b.names))
     idx = resample_indices(len(common), n_boot, seed)
     return percentile_interval(a.on(common, idx) - b.on(common, idx), level), len(common)
+
+
+def paired_ratio_interval(a: Sequence[float], b: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,
+                          level: float = LEVEL) -> tuple[float, Interval]:
+    """mean(a) / mean(b) over the same items (a[i] and b[i] from one prompt and seed), and its percentile interval
+    with the items resampled jointly."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need one per item on both sides; got {x.shape} and {y.shape}")
+    idx = resample_indices(len(x), n_boot, seed)
+    return float(x.mean() / y.mean()), percentile_interval(x[idx].mean(1) / y[idx].mean(1), level)
+

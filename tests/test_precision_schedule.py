@@ -52,3 +52,48 @@ def test_bad_inputs():
         allocate({"a": ChunkCosts([1.0], [0.0])}, [1.0])
     with pytest.raises(ValueError, match="one value per chunk"):
         schedule_frontier({"a": ChunkCosts([1.0, 2.0], [0.0]), "b": ChunkCosts([1.0], [0.0])})
+
+
+def _files(tmp_path, mse_from, chunk_ref, chunk_fast, seconds):
+    """A deploy_quality.json and a bench JSON: the schedule switching at chunk k has per-prompt MSE ``mse_from[k]``
+    (k = 0: quantized everywhere, k = len: the bf16 row) times a per-prompt factor; the bench rows' seconds."""
+    import json
+
+    factors = [0.5, 1.0, 1.5, 2.0]
+    names = ["cudnn_fp8"] + [f"cudnn_fp8@{k}" for k in range(1, len(mse_from) - 1)] + ["default"]
+    rows = [{"kernel": "torch_ref", "attention": n, "latent_mse": {"overall": m * 1.25, "per_prompt": [m * f for f in factors]}}
+            for n, m in zip(names, mse_from)]
+    (tmp_path / "q.json").write_text(json.dumps({"prompts": 4, "rows": rows}))
+    bench = [{"row": "ref", "batch": 2, "seconds": sum(chunk_ref), "chunk_seconds": chunk_ref},
+             {"row": "fast", "batch": 2, "seconds": sum(chunk_fast), "chunk_seconds": chunk_fast},
+             *({"row": f"from{k}", "batch": 2, "seconds": s} for k, s in seconds.items())]
+    (tmp_path / "b.json").write_text(json.dumps({"device": "test", "rollout": bench}))
+
+
+def test_schedule_report_from_switch_measurements(tmp_path):
+    import json
+
+    from conftest import compose
+    from qarvd.app.schedule_report import schedule_report
+
+    # 3 chunks; FP8 in chunk 0 costs most (3.0 -> 1.5), in chunks 1 and 2 little (1.5 -> 1.2 -> 1.0 = bf16)
+    _files(tmp_path, [3.0, 1.5, 1.2, 1.0], [1.0, 2.0, 3.0], [0.9, 1.4, 2.0], {1: 4.6, 2: 5.3})
+    res = schedule_report(compose([f"quality={tmp_path / 'q.json'}", f"latency={tmp_path / 'b.json'}", f"out={tmp_path}",
+                                   "reference.latency=ref", "quantized.latency=fast", "~schedules", "+schedules={from1: 1, from2: 2}",
+                                   "quality_budget_ratio=1.25"], config_name="schedule_report"))
+    assert res["options"]["cudnn_fp8"]["quality_cost"] == pytest.approx([1.875, 0.375, 0.25])  # differences (x 1.25: mean factor)
+    assert res["allocation"]["schedule"] == ["default", "default", "cudnn_fp8"]  # +0.2 fits 1.25x; +0.5 would not
+    assert res["allocation"]["predicted_seconds"] == pytest.approx(5.0)
+    by = {m["schedule"]: m for m in res["measured"]}
+    assert by["default"]["mse_ratio"] == 1 and by["cudnn_fp8@1"]["mse_ratio"] == pytest.approx(1.5)
+    assert by["cudnn_fp8@2"]["mse_ratio_interval"] == pytest.approx([1.2, 1.2])  # every prompt 1.2x: no spread
+    assert by["cudnn_fp8@1"]["speed_gain_recovered"] == pytest.approx((6.0 - 4.6) / (6.0 - 4.3))
+    assert by["cudnn_fp8@2"]["within_quality_budget"] == {"point": True, "interval": True}
+    assert [f["mse_ratio"] for f in res["frontier"]][-1] == 1.0  # the slowest point: bf16 everywhere
+    assert json.loads((tmp_path / "schedule_report.json").read_text())["allocation"] == res["allocation"]
+    assert "| cudnn_fp8@2 |" in (tmp_path / "schedule_report.md").read_text()
+    assert (tmp_path / "schedule_report.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no attention row 'cudnn_fp8@1'"):
+        _files(tmp_path, [3.0, 1.0], [1.0, 2.0, 3.0], [0.9, 1.4, 2.0], {})
+        schedule_report(compose([f"quality={tmp_path / 'q.json'}", f"latency={tmp_path / 'b.json'}", f"out={tmp_path}",
+                                 "reference.latency=ref", "quantized.latency=fast"], config_name="schedule_report"))

@@ -48,8 +48,8 @@ def schedule_frontier(options: Mapping[str, ChunkCosts]) -> list[tuple[float, fl
     return frontier
 
 
-def allocate(options: Mapping[str, ChunkCosts], frame_alpha: Sequence[float], latency_budget: Optional[float] = None,
-             quality_budget: Optional[float] = None) -> dict:
+def allocate(options: Mapping[str, ChunkCosts], frame_alpha: Optional[Sequence[float]],
+             latency_budget: Optional[float] = None, quality_budget: Optional[float] = None) -> dict:
     """The schedule for one budget: with ``latency_budget`` (seconds) the best-quality schedule that fits it, with
     ``quality_budget`` (latent-MSE increase) the fastest that fits it. Returns the choice and its reasoning (per chunk:
     alpha, option, seconds and quality cost against the slowest-safest option) for the run record."""
@@ -66,6 +66,8 @@ def allocate(options: Mapping[str, ChunkCosts], frame_alpha: Sequence[float], la
         if not fits:
             raise ValueError(f"no schedule stays within a quality cost of {quality_budget:.4g}")
         seconds, quality, choice = min(fits, key=lambda p: (p[0], p[1]))
+    if frame_alpha is None:  # recorded beside each chunk's choice when known (sensitivity.json)
+        frame_alpha = [None] * len(choice)
     if len(frame_alpha) != len(choice):
         raise ValueError(f"frame_alpha has {len(frame_alpha)} chunks, the measurements {len(choice)}")
     return {
@@ -73,7 +75,7 @@ def allocate(options: Mapping[str, ChunkCosts], frame_alpha: Sequence[float], la
         "predicted_seconds": seconds,
         "predicted_quality_cost": quality,
         "budget": {"latency_seconds": latency_budget, "quality_cost": quality_budget},
-        "per_chunk": [{"chunk": c, "frame_alpha": float(frame_alpha[c]), "option": n,
+        "per_chunk": [{"chunk": c, "frame_alpha": None if frame_alpha[c] is None else float(frame_alpha[c]), "option": n,
                        "seconds": float(options[n].seconds[c]), "quality_cost": float(options[n].quality[c])}
                       for c, n in enumerate(choice)],
         "frontier": [{"seconds": s, "quality_cost": q, "schedule": list(ch)} for s, q, ch in frontier],
