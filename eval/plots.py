@@ -157,18 +157,22 @@ def plot_frontier(records: list[dict], metric: str = "fvd_fp", path=None):
     return save(fig, path)
 
 
-def plot_schedule_frontier(frontier: Sequence[Mapping], measured: Sequence[Mapping], title: str, path=None):
+def plot_schedule_frontier(frontier: Sequence[Mapping], measured: Sequence[Mapping], title: str,
+                           budget: Optional[float] = None, path=None):
     """Chunk-adaptive precision: latent-MSE ratio to the bf16-attention row against rollout seconds. The allocator's
     predicted frontier (additive per-chunk costs) as a step line; the schedules measured as a whole as points with
-    their paired interval, labelled (qarvd.app.schedule_report)."""
+    their paired interval, labelled; hollow squares where the seconds are predicted (qarvd.app.schedule_report)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.step([p["seconds"] for p in frontier], [p["mse_ratio"] for p in frontier], where="post", color="0.5", lw=1,
             label="allocator frontier (predicted)")
     for m in measured:
         lo, hi = m["mse_ratio_interval"]
-        ax.errorbar(m["seconds"], m["mse_ratio"], yerr=[[m["mse_ratio"] - lo], [hi - m["mse_ratio"]]], fmt="o", ms=4,
-                    capsize=2)
+        ax.errorbar(m["seconds"], m["mse_ratio"], yerr=[[m["mse_ratio"] - lo], [hi - m["mse_ratio"]]],
+                    fmt="o" if m.get("seconds_measured", True) else "s", mfc=None if m.get("seconds_measured", True) else "none",
+                    ms=4, capsize=2)
         ax.annotate(m["schedule"], (m["seconds"], m["mse_ratio"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if budget is not None:
+        ax.axhline(budget, ls=":", color="k", lw=0.8, label=f"quality budget {budget:.2f}x")
     ax.set_xlabel(f"rollout seconds ({title})")
     ax.set_ylabel("latent MSE / bf16 attention's")
     ax.legend(fontsize=7)

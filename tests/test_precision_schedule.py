@@ -77,9 +77,9 @@ def test_schedule_report_from_switch_measurements(tmp_path):
     from qarvd.app.schedule_report import schedule_report
 
     # 3 chunks; FP8 in chunk 0 costs most (3.0 -> 1.5), in chunks 1 and 2 little (1.5 -> 1.2 -> 1.0 = bf16)
-    _files(tmp_path, [3.0, 1.5, 1.2, 1.0], [1.0, 2.0, 3.0], [0.9, 1.4, 2.0], {1: 4.6, 2: 5.3})
+    _files(tmp_path, [3.0, 1.5, 1.2, 1.0], [1.0, 2.0, 3.0], [0.9, 1.4, 2.0], {1: 4.6})
     res = schedule_report(compose([f"quality={tmp_path / 'q.json'}", f"latency={tmp_path / 'b.json'}", f"out={tmp_path}",
-                                   "reference.latency=ref", "quantized.latency=fast", "~schedules", "+schedules={from1: 1, from2: 2}",
+                                   "reference.latency=ref", "quantized.latency=fast", "~schedules", "+schedules={from1: 1}",
                                    "quality_budget_ratio=1.25"], config_name="schedule_report"))
     assert res["options"]["cudnn_fp8"]["quality_cost"] == pytest.approx([1.875, 0.375, 0.25])  # differences (x 1.25: mean factor)
     assert res["allocation"]["schedule"] == ["default", "default", "cudnn_fp8"]  # +0.2 fits 1.25x; +0.5 would not
@@ -89,6 +89,8 @@ def test_schedule_report_from_switch_measurements(tmp_path):
     assert by["cudnn_fp8@2"]["mse_ratio_interval"] == pytest.approx([1.2, 1.2])  # every prompt 1.2x: no spread
     assert by["cudnn_fp8@1"]["speed_gain_recovered"] == pytest.approx((6.0 - 4.6) / (6.0 - 4.3))
     assert by["cudnn_fp8@2"]["within_quality_budget"] == {"point": True, "interval": True}
+    assert by["cudnn_fp8@1"]["seconds_measured"] and not by["cudnn_fp8@2"]["seconds_measured"]  # no bench row: predicted
+    assert by["cudnn_fp8@2"]["seconds"] == pytest.approx(1.0 + 2.0 + 2.0)  # bf16 chunks 0-1, quantized chunk 2
     assert [f["mse_ratio"] for f in res["frontier"]][-1] == 1.0  # the slowest point: bf16 everywhere
     assert json.loads((tmp_path / "schedule_report.json").read_text())["allocation"] == res["allocation"]
     assert "| cudnn_fp8@2 |" in (tmp_path / "schedule_report.md").read_text()

@@ -79,21 +79,30 @@ def chunk_options(rows: dict[str, dict], latency: dict, cfg: DictConfig) -> dict
             cfg.quantized.quality: ChunkCosts(seconds=fast, quality=[mse[c] - mse[c + 1] for c in range(len(ref))])}
 
 
-def measured(rows: dict[str, dict], latency: dict, cfg: DictConfig) -> list[dict]:
-    """Every schedule measured as a whole: MSE ratio to the reference row (paired), seconds, speed gain recovered."""
-    ref_q = rows[cfg.reference.quality]["latent_mse"]["per_prompt"]
+def measured(rows: dict[str, dict], latency: dict, options: dict[str, ChunkCosts], cfg: DictConfig) -> list[dict]:
+    """Every schedule of the quality file (bf16 everywhere, quantized everywhere, each switch chunk): its MSE ratio to
+    the reference row (paired), its seconds (measured as a whole where a bench row ran it, else the sum of the
+    per-chunk seconds, flagged), and the share of the uniform quantized row's speed gain it recovers."""
+    ref, quant = cfg.reference.quality, cfg.quantized.quality
+    ref_q = rows[ref]["latent_mse"]["per_prompt"]
     t_ref = _bench_row(latency, cfg.reference.latency, cfg.batch)["seconds"]
     t_fast = _bench_row(latency, cfg.quantized.latency, cfg.batch)["seconds"]
-    named = {cfg.reference.quality: cfg.reference.latency, cfg.quantized.quality: cfg.quantized.latency,
-             **{f"{cfg.quantized.quality}@{k}": row for row, k in cfg.schedules.items()}}
+    bench = {ref: cfg.reference.latency, quant: cfg.quantized.latency,
+             **{f"{quant}@{k}": row for row, k in cfg.schedules.items()}}
+    chunks = len(options[ref].seconds)
     out = []
-    for quality_row, bench_row in named.items():
-        if quality_row not in rows:
-            raise ValueError(f"the quality file has no attention row {quality_row!r}")
-        ratio, ci = paired_ratio_interval(rows[quality_row]["latent_mse"]["per_prompt"], ref_q, cfg.n_boot, cfg.seed)
-        seconds = _bench_row(latency, bench_row, cfg.batch)["seconds"]
-        out.append({"schedule": quality_row, "bench_row": bench_row, "latent_mse": rows[quality_row]["latent_mse"]["overall"],
-                    "mse_ratio": ratio, "mse_ratio_interval": [ci.lo, ci.hi], "seconds": seconds,
+    for k in [chunks, 0, *range(1, chunks)]:
+        name = ref if k == chunks else quant if k == 0 else f"{quant}@{k}"
+        if name not in rows:
+            raise ValueError(f"the quality file has no attention row {name!r}")
+        ratio, ci = paired_ratio_interval(rows[name]["latent_mse"]["per_prompt"], ref_q, cfg.n_boot, cfg.seed)
+        if name in bench:
+            seconds = _bench_row(latency, bench[name], cfg.batch)["seconds"]
+        else:  # bf16 before chunk k, quantized from it on: the per-chunk seconds summed
+            seconds = sum(options[ref].seconds[:k]) + sum(options[quant].seconds[k:])
+        out.append({"schedule": name, "switch_chunk": k, "bench_row": bench.get(name), "seconds_measured": name in bench,
+                    "latent_mse": rows[name]["latent_mse"]["overall"], "mse_ratio": ratio,
+                    "mse_ratio_interval": [ci.lo, ci.hi], "seconds": seconds,
                     "speed_gain_recovered": (t_ref - seconds) / (t_ref - t_fast),
                     "within_quality_budget": {"point": ratio <= cfg.quality_budget_ratio,
                                               "interval": ci.hi <= cfg.quality_budget_ratio}})
@@ -104,11 +113,14 @@ def _markdown(res: dict) -> str:
     m = res["measured"]
     lines = [f"Quality: {res['quality_file']} ({res['prompts']} prompts, paired bootstrap {res['level']:.0%}); "
              f"latency: {res['latency_file']} ({res['device']}, batch {res['batch']}).\n",
+             "Seconds in italics are predicted (the per-chunk seconds of the two uniform rows, summed); the others "
+             "were measured as a whole.\n",
              "| schedule | latent MSE to FP | vs bf16 attention | seconds | speed gain recovered |", "|---|---|---|---|---|"]
     for r in m:
         lo, hi = r["mse_ratio_interval"]
+        sec = f"{r['seconds']:.3f}" if r["seconds_measured"] else f"*{r['seconds']:.3f}*"
         lines.append(f"| {r['schedule']} | {r['latent_mse']:.4e} | {r['mse_ratio']:.3f}x [{lo:.3f}, {hi:.3f}] | "
-                     f"{r['seconds']:.3f} | {r['speed_gain_recovered']:.1%} |")
+                     f"{sec} | {r['speed_gain_recovered']:.1%} |")
     a = res["allocation"]
     lines += ["", f"Allocator (quality budget {res['quality_budget_ratio']:.2f}x the bf16 row's MSE): "
                   f"{' '.join(a['schedule'])}; predicted {a['predicted_seconds']:.3f} s, MSE +{a['predicted_quality_cost']:.3e}."]
@@ -125,15 +137,16 @@ def schedule_report(cfg: DictConfig) -> dict:
     alpha = json.loads(Path(cfg.sensitivity).read_text())["frame_alpha"] if cfg.sensitivity else None
     choice = allocate(options, alpha, quality_budget=(cfg.quality_budget_ratio - 1) * ref_mse)
     frontier = [{"seconds": s, "mse_ratio": 1 + q / ref_mse, "schedule": list(ch)} for s, q, ch in schedule_frontier(options)]
-    res = {"quality_file": str(cfg.quality), "latency_file": str(cfg.latency), "device": latency.get("device"),
+    res = {"quality_file": str(cfg.quality), "latency_file": str(cfg.latency), "device": latency.get("env", {}).get("device"),
            "batch": int(cfg.batch), "prompts": quality.get("prompts"), "level": 0.95, "kernel": cfg.kernel,
            "quality_budget_ratio": float(cfg.quality_budget_ratio), "reference_mse": ref_mse,
            "options": {n: {"seconds": list(o.seconds), "quality_cost": list(o.quality)} for n, o in options.items()},
-           "allocation": choice, "frontier": frontier, "measured": measured(rows, latency, cfg),
+           "allocation": choice, "frontier": frontier, "measured": measured(rows, latency, options, cfg),
            "settings": {k: _plain(cfg[k]) for k in SETTINGS}}
     out = Path(cfg.out)
     atomic_write_json(out / "schedule_report.json", res)
     atomic_write_text(out / "schedule_report.md", _markdown(res))
-    plot_schedule_frontier(frontier, res["measured"], f"{res['device']}, batch {res['batch']}", out / "schedule_report.png")
+    plot_schedule_frontier(frontier, res["measured"], f"{res['device']}, batch {res['batch']}",
+                           budget=res["quality_budget_ratio"], path=out / "schedule_report.png")
     log.info("schedule report: %s", out / "schedule_report.md")
     return res
