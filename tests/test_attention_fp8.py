@@ -140,15 +140,16 @@ def test_saved_model_keeps_its_fp8_attention_scales(real, tmp_path):
 
 @pytest.mark.parametrize("attention", ["cudnn_fp8", "int8_sage"])
 def test_quantized_attention_from_a_later_chunk(real, attention):
-    """Chunk-adaptive precision (kernel.attention_from_chunk): bf16 attention in the chunks before the switch, the
-    quantized one from it on. Chunk 0 of the video equals the all-bf16 rollout's bit for bit; from the switch on it
-    is quantized (and differs from both uniform rollouts); switching at chunk 0 is the uniform quantized rollout."""
+    """Chunk-adaptive precision (kernel.attention_chunks): bf16 attention in the chunks outside the set, the quantized
+    one in it. FP8 from chunk 1 on: chunk 0 of the video equals the all-bf16 rollout's bit for bit, later chunks are
+    quantized (and differ from both uniform rollouts); graphed = eager. FP8 in chunk 0 only (a quantized chunk before
+    a bf16 one): chunk 0 is close to the uniform quantized rollout's, and the video moves less than uniform."""
     ctx = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
     bf16 = _video(accelerate_(copy.deepcopy(real), TorchRefBackend()), ctx)
     uniform = accelerate_(copy.deepcopy(real), TorchRefBackend(attention=attention))
     calibrate_attention_(uniform, lambda: _video(uniform, ctx))
     quant = _video(uniform, ctx)
-    late = accelerate_(copy.deepcopy(real), TorchRefBackend(attention=attention, attention_from_chunk=1))
+    late = accelerate_(copy.deepcopy(real), TorchRefBackend(attention=attention, attention_chunks=[1, 2]))
     calibrate_attention_(late, lambda: _video(late, ctx))
     assert late.early_cache_dtype == torch.float32  # chunk 0 attends on 16-bit (here fp32) K/V beside the codes
     assert (late.kv_cache_dtype or late.key_cache_dtype) in (torch.float8_e4m3fn, torch.int8)
@@ -158,7 +159,14 @@ def test_quantized_attention_from_a_later_chunk(real, attention):
     assert not torch.equal(mixed[:, 2:], bf16[:, 2:]) and not torch.equal(mixed[:, 2:], quant[:, 2:])
     err = lambda x: float((x - bf16).norm() / bf16.norm())  # noqa: E731
     assert 0 < err(mixed) < err(quant)  # a quantized attention in fewer chunks moves the video less
-    graphed = accelerate_(late, TorchRefBackend(attention=attention, attention_from_chunk=1, graphs=True))
+    graphed = accelerate_(late, TorchRefBackend(attention=attention, attention_chunks=[1, 2], graphs=True))
     assert torch.equal(_video(graphed, ctx), mixed) and torch.equal(_video(graphed, ctx), mixed)  # static buffers, 2 videos
-    with pytest.raises(ValueError, match="switches a quantized attention"):
-        TorchRefBackend(attention="auto", attention_from_chunk=2)
+    early = accelerate_(copy.deepcopy(real), TorchRefBackend(attention=attention, attention_chunks=[0]))
+    calibrate_attention_(early, lambda: _video(early, ctx))
+    only0 = _video(early, ctx)
+    assert float((only0[:, first] - quant[:, first]).abs().max()) < 1e-5  # chunk 0 quantized as in the uniform run
+    assert not torch.equal(only0[:, first], bf16[:, first]) and 0 < err(only0) < err(quant)
+    with pytest.raises(ValueError, match="quantized attention"):
+        TorchRefBackend(attention="auto", attention_chunks=[2])
+    with pytest.raises(ValueError, match="non-empty list of chunk indices"):
+        TorchRefBackend(attention=attention, attention_chunks=[])

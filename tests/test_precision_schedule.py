@@ -63,6 +63,8 @@ def _files(tmp_path, mse_from, chunk_ref, chunk_fast, seconds):
     names = ["cudnn_fp8"] + [f"cudnn_fp8@{k}" for k in range(1, len(mse_from) - 1)] + ["default"]
     rows = [{"kernel": "torch_ref", "attention": n, "latent_mse": {"overall": m * 1.25, "per_prompt": [m * f for f in factors]}}
             for n, m in zip(names, mse_from)]
+    rows.append({"kernel": "torch_ref", "attention": "cudnn_fp8@0+2", "latent_mse": {"overall": 2.5, "per_prompt": [
+        2.0 * f for f in factors]}})  # a chunk set (not a suffix): quantized in chunks 0 and 2
     (tmp_path / "q.json").write_text(json.dumps({"prompts": 4, "rows": rows}))
     bench = [{"row": "ref", "batch": 2, "seconds": sum(chunk_ref), "chunk_seconds": chunk_ref},
              {"row": "fast", "batch": 2, "seconds": sum(chunk_fast), "chunk_seconds": chunk_fast},
@@ -91,6 +93,8 @@ def test_schedule_report_from_switch_measurements(tmp_path):
     assert by["cudnn_fp8@2"]["within_quality_budget"] == {"point": True, "interval": True}
     assert by["cudnn_fp8@1"]["seconds_measured"] and not by["cudnn_fp8@2"]["seconds_measured"]  # no bench row: predicted
     assert by["cudnn_fp8@2"]["seconds"] == pytest.approx(1.0 + 2.0 + 2.0)  # bf16 chunks 0-1, quantized chunk 2
+    assert by["cudnn_fp8@0+2"]["quantized_chunks"] == [0, 2] and by["cudnn_fp8@0+2"]["mse_ratio"] == pytest.approx(2.0)
+    assert by["cudnn_fp8@0+2"]["seconds"] == pytest.approx(0.9 + 2.0 + 2.0)
     assert [f["mse_ratio"] for f in res["frontier"]][-1] == 1.0  # the slowest point: bf16 everywhere
     assert json.loads((tmp_path / "schedule_report.json").read_text())["allocation"] == res["allocation"]
     assert "| cudnn_fp8@2 |" in (tmp_path / "schedule_report.md").read_text()

@@ -19,6 +19,7 @@ import itertools
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,14 +39,21 @@ BACKENDS = dict(torch_ref=TorchRefBackend, triton_int8=TritonInt8Backend)  # `ke
 ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8", int8_sage="int8_sage")  # `attention` value -> the backend's attention argument
 
 
-def attention_choice(value: str) -> tuple[str, int]:
-    """(the backend's attention, the chunk it starts at) of an ``attention`` entry: ``cudnn_fp8`` or ``cudnn_fp8@3``
-    (bf16 attention in chunks 0-2, FP8 from chunk 3: chunk-adaptive precision)."""
-    name, _, start = str(value).partition("@")
-    if name not in ATTENTION or (start and (not start.isdigit() or ATTENTION[name] == "auto")):
+def attention_choice(value: str, num_chunks: int) -> tuple[str, Optional[tuple[int, ...]]]:
+    """(the backend's attention, the chunks that run it or None for every chunk) of an ``attention`` entry:
+    ``cudnn_fp8``; ``cudnn_fp8@3`` (bf16 attention in chunks 0-2, FP8 from chunk 3 on); ``cudnn_fp8@1+5+6`` (FP8 in
+    chunks 1, 5 and 6 only). The last two are chunk-adaptive precision."""
+    name, _, chunks = str(value).partition("@")
+    parts = chunks.split("+") if chunks else []
+    if name not in ATTENTION or (chunks and (ATTENTION[name] == "auto" or not all(p.isdigit() for p in parts))):
         raise ValueError(f"attention={value!r} unknown; choose from {list(ATTENTION)}, or <quantized>@<first chunk> "
-                         f"(e.g. cudnn_fp8@2)")
-    return ATTENTION[name], int(start or 0)
+                         f"(e.g. cudnn_fp8@2), or <quantized>@<chunk>+<chunk>... (e.g. cudnn_fp8@1+5+6)")
+    if not chunks:
+        return ATTENTION[name], None
+    picked = tuple(range(int(parts[0]), num_chunks)) if len(parts) == 1 else tuple(int(p) for p in parts)
+    if not picked or max(picked) >= num_chunks:
+        raise ValueError(f"attention={value!r}: the rollout has chunks 0..{num_chunks - 1}")
+    return ATTENTION[name], picked
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -53,7 +61,7 @@ def _check_choices(cfg: DictConfig) -> None:
     if bad:
         raise ValueError(f"kernels={bad} unknown; choose from {list(BACKENDS)}")
     for v in cfg.attention:
-        attention_choice(v)
+        attention_choice(v, 10**6)  # the syntax; the chunk range once the run's rollout is known
 
 
 def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -90,8 +98,8 @@ def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
     quant_model = pipe.model
     for kernel, weights, dual, attn in itertools.product(cfg.kernels, cfg.weights, cfg.dual_modes, cfg.attention):
         name = f"{kernel}/{weights}/{dual}/{attn}"
-        attention, from_chunk = attention_choice(attn)
-        be = BACKENDS[kernel](attention=attention, dual_mode=dual, weights=weights, attention_from_chunk=from_chunk)
+        attention, picked = attention_choice(attn, pipe.rollout_cfg.num_chunks)
+        be = BACKENDS[kernel](attention=attention, dual_mode=dual, weights=weights, attention_chunks=picked)
         pipe.model = accelerate_(convert_to_real(copy.deepcopy(quant_model), real_specs(quant_model), be), be)
         if be.quantized_attention:
             calibrate_attention_(pipe.model, lambda: roll(f"{name} calibration", calib_prompts, calib_seeds))

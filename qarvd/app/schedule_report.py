@@ -8,7 +8,7 @@ Two measurements go in:
   chunk k): the latent MSE to FP per held-out prompt;
 - latency: a ``bench_latency`` JSON (scripts/bench_latency.py, the GPU) with rollout rows of the same deployment:
   the two uniform rows give each chunk's seconds under either option (``chunk_seconds``), the switch rows
-  (``kernel.attention_from_chunk``) the measured seconds of the schedules.
+  (``kernel.attention_chunks``) the measured seconds of the schedules.
 
 The per-chunk quality cost of the quantized option follows from the switch rows by differences,
 ``cost(c) = MSE(@c) - MSE(@c+1)`` (``@0`` the uniform quantized row, ``@C`` the bf16 one): the additive model
@@ -80,7 +80,8 @@ def chunk_options(rows: dict[str, dict], latency: dict, cfg: DictConfig) -> dict
 
 
 def measured(rows: dict[str, dict], latency: dict, options: dict[str, ChunkCosts], cfg: DictConfig) -> list[dict]:
-    """Every schedule of the quality file (bf16 everywhere, quantized everywhere, each switch chunk): its MSE ratio to
+    """Every schedule of the quality file (bf16 everywhere, quantized everywhere, each switch chunk, any other chunk
+    set ``<quantized>@a+b+...``): its MSE ratio to
     the reference row (paired), its seconds (measured as a whole where a bench row ran it, else the sum of the
     per-chunk seconds, flagged), and the share of the uniform quantized row's speed gain it recovers."""
     ref, quant = cfg.reference.quality, cfg.quantized.quality
@@ -90,17 +91,21 @@ def measured(rows: dict[str, dict], latency: dict, options: dict[str, ChunkCosts
     bench = {ref: cfg.reference.latency, quant: cfg.quantized.latency,
              **{f"{quant}@{k}": row for row, k in cfg.schedules.items()}}
     chunks = len(options[ref].seconds)
+    named = {ref: (), quant: tuple(range(chunks)), **{f"{quant}@{k}": tuple(range(k, chunks)) for k in range(1, chunks)}}
+    for name in rows:  # any other schedule of the quality file: <quantized>@<chunk>+<chunk>...
+        if name.startswith(f"{quant}@") and "+" in name:
+            named[name] = tuple(int(c) for c in name.partition("@")[2].split("+"))
     out = []
-    for k in [chunks, 0, *range(1, chunks)]:
-        name = ref if k == chunks else quant if k == 0 else f"{quant}@{k}"
+    for name, picked in named.items():
         if name not in rows:
             raise ValueError(f"the quality file has no attention row {name!r}")
         ratio, ci = paired_ratio_interval(rows[name]["latent_mse"]["per_prompt"], ref_q, cfg.n_boot, cfg.seed)
         if name in bench:
             seconds = _bench_row(latency, bench[name], cfg.batch)["seconds"]
-        else:  # bf16 before chunk k, quantized from it on: the per-chunk seconds summed
-            seconds = sum(options[ref].seconds[:k]) + sum(options[quant].seconds[k:])
-        out.append({"schedule": name, "switch_chunk": k, "bench_row": bench.get(name), "seconds_measured": name in bench,
+        else:  # the per-chunk seconds of each chunk's option, summed
+            seconds = sum(options[quant if c in picked else ref].seconds[c] for c in range(chunks))
+        out.append({"schedule": name, "quantized_chunks": list(picked), "bench_row": bench.get(name),
+                    "seconds_measured": name in bench,
                     "latent_mse": rows[name]["latent_mse"]["overall"], "mse_ratio": ratio,
                     "mse_ratio_interval": [ci.lo, ci.hi], "seconds": seconds,
                     "speed_gain_recovered": (t_ref - seconds) / (t_ref - t_fast),

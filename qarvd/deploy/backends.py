@@ -10,6 +10,8 @@ against and the CPU path for the embedded model.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
@@ -42,6 +44,20 @@ def sdpa_context(name: str):
                          "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]])
 
 
+def _chunk_set(chunks, quantized: Optional[str], attention: str) -> Optional[tuple[int, ...]]:
+    """``kernel.attention_chunks`` checked: None, or the sorted chunk indices (a non-empty list of ints >= 0)."""
+    if chunks is None:
+        return None
+    values = list(chunks) if isinstance(chunks, Sequence) and not isinstance(chunks, str) else None
+    if not values or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in values):
+        raise ValueError(f"kernel.attention_chunks={chunks!r}: give null (every chunk) or a non-empty list of chunk "
+                         f"indices >= 0, e.g. [2,3,4,5,6]")
+    if quantized is None:
+        raise ValueError(f"kernel.attention_chunks={list(values)} chooses the chunks of a quantized attention "
+                         f"(cudnn_fp8 | int8_sage); attention={attention!r} is not one")
+    return tuple(sorted(set(values)))
+
+
 class KernelBackend:
     """Base: the ops table (Triton kernels) and the settings every backend shares."""
 
@@ -57,7 +73,7 @@ class KernelBackend:
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
                  weights: str = "artifact", graphs: bool = False, dual_layout: str = "split",
-                 attention_from_chunk: int = 0) -> None:
+                 attention_chunks=None) -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
@@ -69,14 +85,9 @@ class KernelBackend:
             raise ValueError(f"weights={weights!r}; choose from {WEIGHTS}")
         self.attention, self.fused, self.dual_mode, self.weights = attention, bool(fused), dual_mode, weights
         self.graphs = bool(graphs)  # accelerate_ then replays rollout forwards as CUDA graphs (qarvd.deploy.graphs)
-        if isinstance(attention_from_chunk, bool) or not isinstance(attention_from_chunk, int) or attention_from_chunk < 0:
-            raise ValueError(f"kernel.attention_from_chunk={attention_from_chunk!r}: give a chunk index >= 0")
-        if attention_from_chunk and self.quantized_attention is None:
-            raise ValueError(f"kernel.attention_from_chunk={attention_from_chunk} switches a quantized attention "
-                             f"(cudnn_fp8 | int8_sage) on at a later chunk; attention={attention!r} is not one")
-        # chunk-adaptive precision (qarvd.deploy.precision_schedule): bf16 attention before this chunk, the quantized
-        # attention from it on; the K/V written before are converted once, at the first quantized forward
-        self.attention_from_chunk = attention_from_chunk
+        # chunk-adaptive precision (qarvd.deploy.precision_schedule): the chunks that run the quantized attention,
+        # bf16 attention in the others; None: every chunk
+        self.attention_chunks = _chunk_set(attention_chunks, self.quantized_attention, attention)
 
     def sdpa(self):
         return sdpa_context(self.attention)
@@ -122,7 +133,7 @@ class KernelBackend:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r}, "
                 f"weights={self.weights!r}, graphs={self.graphs}, dual_layout={self.dual_layout!r}, "
-                f"attention_from_chunk={self.attention_from_chunk})")
+                f"attention_chunks={self.attention_chunks})")
 
 
 def _lowrank(mod, x2: torch.Tensor):

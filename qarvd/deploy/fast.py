@@ -230,19 +230,29 @@ class FastWanAttentionBlock(WanAttentionBlock):
         qkv = plan.qkv(x2, mod, s)
         quant = be.quantized_attention
         scales, key_mean = getattr(self, "_qarvd_attn_scales", None), getattr(self, "_qarvd_key_mean", None)
-        cache_k, cache_v, early = kv.k, kv.v, None
-        if quant and be.attention_from_chunk:  # chunk-adaptive precision: bf16 attention before the switch chunk
+        cache_k, cache_v, kind = kv.k, kv.v, quant
+        codes_from_early = False  # this chunk's K/V go to the 16-bit cache, then their codes to the quantized one
+        if quant and be.attention_chunks is not None:  # chunk-adaptive precision
             info = current_forward()
-            if info is None or info.chunk < be.attention_from_chunk:
-                early, quant = quant, None
-                cache_k, cache_v = kv.early or (kv.k, kv.v)  # no early K/V: not calibrated, the caches are bf16
+            bf16_here = info is None or info.chunk not in be.attention_chunks
+            bf16_later = info is not None and any(c not in be.attention_chunks
+                                                  for c in range(info.chunk + 1, info.num_chunks))
+            if bf16_here:
+                quant = None
+            if kv.early is not None and (bf16_here or bf16_later):
+                cache_k, cache_v = kv.early
+                codes_from_early = True  # (without early K/V the attention is not calibrated: 16-bit caches)
         if quant and not _ready(self, kv, quant):
             raise RuntimeError(f"attention={be.attention} needs its calibration ({'per-layer scales and a float8 KV cache' if quant == 'fp8' else 'per-layer mean keys and an int8 key cache'}): run "
                                "qarvd.deploy.calibrate_attention_(model, run) after accelerate_")
         q = be.qk_norm_rope(qkv, (0, d, 2 * d), d, n, wq=_norm_weight(sa.norm_q), wk=_norm_weight(sa.norm_k),
                             eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=cache_k, cache_v=cache_v,
-                            start=token_start, fp8_scales=scales if quant == "fp8" else None,
-                            key_int8=(key_mean, kv.k_scale) if quant == "int8" else None)
+                            start=token_start, fp8_scales=scales if quant == "fp8" and not codes_from_early else None,
+                            key_int8=(key_mean, kv.k_scale) if quant == "int8" and not codes_from_early else None)
+        if codes_from_early:
+            _quantize_early(kv, token_start, end, kind, scales, key_mean, heads, hd)
+            if quant == "fp8":  # a quantized chunk followed by a bf16 one: q coded from its 16-bit value
+                q = fp8_code(q, scales[0].float())
         q = q.view(b, n, heads, hd)
         if quant == "fp8":
             y = be.fp8_attention(q, kv.k[:, :end], kv.v[:, :end], self._qarvd_attn_scalars, scales)
@@ -260,8 +270,6 @@ class FastWanAttentionBlock(WanAttentionBlock):
                 seen[4:-1] += k_new.float().sum((0, 1)).flatten()
                 seen[-1] += b * n
             x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
-            if early and kv.early is not None:
-                _quantize_early(kv, token_start, end, early, scales, key_mean, heads, hd)
         qc = be.qk_norm_rope(plan.cross_q(x2), (0,), d, n, wq=_norm_weight(ca.norm_q), eps=getattr(ca.norm_q, "eps", 0.0))
         if kv.cross is None:
             kv.cross = ca.context_kv(context)
@@ -281,13 +289,13 @@ def _attend(be, q, k, v):
 
 
 def _quantize_early(kv, start: int, end: int, quant: str, scales, key_mean, heads: int, head_dim: int) -> None:
-    """A chunk before the switch of a chunk-adaptive rollout attends on its 16-bit K/V (``kv.early``); its tokens
-    ``[start, end)`` are also written into the quantized cache, as the quantized attention's glue would have written
-    them (float8 codes of K/V with the static steps; int8 codes of k - mean key with one scale per (token, head),
-    values as they are), so the chunks from the switch on find every earlier token in their format.
+    """In a chunk-adaptive rollout, a chunk that runs bf16 attention, or precedes one that does, writes its 16-bit
+    K/V (``kv.early``); its tokens ``[start, end)`` are then also written into the quantized cache, as the quantized
+    attention's glue would have written them (float8 codes of K/V with the static steps; int8 codes of k - mean key
+    with one scale per (token, head), values as they are). So every chunk finds all earlier tokens in its format.
 
     Each forward rewrites only its own chunk's slot (the refresh pass leaves the clean values), at fixed shapes and
-    addresses: CUDA graphs capture it, and the switch chunk itself does no conversion."""
+    addresses: CUDA graphs capture it, and no chunk converts the cache of others."""
     k, v = (t[:, start:end] for t in kv.early)
     if quant == "fp8":
         kv.k[:, start:end].copy_(fp8_code(k, scales[1].float()))
@@ -333,20 +341,20 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
     if (quant or backend.attention == "fa4") and not planned:
         raise ValueError(f"attention={backend.attention} runs inside the fused block forward: it needs fused=true and "
                          f"a plan for every block (no low-rank branches)")
-    _set_cache_dtypes(model, quant, backend.attention_from_chunk)
+    _set_cache_dtypes(model, quant, backend.attention_chunks)
     return graph_(model) if getattr(backend, "graphs", False) else ungraph_(model)
 
 
 _STATE = {"fp8": "_qarvd_attn_scales", "int8": "_qarvd_key_mean"}  # block attribute of each quantized attention
 
 
-def _set_cache_dtypes(model, quant, from_chunk: int = 0) -> None:
-    """New caches hold float8 K/V (fp8) or int8 keys (int8) once the attention is calibrated; a rollout that switches
-    later (``attention_from_chunk``) also gets 16-bit K/V for the chunks before the switch (``LayerCache.early``)."""
+def _set_cache_dtypes(model, quant, chunks=None) -> None:
+    """New caches hold float8 K/V (fp8) or int8 keys (int8) once the attention is calibrated; a rollout that runs it
+    in some chunks only (``attention_chunks``) also gets 16-bit K/V (``LayerCache.early``)."""
     ready = quant is not None and _calibrated(model, quant)
     model.kv_cache_dtype = torch.float8_e4m3fn if ready and quant == "fp8" else None
     model.key_cache_dtype = torch.int8 if ready and quant == "int8" else None
-    model.early_cache_dtype = next(model.parameters()).dtype if ready and from_chunk else None
+    model.early_cache_dtype = next(model.parameters()).dtype if ready and chunks is not None else None
 
 
 def _calibrated(model, quant: str) -> bool:
@@ -424,7 +432,7 @@ def set_attention_fp8_scales_(model: torch.nn.Module, scales: torch.Tensor) -> t
         sc = sc.contiguous()
         b._qarvd_attn_scales, b._qarvd_attn_scalars = sc, fp8_scalars(sc).contiguous()
     if _quantized_by(model, "fp8"):  # otherwise accelerate_ with cudnn_fp8 switches the caches
-        _set_cache_dtypes(model, "fp8", model.blocks[0]._qarvd_plan.be.attention_from_chunk)
+        _set_cache_dtypes(model, "fp8", model.blocks[0]._qarvd_plan.be.attention_chunks)
     return model
 
 
@@ -439,7 +447,7 @@ def set_attention_key_means_(model: torch.nn.Module, means: torch.Tensor) -> tor
     for b, km in zip(blocks, means.float().to(device)):
         b._qarvd_key_mean = km.contiguous()
     if _quantized_by(model, "int8"):  # otherwise accelerate_ with int8_sage switches the caches
-        _set_cache_dtypes(model, "int8", model.blocks[0]._qarvd_plan.be.attention_from_chunk)
+        _set_cache_dtypes(model, "int8", model.blocks[0]._qarvd_plan.be.attention_chunks)
     return model
 
 

@@ -160,13 +160,13 @@ class LayerCache:
     inputs (tensors of one shape) for every layer and compiles the block once, instead of specialising on each
     Python-int layer index. ``k_scale`` [B, H, T] float32 holds one scale per (token, head) when the keys are int8
     codes (INT8 attention, kernels/attn_int8.py). ``early`` (16-bit K/V of the same shape) is present when the
-    attention switches to a quantized format at a later chunk (qarvd.deploy.fast, ``attention_from_chunk``): the
-    chunks before the switch attend in 16 bits on it, and the switch chunk converts it into ``k``/``v``."""
+    attention is quantized in some chunks only (qarvd.deploy.fast, ``attention_chunks``): the other chunks attend in
+    16 bits on it, and each chunk's K/V are written into both."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor] = None,
                  early: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> None:
         self.k, self.v, self.k_scale = k, v, k_scale
-        self.early = early  # 16-bit K/V of the chunks before a chunk-adaptive switch to quantized attention
+        self.early = early  # 16-bit K/V beside the quantized ones, for the chunks that attend in bf16
         self.cross: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.max_tokens = k.shape[1]
 
