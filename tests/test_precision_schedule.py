@@ -99,6 +99,19 @@ def test_schedule_report_from_switch_measurements(tmp_path):
     assert json.loads((tmp_path / "schedule_report.json").read_text())["allocation"] == res["allocation"]
     assert "| cudnn_fp8@2 |" in (tmp_path / "schedule_report.md").read_text()
     assert (tmp_path / "schedule_report.png").read_bytes()[:4] == b"\x89PNG"
+    extra = json.loads((tmp_path / "q.json").read_text())
+    extra["rows"] = [dict(r, attention="cudnn_fp8@1+2") if r["attention"] == "cudnn_fp8@2" else r for r in extra["rows"]]
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    joined = schedule_report(compose([f"quality={tmp_path / 'q.json'}", f"latency={tmp_path / 'b.json'}", f"out={tmp_path}",
+                                      f"extra_quality=[{tmp_path / 'extra.json'}]", "reference.latency=ref",
+                                      "quantized.latency=fast", "~schedules", "+schedules={}"], config_name="schedule_report"))
+    assert {m["schedule"] for m in joined["measured"]} >= {"cudnn_fp8@1+2", "cudnn_fp8@0+2"}
+    extra["rows"][-2]["latent_mse"]["per_prompt"][0] *= 2  # the reference row (last but one) of another run
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    with pytest.raises(ValueError, match="cannot be paired"):
+        schedule_report(compose([f"quality={tmp_path / 'q.json'}", f"latency={tmp_path / 'b.json'}", f"out={tmp_path}",
+                                 f"extra_quality=[{tmp_path / 'extra.json'}]", "reference.latency=ref",
+                                 "quantized.latency=fast", "~schedules", "+schedules={}"], config_name="schedule_report"))
     with pytest.raises(ValueError, match="no attention row 'cudnn_fp8@1'"):
         _files(tmp_path, [3.0, 1.0], [1.0, 2.0, 3.0], [0.9, 1.4, 2.0], {})
         schedule_report(compose([f"quality={tmp_path / 'q.json'}", f"latency={tmp_path / 'b.json'}", f"out={tmp_path}",

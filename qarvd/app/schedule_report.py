@@ -31,7 +31,7 @@ from qarvd.deploy.precision_schedule import ChunkCosts, allocate, schedule_front
 from qarvd.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-SETTINGS = ("quality", "latency", "sensitivity", "kernel", "batch", "reference", "quantized", "schedules",
+SETTINGS = ("quality", "extra_quality", "latency", "sensitivity", "kernel", "batch", "reference", "quantized", "schedules",
             "quality_budget_ratio", "n_boot", "seed")  # the config keys recorded with the report
 
 
@@ -45,6 +45,17 @@ def _rows(quality: dict, kernel: str) -> dict[str, dict]:
         raise ValueError(f"the quality file has no rows of kernel {kernel!r}; it has "
                          f"{sorted({r['kernel'] for r in quality['rows']})}")
     return rows
+
+
+def _joined(rows: dict[str, dict], extra: dict, path: str, cfg: DictConfig) -> dict[str, dict]:
+    """The rows of another deploy_quality file of the same run, once its reference row equals ours prompt by prompt
+    (same run, prompts, seeds and kernels: the rows are then paired with ours)."""
+    more = _rows(extra, cfg.kernel)
+    ref = cfg.reference.quality
+    if ref not in more or more[ref]["latent_mse"]["per_prompt"] != rows[ref]["latent_mse"]["per_prompt"]:
+        raise ValueError(f"extra_quality {path}: its {ref!r} row is missing or differs from the quality file's "
+                         f"per prompt (another run, prompts or seeds); its rows cannot be paired")
+    return more
 
 
 def _bench_row(latency: dict, name: str, batch: int) -> dict:
@@ -137,6 +148,8 @@ def schedule_report(cfg: DictConfig) -> dict:
     quality = json.loads(Path(cfg.quality).read_text())
     latency = json.loads(Path(cfg.latency).read_text())
     rows = _rows(quality, cfg.kernel)
+    for extra in cfg.extra_quality:
+        rows.update(_joined(rows, json.loads(Path(extra).read_text()), extra, cfg))
     options = chunk_options(rows, latency, cfg)
     ref_mse = float(rows[cfg.reference.quality]["latent_mse"]["overall"])
     alpha = json.loads(Path(cfg.sensitivity).read_text())["frame_alpha"] if cfg.sensitivity else None
