@@ -3,15 +3,13 @@ to a baseline run with a paired bootstrap interval over prompts, seen / unseen c
 fit, weights-only / activations-only MSE, and the per-layer weight-error bits of the dual-scale split."""
 from __future__ import annotations
 
-import torch
+from eval.stats import paired_ratio_interval
 
 
 def paired_ratio(a: list[float], b: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """mean(a) / mean(b) over the same prompts, with a 90 % paired bootstrap interval (prompts resampled)."""
-    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    idx = torch.randint(0, len(x), (draws, len(x)), generator=torch.Generator().manual_seed(seed))
-    r = x[idx].mean(1) / y[idx].mean(1)
-    return float(x.mean() / y.mean()), float(r.quantile(0.05)), float(r.quantile(0.95))
+    ratio, ci = paired_ratio_interval(a, b, n_boot=draws, seed=seed, level=0.90)
+    return ratio, ci.lo, ci.hi
 
 
 def _e(x) -> str:
