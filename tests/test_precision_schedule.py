@@ -97,6 +97,7 @@ def test_schedule_report_from_switch_measurements(tmp_path):
     assert by["cudnn_fp8@0+2"]["seconds"] == pytest.approx(0.9 + 2.0 + 2.0)
     assert [f["mse_ratio"] for f in res["frontier"]][-1] == 1.0  # the slowest point: bf16 everywhere
     assert json.loads((tmp_path / "schedule_report.json").read_text())["allocation"] == res["allocation"]
+    assert res["settings"]["quality_budget_ratio"] == 1.25 and "paths" not in res["settings"]
     assert "| cudnn_fp8@2 |" in (tmp_path / "schedule_report.md").read_text()
     assert (tmp_path / "schedule_report.png").read_bytes()[:4] == b"\x89PNG"
     extra = json.loads((tmp_path / "q.json").read_text())
@@ -116,3 +117,15 @@ def test_schedule_report_from_switch_measurements(tmp_path):
         _files(tmp_path, [3.0, 1.0], [1.0, 2.0, 3.0], [0.9, 1.4, 2.0], {})
         schedule_report(compose([f"quality={tmp_path / 'q.json'}", f"latency={tmp_path / 'b.json'}", f"out={tmp_path}",
                                  "reference.latency=ref", "quantized.latency=fast"], config_name="schedule_report"))
+
+
+def test_deploy_quality_attention_rows_name_chunk_sets():
+    from qarvd.app.deploy_quality import attention_choice
+
+    assert attention_choice("cudnn_fp8@2", 7) == ("cudnn_fp8", (2, 3, 4, 5, 6))  # from chunk 2 on
+    assert attention_choice("int8_sage@6+1+5", 7) == ("int8_sage", (1, 5, 6))  # a set, sorted
+    assert attention_choice("cudnn_fp8@0", 7) == ("cudnn_fp8", None)  # every chunk: the uniform attention
+    assert attention_choice("cudnn_fp8@3") == ("cudnn_fp8", None)  # syntax only, before the rollout is known
+    for bad, message in (("cudnn_fp8@7", "chunks 0..6"), ("default@2", "unknown"), ("cudnn_fp8@1+x", "unknown")):
+        with pytest.raises(ValueError, match=message):
+            attention_choice(bad, 7)

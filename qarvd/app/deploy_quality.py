@@ -39,21 +39,23 @@ BACKENDS = dict(torch_ref=TorchRefBackend, triton_int8=TritonInt8Backend)  # `ke
 ATTENTION = dict(default="auto", cudnn_fp8="cudnn_fp8", int8_sage="int8_sage")  # `attention` value -> the backend's attention argument
 
 
-def attention_choice(value: str, num_chunks: int) -> tuple[str, Optional[tuple[int, ...]]]:
+def attention_choice(value: str, num_chunks: Optional[int] = None) -> tuple[str, Optional[tuple[int, ...]]]:
     """(the backend's attention, the chunks that run it or None for every chunk) of an ``attention`` entry:
     ``cudnn_fp8``; ``cudnn_fp8@3`` (bf16 attention in chunks 0-2, FP8 from chunk 3 on); ``cudnn_fp8@1+5+6`` (FP8 in
-    chunks 1, 5 and 6 only). The last two are chunk-adaptive precision."""
+    chunks 1, 5 and 6 only). The last two are chunk-adaptive precision; their chunks are resolved and checked against
+    ``num_chunks`` (the run's rollout) when it is given, else only the syntax is checked."""
     name, _, chunks = str(value).partition("@")
     parts = chunks.split("+") if chunks else []
     if name not in ATTENTION or (chunks and (ATTENTION[name] == "auto" or not all(p.isdigit() for p in parts))):
         raise ValueError(f"attention={value!r} unknown; choose from {list(ATTENTION)}, or <quantized>@<first chunk> "
                          f"(e.g. cudnn_fp8@2), or <quantized>@<chunk>+<chunk>... (e.g. cudnn_fp8@1+5+6)")
-    if not chunks:
+    if not chunks or num_chunks is None:
         return ATTENTION[name], None
-    picked = tuple(range(int(parts[0]), num_chunks)) if len(parts) == 1 else tuple(int(p) for p in parts)
+    picked = tuple(range(int(parts[0]), num_chunks)) if len(parts) == 1 else tuple(sorted({int(p) for p in parts}))
     if not picked or max(picked) >= num_chunks:
         raise ValueError(f"attention={value!r}: the rollout has chunks 0..{num_chunks - 1}")
-    return ATTENTION[name], picked
+    # every chunk: the uniform quantized attention (no 16-bit K/V beside the codes)
+    return ATTENTION[name], None if picked == tuple(range(num_chunks)) else picked
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -61,7 +63,7 @@ def _check_choices(cfg: DictConfig) -> None:
     if bad:
         raise ValueError(f"kernels={bad} unknown; choose from {list(BACKENDS)}")
     for v in cfg.attention:
-        attention_choice(v, 10**6)  # the syntax; the chunk range once the run's rollout is known
+        attention_choice(v)
 
 
 def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:

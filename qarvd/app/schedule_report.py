@@ -31,8 +31,7 @@ from qarvd.deploy.precision_schedule import ChunkCosts, allocate, schedule_front
 from qarvd.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-SETTINGS = ("quality", "extra_quality", "latency", "sensitivity", "kernel", "batch", "reference", "quantized", "schedules",
-            "quality_budget_ratio", "n_boot", "seed")  # the config keys recorded with the report
+INFRA = ("paths", "hydra", "task_name", "out")  # config keys that say where, not what: not recorded
 
 
 def _plain(value):
@@ -160,7 +159,7 @@ def schedule_report(cfg: DictConfig) -> dict:
            "quality_budget_ratio": float(cfg.quality_budget_ratio), "reference_mse": ref_mse,
            "options": {n: {"seconds": list(o.seconds), "quality_cost": list(o.quality)} for n, o in options.items()},
            "allocation": choice, "frontier": frontier, "measured": measured(rows, latency, options, cfg),
-           "settings": {k: _plain(cfg[k]) for k in SETTINGS}}
+           "settings": {k: _plain(cfg[k]) for k in cfg if k not in INFRA}}
     out = Path(cfg.out)
     atomic_write_json(out / "schedule_report.json", res)
     atomic_write_text(out / "schedule_report.md", _markdown(res))
