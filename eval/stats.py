@@ -39,22 +39,25 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> Interval:
     return Interval(float(lo), float(hi))
 
 
-def frechet_resampled(fp: np.ndarray, quant: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def frechet_resampled(fp: np.ndarray, quant: np.ndarray, idx: np.ndarray, chunk: int = 50) -> np.ndarray:
     """Fréchet distance of every resample ``idx`` [B, n] of the feature pairs (fp [N, D], quant [N, D]).
 
-    Unbiased covariances as :func:`eval.fvd.fvd_from_features`; the trace term is computed in the n-dimensional item
-    space: with centred rows A, B of a resample, tr sqrt(S1 S2) = (sum of singular values of A B^T) / (n - 1), which
-    is exact and costs an n x n SVD instead of a D x D matrix square root (n < D for the I3D's 400 dimensions)."""
+    Unbiased covariances as :func:`eval.fvd.fvd_from_features`, with the trace term computed exactly from the centred
+    rows A, B of a resample: tr sqrt(S1 S2) = (sum of singular values of A B^T) / (n - 1), an n x n SVD instead of a
+    D x D matrix square root. Where n > D, the QR factors A = Qa Ra, B = Qb Rb shrink it to the D x D matrix
+    Ra Rb^T, which has the same singular values. Resamples go through the linear algebra ``chunk`` at a time."""
     fp, quant = np.asarray(fp, np.float64), np.asarray(quant, np.float64)
+    n, d = idx.shape[1], fp.shape[1]
     out = np.empty(len(idx))
-    for i, rows in enumerate(idx):
-        a, b = fp[rows], quant[rows]
-        mu_a, mu_b = a.mean(0), b.mean(0)
-        a, b = a - mu_a, b - mu_b
-        n = len(rows)
-        trace = (np.einsum("ij,ij->", a, a) + np.einsum("ij,ij->", b, b)) / (n - 1)
-        cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / (n - 1)
-        out[i] = float(np.sum((mu_a - mu_b) ** 2) + trace - 2 * cross)
+    for s in range(0, len(idx), chunk):
+        a, b = fp[idx[s:s + chunk]], quant[idx[s:s + chunk]]
+        mu_a, mu_b = a.mean(1), b.mean(1)
+        a, b = a - mu_a[:, None], b - mu_b[:, None]
+        trace = (np.einsum("cij,cij->c", a, a) + np.einsum("cij,cij->c", b, b)) / (n - 1)
+        if n > d:
+            a, b = np.linalg.qr(a, mode="r"), np.linalg.qr(b, mode="r")
+        cross = np.linalg.svd(a @ np.swapaxes(b, 1, 2), compute_uv=False).sum(-1) / (n - 1)
+        out[s:s + chunk] = ((mu_a - mu_b) ** 2).sum(-1) + trace - 2 * cross
     return out
 
 

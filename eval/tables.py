@@ -178,8 +178,28 @@ def caption(title: str, records: list[dict]) -> str:
     unit = "prompts" if all(r.get("stage") == "calibrate" for r in records) else "videos"
     video = ", ".join(sorted({str(r["video"]["name"]) for r in records if r.get("video")}))
     video = f"videos: {video}; " if video else ""
-    return (f"{title} Model: {models}; calib: {calib}; {video}n = {n} {unit} per cell; "
+    return (f"{title} Model: {models}; calib: {calib}; {video}{devices(records)}n = {n} {unit} per cell; "
             f"[95 % bootstrap interval over {unit}]; bold: better than the runner-up (paired interval excludes 0).")
+
+
+def devices(records: list[dict]) -> str:
+    """Which device computed the cells (``provenance.environment.device``): one name when all agree, else each device
+    with the cells it computed, "not recorded" for records older than the field. Quantization amplifies the last-bit
+    differences between CPU and GPU arithmetic, so a mixed table must say which row is which."""
+    by: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("bits") == "bf16":
+            continue
+        name = (r.get("provenance") or {}).get("environment", {}).get("device") or "not recorded"
+        by.setdefault(name, []).append(f"{METHODS.get(r['method'], r['method'])} {BITS.get(r['bits'], r['bits'])}")
+    if not by or set(by) == {"not recorded"}:
+        return ""
+    if len(by) == 1:
+        return f"device: {next(iter(by))}; "
+    def cells_text(cells: list[str]) -> str:
+        return ", ".join(c if cells.count(c) == 1 else f"{c} x{cells.count(c)}" for c in sorted(set(cells)))
+
+    return "devices: " + "; ".join(f"{d} ({cells_text(cells)})" for d, cells in sorted(by.items())) + "; "
 
 
 def _index(records: list[dict], key: Callable[[dict], object]) -> dict:

@@ -137,6 +137,28 @@ def test_shared_fp_folder_is_keyed_by_what_fp_videos_depend_on():
     assert fp_folder(compose([*wiring(), *SMALL])) is None  # not shared: <video_dir>/fp
 
 
+def test_shared_fp_folder_keys_a_weight_file_by_its_content(tmp_path):
+    """A copied or restored checkpoint (new path, new mtime) finds its FP videos; other bytes at the same path do not."""
+    import os
+
+    from conftest import compose
+
+    from qarvd.app.generate import fp_folder
+
+    def folder(path):
+        return fp_folder(compose([*wiring(), *SMALL, "eval.share_fp=true", "model.checkpoint.random_init=false",
+                                  f"model.checkpoint.path={path}"]))
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "copy" / "b.safetensors"
+    a.write_bytes(b"weights v1")
+    b.parent.mkdir()
+    b.write_bytes(a.read_bytes())
+    os.utime(b, (1.5e9, 1.5e9))
+    assert folder(a) == folder(b)
+    a.write_bytes(b"weights v2")
+    assert folder(a) != folder(b)
+
+
 @pytest.mark.parametrize("attention", ["auto", "cudnn_fp8"])
 def test_deployed_real_model_makes_the_quantized_videos(videos, artifact, tmp_path, attention):
     """eval.deploy=true: the quantized videos come from the real integer model (kernel=torch_ref) instead of fake

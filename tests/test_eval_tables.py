@@ -58,6 +58,21 @@ def test_only_run_methods_and_bits_and_unavailable_cells():
         TABLES["table2"](recs + [_rec("qarvd", "w8a8", fvd_fp=1.0)])
 
 
+def test_caption_names_the_device_of_every_row():
+    def on(device, rec):
+        return {**rec, "provenance": {"environment": {"device": device}}}
+
+    h100 = "NVIDIA H100 80GB HBM3"
+    same = [on(h100, _rec("minmax", "w4a8", psnr_fp=20.0)), on(h100, _rec("qarvd", "w4a8", psnr_fp=21.0))]
+    assert f"device: {h100};" in TABLES["table2"](same).caption
+    mixed = [same[0], on("cpu x86_64 (2 threads)", _rec("qarvd", "w4a8", psnr_fp=21.0))]
+    cap = TABLES["table2"](mixed).caption
+    assert f"devices: {h100} (MinMax W4A8); cpu x86_64 (2 threads) (Q-ARVD (Ours) W4A8);" in cap
+    old = [_rec("minmax", "w4a8", psnr_fp=20.0), mixed[1]]  # a record written before the field existed
+    assert "not recorded (MinMax W4A8)" in TABLES["table2"](old).caption
+    assert "device" not in TABLES["table2"]([_rec("minmax", "w4a8", psnr_fp=20.0)]).caption
+
+
 def test_intervals_and_winner_marked_only_when_the_paired_difference_excludes_zero():
     rng = np.random.default_rng(0)
     base = rng.normal(30.0, 3.0, 64)  # prompt difficulty shared by every method: the paired design removes it
@@ -77,6 +92,19 @@ def test_intervals_and_winner_marked_only_when_the_paired_difference_excludes_ze
     t2 = TABLES["table2"]([a, c])  # the runner-up is within the paired noise: no mark
     assert not any(r[2].best for r in t2.rows) and not t2.comparisons[0]["marked"]
     assert t2.comparisons[0]["interval"][0] < 0 < t2.comparisons[0]["interval"][1]
+
+
+@pytest.mark.parametrize("n_items,dim", [(40, 8), (12, 30)])  # more items than feature dims (QR path) and fewer
+def test_resampled_fvd_equals_the_fvd_of_each_resample(n_items, dim):
+    from eval.fvd import fvd_from_features
+
+    rng = np.random.default_rng(3)
+    fp = rng.normal(size=(n_items, dim))
+    q = fp + 0.3 * rng.normal(size=fp.shape) + 0.1
+    idx = rng.integers(0, n_items, size=(7, n_items))
+    got = frechet_resampled(fp, q, idx, chunk=3)  # chunks of 3, 3, 1 resamples
+    want = [fvd_from_features(fp[rows], q[rows]) for rows in idx]
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
 def test_fvd_interval_resamples_video_pairs(tmp_path):

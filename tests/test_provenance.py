@@ -20,7 +20,7 @@ import torch
 from qarvd.app.calibrate import train_quant
 from qarvd.app.preflight import PreflightError, preflight, value_problems
 from qarvd.app.provenance import (ProvenanceError, base_weights, check_base_weights, check_or_write_manifest,
-                                  labels_from_artifact, run_lock, video_manifest)
+                                  code_identity, labels_from_artifact, run_lock, source_sha256, video_manifest)
 from qarvd.quant.artifact import TENSORS_FILE, ArtifactError, load_artifact, read_config
 from quant_helpers import tiny_cfg, tiny_pipeline
 
@@ -136,6 +136,20 @@ def test_video_folders_are_reused_only_when_their_manifest_matches(adaround_run,
     (legacy / "a-0.mp4").write_bytes(b"x")
     with pytest.raises(ProvenanceError, match="no manifest.json"):
         check_or_write_manifest(legacy, first)
+
+
+def test_records_name_the_device_and_the_code_that_made_them(adaround_run, tmp_path):
+    env = json.loads((adaround_run / "record.json").read_text())["provenance"]["environment"]
+    assert env["device"].startswith("cpu ") and env["torch"] == torch.__version__
+    assert env["code"] == code_identity() and len(env["code"]["source_sha256"]) == 64
+    a, b = tmp_path / "a" / "pkg", tmp_path / "b" / "pkg"
+    for root in (a, b):
+        (root / "sub").mkdir(parents=True)
+        (root / "sub" / "m.py").write_text("x = 1\n")
+        (root / "notes.txt").write_text(str(root))  # not a source file: not hashed
+    assert source_sha256([a]) == source_sha256([b])  # same code on another machine or path: same identity
+    (b / "sub" / "m.py").write_text("x = 2\n")
+    assert source_sha256([a]) != source_sha256([b])
 
 
 def test_a_run_folder_is_locked_and_keeps_its_own_calibration(adaround_run, tmp_path):

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.records import RECORD_FILE, new_record
 from qarvd.app.preflight import preflight
-from qarvd.app.provenance import base_weights, checkpoint_identity, run_identity, run_lock, weights_identity
+from qarvd.app.provenance import base_weights, environment, run_identity, run_lock, weights_identity
 from qarvd.app.quantized import weight_bytes
 from qarvd.app.wandb_logger import NullLogger, log_calibration, logging_run
 from qarvd.data.prompts import select
@@ -75,7 +75,7 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
         sensitivity_prompts=sens_prompts, sensitivity_seeds=[seed + i for i in range(len(sens_prompts))],
         fingerprint=calibration_fingerprint(cfg),
         sensitivity_key={"model": OmegaConf.to_container(cfg.model.arch, resolve=True), "dtype": cfg.model.dtype,
-                         "checkpoint": checkpoint_identity(cfg), "rollout": OmegaConf.to_container(cfg.model.rollout, resolve=True),
+                         "weights": base_weights(cfg), "rollout": OmegaConf.to_container(cfg.model.rollout, resolve=True),
                          "bits": [int(bits.w_bits), int(bits.a_bits), bool(bits.symmetric)],
                          "calib": {k: calib[k] for k in ("percentiles", "hist_bins")},
                          "calib_prompts": list(calib_prompts), "sensitivity_prompts": list(sens_prompts), "seed": seed,
@@ -142,7 +142,8 @@ def _train_quant(cfg: DictConfig, out_dir: Path) -> dict:
         num_items=len(eval_prompts),
         provenance={"weights": cal.fingerprint["weights"], "artifact": str(artifact / TENSORS_FILE),
                     "fingerprint": cal.fingerprint,
-                    "config": str(out_dir / "resolved_config.yaml"), "calib_prompts": len(cal.prompts)},
+                    "config": str(out_dir / "resolved_config.yaml"), "calib_prompts": len(cal.prompts),
+                    "environment": environment(cfg.device)},
         method_config=OmegaConf.to_container(cfg.method, resolve=True),
         calibration=info,
         weight_bytes=weight_bytes(pipeline.model),

@@ -24,7 +24,7 @@ from eval.vbench import parse_vbench_results, run_vbench
 from eval.video_io import VIDEO_SUFFIX, VideoEncoding, read_video, side_by_side, write_video
 from qarvd.app.generate import barrier, dist_env, from_rank0, generate, process_group
 from qarvd.app.preflight import preflight
-from qarvd.app.provenance import MANIFEST, ProvenanceError, labels_from_artifact, run_identity, run_lock
+from qarvd.app.provenance import MANIFEST, ProvenanceError, environment, labels_from_artifact, run_identity, run_lock
 from qarvd.app.wandb_logger import NullLogger, log_evaluation, logging_run
 from qarvd.models.rollout import RolloutConfig
 from qarvd.utils.errors import MissingWeightsError
@@ -92,7 +92,8 @@ def evaluate_run(cfg: DictConfig, fp_dir: str | os.PathLike, quant_dir: str | os
         per_item=out["per_item"], num_items=out["num_items"], unavailable=unavailable,
         per_chunk=chunk_curves(cfg, out["per_frame"]),
         fvd_backbone=e.fvd.backbone if e.fvd.enabled else None, video=video_encoding(cfg, quant_dir),
-        dirs={"fp": str(fp_dir), "quant": str(quant_dir)}, **(extra or {}))
+        dirs={"fp": str(fp_dir), "quant": str(quant_dir)}, provenance={"environment": environment(cfg.device)},
+        **(extra or {}))
     log.info("reference metrics of %d video pairs in %.1f s: %s", out["num_items"], time.perf_counter() - t0,
              ", ".join(f"{k} {v:.4g}" for k, v in out["metrics"].items()))
     if e.vbench.enabled:

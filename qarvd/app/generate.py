@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from eval.strip import save_png, strip_image
 from eval.video_io import VIDEO_SUFFIX, VideoEncoding, VideoWriterPool, write_video
 from qarvd.app.preflight import preflight
-from qarvd.app.provenance import check_or_write_manifest, run_lock, video_manifest
+from qarvd.app.provenance import base_weights, check_or_write_manifest, run_lock, video_manifest
 from qarvd.data.prompts import select
 from qarvd.utils.io import atomic_write_json
 from qarvd.utils.progress import progress_bar
@@ -195,9 +195,11 @@ def fp_folder(cfg: DictConfig) -> Optional[Path]:
     key = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in (
         ("model", cfg.model), ("seed", cfg.seed), ("prompts", e.prompts), ("names", e.names),
         ("samples", e.samples_per_prompt), ("video", e.video))}
-    ckpt = Path(str(cfg.model.checkpoint.path))
-    if not cfg.model.checkpoint.get("random_init", False) and ckpt.exists():
-        key["checkpoint_file"] = [ckpt.stat().st_size, ckpt.stat().st_mtime_ns]
+    if not cfg.model.checkpoint.get("random_init", False) and Path(str(cfg.model.checkpoint.path)).exists():
+        key["weights"] = base_weights(cfg)  # by content: a copied or restored file is the same model ...
+        for part in ("checkpoint", "text_encoder"):  # ... wherever it lies
+            if isinstance(key["model"].get(part), dict):
+                key["model"][part].pop("path", None)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(e.fp_cache_dir) / f"{cfg.model.name}-{digest}"
 

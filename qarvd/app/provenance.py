@@ -8,23 +8,92 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import platform
 import socket
+import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, hashed once per process for an unchanged file (a 1.3B checkpoint takes seconds, and
+    the artifact, the sensitivity cache and the FP-folder cache all key on it)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _file_sha256(str(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+SOURCE_SUFFIXES = (".py", ".yaml", ".cu", ".cuh", ".cpp", ".h")
+
+
+def source_sha256(roots: Iterable[str | Path]) -> str:
+    """sha256 over the source files below ``roots`` (relative names and contents, in sorted order): the same code
+    hashes the same on any machine, a copied tree without ``.git`` included."""
+    h = hashlib.sha256()
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        for p in sorted(q for q in root.rglob("*") if q.suffix in SOURCE_SUFFIXES and q.is_file()
+                        and "__pycache__" not in q.parts):
+            h.update(f"{root.name}/{p.relative_to(root).as_posix()}".encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _git(root: Path, *args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> dict:
+    """The code a run executed: the git commit and whether tracked files had edits (where a checkout exists), and
+    ``source_sha256`` of the packages and configs, which also names code copied without its ``.git``."""
+    import eval as eval_pkg
+    import kernels
+    import qarvd
+
+    pkgs = [Path(m.__file__).parent for m in (qarvd, eval_pkg, kernels)]
+    root = pkgs[0].parent
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status),
+            "source_sha256": source_sha256([*pkgs, root / "conf"])}
+
+
+def device_name(device: str | torch.device) -> str:
+    """What ran the tensors: the GPU's name, or the CPU's with the thread count (tiny-model results differ between
+    the two in the last bits, which quantization can amplify, so tables name the device of every row)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return f"cpu {platform.machine()} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+
+
+def environment(device: str | torch.device) -> dict:
+    """Where and with what a result was computed: device, library versions, host, time and code identity."""
+    return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+            "host": socket.gethostname(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "code": code_identity()}
 
 
 def experiment_preset() -> str | None:
@@ -40,17 +109,6 @@ def run_identity(cfg: DictConfig) -> dict:
     return {"model": cfg.model.name, "method": cfg.method.name, "bits": cfg.bits.name, "calib": cfg.calib.name,
             "seed": int(cfg.seed), "random_init": random_init, "experiment": experiment_preset(),
             "checkpoint": None if random_init else str(cfg.model.checkpoint.path)}
-
-
-def checkpoint_identity(cfg: DictConfig) -> dict:
-    """The DiT weights a run used: seeded random init, or the checkpoint file (path, size, mtime): a cheap key for
-    caches that are re-validated by content elsewhere."""
-    ck = cfg.model.checkpoint
-    if ck.get("random_init", False):
-        return {"random_init": True, "init_seed": int(cfg.model.init_seed)}
-    p = Path(str(ck.path))
-    st = p.stat() if p.exists() else None
-    return {"path": str(p), "size": st.st_size if st else None, "mtime": st.st_mtime if st else None}
 
 
 def weights_identity(cfg: DictConfig) -> dict:
