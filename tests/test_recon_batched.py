@@ -9,7 +9,7 @@ from qarvd.quant.artifact import layer_state
 from qarvd.quant.capture import CaptureBudget, run_calibration
 from qarvd.quant.linear import quant_layers
 from qarvd.quant.recon_batched import BatchOptions
-from qarvd.quant.reconstruct import reconstruct_model
+from qarvd.quant.reconstruct import ResumeStore, RoundingLearner, reconstruct_model
 from quant_helpers import clone, outlier_cfg, prompts, recon_cfg, tiny_pipeline
 
 
@@ -27,8 +27,8 @@ def _prepared(*overrides, device="cpu"):
     return pipe, ps
 
 
-def _options(enabled=True, gpu_gb=40.0, fast=False) -> BatchOptions:
-    return BatchOptions(enabled=enabled, gpu_gb=gpu_gb, tf32=fast, compile=fast)
+def _options(enabled=True, gpu_gb=40.0, fast=False, checkpoint_s=None) -> BatchOptions:
+    return BatchOptions(enabled=enabled, gpu_gb=gpu_gb, tf32=fast, compile=fast, checkpoint_s=checkpoint_s)
 
 
 def _budget(pipe, layers: int) -> float:
@@ -38,9 +38,9 @@ def _budget(pipe, layers: int) -> float:
     return layers * calls * tokens * 2 * pipe.model.cfg.dim * 4 / 2**30
 
 
-def _reconstructed(pipe, ps, batch, **recon):
+def _reconstructed(pipe, ps, batch, resume=None, **recon):
     pipe = clone(pipe)
-    stats = reconstruct_model(pipe, ps, [0], recon_cfg(batch=batch, **recon), CaptureBudget())
+    stats = reconstruct_model(pipe, ps, [0], recon_cfg(batch=batch, **recon), CaptureBudget(), resume=resume)
     return {f"{n}.{k}": v for n, l in quant_layers(pipe.model).items() for k, v in layer_state(l).items()}, stats["units"]
 
 
@@ -64,13 +64,41 @@ def test_lock_step_groups_equal_one_at_a_time_bitwise(model, recon):
     assert all(not s["tf32"] and not s["compiled"] for s in small_stats.values())  # GPU-only switches
 
 
+def test_an_interrupted_lock_step_group_resumes_bit_for_bit(tmp_path, monkeypatch):
+    pipe, ps = _prepared()
+    recon = dict(iters=12, calls_per_step=4)
+    whole, whole_stats = _reconstructed(pipe, ps, _options(), **recon)
+    resume = ResumeStore(tmp_path, {"test": "lock-step checkpoint"})
+    step = RoundingLearner.step
+
+    def killed_at_7(self, it):
+        if it == 7:
+            raise KeyboardInterrupt  # a time limit or a lost machine, mid-group
+        return step(self, it)
+
+    monkeypatch.setattr(RoundingLearner, "step", killed_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        _reconstructed(pipe, ps, _options(checkpoint_s=0.0), resume=resume, **recon)
+    assert len(list(tmp_path.glob("lockstep-*.pt"))) == 1 and not list(tmp_path.glob("*.safetensors"))
+    monkeypatch.setattr(RoundingLearner, "step", step)
+    resumed, stats = _reconstructed(pipe, ps, _options(checkpoint_s=0.0), resume=resume, **recon)
+    assert {s["resumed_at"] for s in stats.values()} == {7} and {s["resumed_at"] for s in whole_stats.values()} == {0}
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    for u, s in whole_stats.items():
+        assert (stats[u]["soft_loss_first"], stats[u]["soft_loss_last"]) == (s["soft_loss_first"], s["soft_loss_last"])
+    assert not list(tmp_path.glob("lockstep-*.pt"))  # gone once the group's units are saved
+
+
 def test_batch_options_fail_early_naming_the_key():
     with pytest.raises(ValueError, match="calib.batch.enabled=true"):
-        BatchOptions(enabled=False, gpu_gb=40, tf32=True, compile=False)
+        _options(enabled=False, fast=True)
     with pytest.raises(ValueError, match="calib.batch.gpu_gb"):
-        BatchOptions(enabled=True, gpu_gb=0, tf32=False, compile=False)
+        _options(gpu_gb=0)
+    with pytest.raises(ValueError, match="calib.batch.checkpoint_s"):
+        _options(checkpoint_s=-1)
     with pytest.raises(ValueError, match="calib.granularity=layer"):
-        recon_cfg(granularity="block", batch=BatchOptions(enabled=True, gpu_gb=1, tf32=False, compile=False))
+        recon_cfg(granularity="block", batch=_options(gpu_gb=1))
 
 
 @pytest.mark.gpu

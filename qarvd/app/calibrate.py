@@ -55,7 +55,8 @@ def calibration_fingerprint(cfg: DictConfig) -> dict:
     hashes): resumable reconstruction and the reuse of a finished calibration both require it to match."""
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
     return ({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
-            | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")},
+            | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")}
+               | {"batch": {k: v for k, v in calib["batch"].items() if k != "checkpoint_s"}},  # results do not depend on it
                "seed": int(cfg.seed), "weights": weights_identity(cfg)})
 
 

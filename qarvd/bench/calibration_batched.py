@@ -79,7 +79,8 @@ def probe(pipe, layers: dict, names: list[str], prompts, seeds, recon, cfg: Dict
     try:
         for mode in cfg.probe_modes:
             tf32, compiled = PROBE_MODES[mode]
-            opts = BatchOptions(enabled=True, gpu_gb=float(calib.batch.gpu_gb), tf32=tf32, compile=compiled)
+            opts = BatchOptions(enabled=True, gpu_gb=float(calib.batch.gpu_gb), tf32=tf32, compile=compiled,
+                                checkpoint_s=None)  # the profile times learning alone
             compiled = compiled and device.type == "cuda"  # GPU only: the CPU runs the plain step
             runs = 2 if compiled else 1  # the first compiled run also compiles
             for run in range(runs):

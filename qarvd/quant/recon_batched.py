@@ -24,8 +24,11 @@ numerics of the step (for every layer alike, so grouped and single-layer results
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -47,6 +50,7 @@ class BatchOptions:
     gpu_gb: float
     tf32: bool
     compile: bool
+    checkpoint_s: Optional[float]
 
     def __post_init__(self) -> None:
         for key in ("enabled", "tf32", "compile"):
@@ -54,6 +58,8 @@ class BatchOptions:
                 raise ValueError(f"calib.batch.{key} must be true or false, got {getattr(self, key)!r}")
         if not float(self.gpu_gb) > 0:
             raise ValueError(f"calib.batch.gpu_gb must be > 0, got {self.gpu_gb}")
+        if self.checkpoint_s is not None and not float(self.checkpoint_s) >= 0:
+            raise ValueError(f"calib.batch.checkpoint_s must be >= 0 seconds or null, got {self.checkpoint_s}")
         if (self.tf32 or self.compile) and not self.enabled:
             raise ValueError("calib.batch.tf32 / calib.batch.compile switch the batched engine's step: "
                              "set calib.batch.enabled=true")
@@ -106,8 +112,50 @@ def _stage(job: LayerJob, device: torch.device) -> Optional[list[torch.Tensor]]:
     return [job.store.tensors(i)["x"].to(device) for i in range(len(job.store))]
 
 
-def reconstruct_layers(jobs: Sequence[LayerJob], cfg: ReconConfig, opts: BatchOptions) -> Iterator[tuple[str, dict]]:
+class GroupCheckpoint:
+    """A lock-step group's learning state in ``<folder>/lockstep-<names digest>.pt``, saved at most every
+    ``calib.batch.checkpoint_s`` seconds (tensors and plain values only: loaded with ``weights_only=True``).
+
+    A group learns all its layers to the last iteration before any of them is finished, so without it an interrupted
+    calibration (a sweep's time limit, a lost machine) restarts the whole group. The folder is the run's resume
+    folder, which its fingerprint already ties to the configuration; the file also names its layers."""
+
+    def __init__(self, folder: Optional[Path], names: Sequence[str], every_s: Optional[float]) -> None:
+        digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+        self.path = None if folder is None or every_s is None else Path(folder) / f"lockstep-{digest}.pt"
+        self.names, self.every_s, self.saved_at = list(names), every_s, time.monotonic()
+
+    def load(self, learners: Sequence[RoundingLearner], device: torch.device) -> tuple[int, float]:
+        """(first iteration to run, learning seconds already spent): (0, 0.0) without a checkpoint."""
+        if self.path is None or not self.path.exists():
+            return 0, 0.0
+        state = torch.load(self.path, map_location=device, weights_only=True)
+        if state["names"] != self.names:
+            raise ValueError(f"lock-step checkpoint '{self.path}' holds layers {state['names'][:3]}..., not this "
+                             f"group's {self.names[:3]}...; delete it or use a fresh calib.resume_dir")
+        for learner, st in zip(learners, state["learners"]):
+            learner.load_state_dict(st)
+        log.info("lock-step group of %d layers resumes at iteration %d (%s)", len(learners), state["iteration"], self.path)
+        return int(state["iteration"]), float(state["seconds"])
+
+    def maybe_save(self, learners: Sequence[RoundingLearner], next_iteration: int, seconds: float) -> None:
+        if self.path is None or time.monotonic() - self.saved_at < self.every_s:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"names": self.names, "iteration": next_iteration, "seconds": seconds,
+                    "learners": [l.state_dict() for l in learners]}, tmp)
+        os.replace(tmp, self.path)
+        self.saved_at = time.monotonic()
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def reconstruct_layers(jobs: Sequence[LayerJob], cfg: ReconConfig, opts: BatchOptions,
+                       checkpoint_dir: Optional[Path] = None) -> Iterator[tuple[str, dict]]:
     """Reconstruct ``jobs`` in lock-step groups of at most ``opts.gpu_gb``; yields (name, stats) as groups finish.
+    With ``checkpoint_dir`` and ``opts.checkpoint_s``, an interrupted group continues where its last checkpoint was.
 
     The caller must exhaust the iterator: a group's layers stay in their learning state until all of it is yielded.
     """
@@ -121,26 +169,32 @@ def reconstruct_layers(jobs: Sequence[LayerJob], cfg: ReconConfig, opts: BatchOp
     groups = plan_passes(list(by_name), {n: job_bytes(j) for n, j in by_name.items()}, int(opts.gpu_gb * 2**30))
     with step_numerics(device, opts) as error:
         for names in groups:
-            yield from _learn_group([by_name[n] for n in names], cfg, error, device, opts)
+            ckpt = GroupCheckpoint(checkpoint_dir, names, opts.checkpoint_s)
+            yield from _learn_group([by_name[n] for n in names], cfg, error, device, opts, ckpt)
 
 
 def _learn_group(group: list[LayerJob], cfg: ReconConfig, error: Callable, device: torch.device,
-                 opts: BatchOptions) -> Iterator[tuple[str, dict]]:
+                 opts: BatchOptions, ckpt: GroupCheckpoint) -> Iterator[tuple[str, dict]]:
     cuda = device.type == "cuda"
     with contextlib.ExitStack() as stack:
         for j in group:
             stack.enter_context(quant_state(j.layer, weights=True, acts=True))
         learners = [RoundingLearner([j.layer], layer_objective(j.layer, j.store, _stage(j, device), error),
                                     len(j.store), cfg, j.seed) for j in group]
+        start, spent = ckpt.load(learners, device)
         t0 = time.perf_counter()
         with torch.enable_grad():
-            for it in progress_bar(range(cfg.iters), desc=f"{len(group)} layers in lock-step", leave=False):
+            bar = progress_bar(range(start, cfg.iters), desc=f"{len(group)} layers in lock-step", leave=False,
+                               total=cfg.iters, initial=start)
+            for it in bar:
                 for learner in learners:
                     learner.step(it)
+                ckpt.maybe_save(learners, it + 1, spent + time.perf_counter() - t0)
         for learner in learners:
             float(learner.last)  # waits for the device
-        seconds = time.perf_counter() - t0
+        seconds = spent + time.perf_counter() - t0
         for j, learner in zip(group, learners):
             st = learner.finish(seconds / len(group))
-            yield j.name, {**st, "group_size": len(group), "group_seconds": seconds,
+            yield j.name, {**st, "group_size": len(group), "group_seconds": seconds, "resumed_at": start,
                            "tf32": cuda and opts.tf32, "compiled": cuda and opts.compile}
+        ckpt.remove()

@@ -113,6 +113,7 @@ class RoundingLearner:
             r, s = begin_learning(l)
             rounds += r
             self.steps += s
+        self.params = rounds + self.steps
         self.opt_v, self.opt_a, self.sched = _optimizers(rounds, self.steps, cfg)
         self.beta_of = BetaSchedule(cfg.iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
         gen = torch.Generator().manual_seed(int(seed))
@@ -137,6 +138,23 @@ class RoundingLearner:
         self.last = rec.detach()
         self.first = self.last if self.first is None else self.first
         return self.last
+
+    def state_dict(self) -> dict:
+        """Everything a later step depends on (the draws and the regulariser schedule follow from seed and iteration):
+        loading it into a freshly built learner continues bit for bit."""
+        return {"params": [p.detach().clone() for p in self.params], "opt_v": self.opt_v.state_dict(),
+                "opt_a": self.opt_a.state_dict(), "sched": self.sched.state_dict(), "first": self.first, "last": self.last}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["params"]) != len(self.params):
+            raise ValueError(f"learner state holds {len(state['params'])} tensors, this unit has {len(self.params)}")
+        with torch.no_grad():
+            for p, v in zip(self.params, state["params"]):
+                p.copy_(v)
+        self.opt_v.load_state_dict(state["opt_v"])
+        self.opt_a.load_state_dict(state["opt_a"])
+        self.sched.load_state_dict(state["sched"])
+        self.first, self.last = state["first"], state["last"]
 
     def finish(self, seconds: float) -> dict:
         """Harden the learned rounding; the unit's statistics (``seconds``: its learning time)."""
@@ -317,12 +335,15 @@ def unit_seed(cfg: ReconConfig, unit: str) -> int:
     return cfg.seed * 1_000_003 + zlib.crc32(unit.encode())
 
 
-def _learn(group: Sequence[str], units: dict, stores: dict[str, SampleStore], cfg: ReconConfig) -> Iterator[tuple[str, dict]]:
-    """(unit, stats) as units finish: layers in lock-step groups with ``calib.batch.enabled``, else one at a time."""
+def _learn(group: Sequence[str], units: dict, stores: dict[str, SampleStore], cfg: ReconConfig,
+           resume: Optional[ResumeStore]) -> Iterator[tuple[str, dict]]:
+    """(unit, stats) as units finish: layers in lock-step groups with ``calib.batch.enabled`` (their learning state
+    checkpointed into the resume folder), else one at a time."""
     if cfg.batch.enabled:
         from qarvd.quant.recon_batched import LayerJob, reconstruct_layers
 
-        yield from reconstruct_layers([LayerJob(u, units[u][0], stores[u], unit_seed(cfg, u)) for u in group], cfg, cfg.batch)
+        jobs = [LayerJob(u, units[u][0], stores[u], unit_seed(cfg, u)) for u in group]
+        yield from reconstruct_layers(jobs, cfg, cfg.batch, None if resume is None else resume.folder)
         return
     for u in group:
         if cfg.granularity == "layer":
@@ -374,7 +395,7 @@ def reconstruct_model(pipeline, prompts: Sequence[str], seeds: Sequence[int], cf
         log.info("capture pass %d/%d: %d unit(s) (%s ... %s), %.1f s, peak %.3g GiB in RAM", k, len(passes), len(group),
                  group[0], group[-1], time.perf_counter() - t0, session.ledger.peak / 2**30)
         try:
-            for u, st in _learn(group, units, session.stores, cfg):
+            for u, st in _learn(group, units, session.stores, cfg, resume):
                 store = session.stores[u]
                 st["spilled_bytes"] = store.spilled_bytes
                 store.clear()
