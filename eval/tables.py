@@ -196,10 +196,12 @@ def devices(records: list[dict]) -> str:
         return ""
     if len(by) == 1:
         return f"device: {next(iter(by))}; "
-    def cells_text(cells: list[str]) -> str:
-        return ", ".join(c if cells.count(c) == 1 else f"{c} x{cells.count(c)}" for c in sorted(set(cells)))
+    return "devices: " + "; ".join(f"{d} ({_counted(cells)})" for d, cells in sorted(by.items())) + "; "
 
-    return "devices: " + "; ".join(f"{d} ({cells_text(cells)})" for d, cells in sorted(by.items())) + "; "
+
+def _counted(labels: list[str]) -> str:
+    """``a, b x2``: each label once, with its count where it repeats (ablation rows share method and bits)."""
+    return ", ".join(c if labels.count(c) == 1 else f"{c} x{labels.count(c)}" for c in sorted(set(labels)))
 
 
 def _index(records: list[dict], key: Callable[[dict], object]) -> dict:

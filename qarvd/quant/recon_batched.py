@@ -26,10 +26,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
@@ -37,6 +36,7 @@ import torch
 from qarvd.quant.capture import SampleStore, plan_passes
 from qarvd.quant.linear import QuantLinear, quant_state
 from qarvd.quant.reconstruct import ReconConfig, RoundingLearner, layer_objective, weighted_error
+from qarvd.utils.io import atomic_write
 from qarvd.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,9 @@ class GroupCheckpoint:
     def maybe_save(self, learners: Sequence[RoundingLearner], next_iteration: int, seconds: float) -> None:
         if self.path is None or time.monotonic() - self.saved_at < self.every_s:
             return
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"names": self.names, "iteration": next_iteration, "seconds": seconds,
-                    "learners": [l.state_dict() for l in learners]}, tmp)
-        os.replace(tmp, self.path)
+        state = {"names": self.names, "iteration": next_iteration, "seconds": seconds,
+                 "learners": [l.state_dict() for l in learners]}
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
         self.saved_at = time.monotonic()
 
     def remove(self) -> None:
