@@ -398,7 +398,7 @@ def test_two_job_multirun_with_the_submitit_local_launcher(tmp_path):
     assert logs.count("submitit task: RANK=0 WORLD_SIZE=1") == 2  # each job ran as a submitit task
 
 
-@pytest.mark.parametrize("launcher,callback", [("joblib_gpus", "OneGPUPerJob"), ("slurm", "SubmititTorchDistributed"),
+@pytest.mark.parametrize("launcher,callback", [("joblib_gpus", "GPUSlots"), ("slurm", "SubmititTorchDistributed"),
                                                ("local", "SubmititTorchDistributed")])
 def test_launcher_configs_extend_the_plugins_and_add_their_callback(launcher, callback):
     from hydra import compose as hydra_compose
@@ -429,6 +429,33 @@ def test_gpu_leases_are_exclusive_until_released(tmp_path):
     c, fc = lease_gpu(tmp_path, 2)
     assert c == a
     fb.close(), fc.close()
+
+
+def test_gpu_slots_spread_jobs_before_sharing_and_set_each_jobs_threads(tmp_path, monkeypatch):
+    import torch
+    from omegaconf import OmegaConf
+
+    from qarvd.app.launch import GPUSlots, lease_gpu
+
+    leases = [lease_gpu(tmp_path / "a", 2, slots_per_gpu=3) for _ in range(6)]
+    assert [i for i, _ in leases] == [0, 1, 0, 1, 0, 1]  # slot 0 of each GPU first, then slot 1, ...
+    with pytest.raises(TimeoutError, match="2 x 3 GPU slots"):
+        lease_gpu(tmp_path / "a", 2, slots_per_gpu=3, poll_s=0.01, timeout_s=0.05)
+    leases[3][1].close()  # GPU 1's second slot frees up
+    again = lease_gpu(tmp_path / "a", 2, slots_per_gpu=3)
+    assert again[0] == 1
+    for _, f in leases[:3] + leases[4:] + [again]:
+        f.close()
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "99")
+    try:
+        GPUSlots(lock_dir=str(tmp_path / "b"), jobs_per_gpu=4, threads_per_job=1).on_job_start(
+            OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "job": {"num": 0}}}))
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="threads_per_job"):
+        GPUSlots(threads_per_job=0)
 
 
 # ------------------------------------------------------------------------------------------------- profiler
