@@ -191,7 +191,8 @@ def devices(records: list[dict]) -> str:
         if r.get("bits") == "bf16":
             continue
         name = (r.get("provenance") or {}).get("environment", {}).get("device") or "not recorded"
-        by.setdefault(name, []).append(f"{METHODS.get(r['method'], r['method'])} {BITS.get(r['bits'], r['bits'])}")
+        method, bits = r.get("method"), r.get("bits")
+        by.setdefault(name, []).append(f"{METHODS.get(method, method)} {BITS.get(bits, bits)}")
     if not by or set(by) == {"not recorded"}:
         return ""
     if len(by) == 1:
