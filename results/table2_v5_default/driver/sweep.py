@@ -81,6 +81,9 @@ def pack_state():
         for sub in ("fp", "logs", "sens_w4a8", "sens_w8a8", "sens_w4a6", "gen_fp"):
             if (work / sub).exists():
                 tar.add(work / sub, arcname=sub)
+        for ck in (work / "jobs").glob("*/calibration/calib_cache"):  # unfinished jobs: lock-step checkpoints
+            if not (ck.parent.parent / "record.json").exists():
+                tar.add(ck, arcname=str(ck.relative_to(work)))
         for p in work.glob("*.log"):
             if not p.name.startswith(("t2_", "t3_", "t4_", "t5_")):
                 tar.add(p, arcname=p.name)
