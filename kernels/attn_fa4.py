@@ -42,8 +42,8 @@ def available(device: Optional[torch.device] = None) -> bool:
 
 def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v of bf16/fp16 [B, Lq, H, D] q and [B, Lk, H, D] k, v; returns [B, Lq, H, D]."""
-    out, _ = _interface()(q, k, v)
-    return out
+    out = _interface()(q, k, v)
+    return out[0] if isinstance(out, tuple) else out  # (out, lse) in some releases, out alone in others
 
 
 def fa4_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

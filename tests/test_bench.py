@@ -159,3 +159,17 @@ def test_latency_rollout_rows_on_the_tiny_arch(tmp_path):
     assert r["strongest_bf16"] in ("bf16_eager_flash", "bf16_fused")
     assert r["speedup_vs_bf16_flash"] == pytest.approx(by["bf16_eager_flash"]["seconds"] / by["w8a8"]["seconds"])
     assert "| w8a8_graph | 1 | auto |" in (tmp_path / "b.md").read_text()
+
+
+def test_attention_section_calls_each_backend_on_the_cache_layout():
+    """The attention bench times SDPA backends on [B, L, H, D] through transposes and fa4 on the layout itself; both
+    compute the same attention (fa4 through its package: without it, the call names what to install)."""
+    import torch
+    import torch.nn.functional as F
+    from qarvd.bench.attention import attention_call
+
+    q, kv = torch.randn(2, 6, 3, 8), torch.randn(2, 10, 3, 8)
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), kv.transpose(1, 2), kv.transpose(1, 2))
+    torch.testing.assert_close(attention_call("math", q, kv)(), ref)
+    with pytest.raises(ImportError, match="flash-attn-4"):
+        attention_call("fa4", q, kv)()

@@ -183,6 +183,7 @@ def test_a_prompt_starting_with_a_dot_is_scored(tmp_path):
     ("eval.count=0", "eval.count=0: give an integer >= 1, or null"),
     ("calib.num_prompts=-1", "calib.num_prompts=-1: give an integer >= 1"),
     ("eval.deploy=1", "eval.deploy=1: give true or false"),
+    ("calib.seed=-2", "calib.seed=-2: give an integer >= 0"),
 ])
 def test_bools_and_counts_are_validated(override, problem):
     assert any(problem in p for p in value_problems(tiny_cfg(override)))

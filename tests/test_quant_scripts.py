@@ -69,6 +69,22 @@ def test_sensitivity_is_cached_by_what_it_depends_on(tmp_path):
     assert "cached" not in other and len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 2
 
 
+def test_calib_seed_moves_the_calibration_draws_not_the_held_out_prompts(tmp_path):
+    """Repeated calibrations of one cell (calib.seed) are scored on the same held-out seeds; null keeps the
+    fingerprint of a run that predates the key, so its resume folder and caches still match."""
+    from qarvd.app.calibrate import build_calibration, calibration_fingerprint
+    from quant_helpers import tiny_cfg
+
+    base, other = tiny_cfg("seed=3"), tiny_cfg("seed=3", "calib.seed=11")
+    cal0, _, held0 = build_calibration(base, tmp_path)
+    cal1, _, held1 = build_calibration(other, tmp_path)
+    assert held0 == held1 and held0[0] == 3
+    assert (cal0.seed, cal0.seeds[0], cal0.sensitivity_seeds[0]) == (3, 3, 3)
+    assert (cal1.seed, cal1.seeds[0], cal1.sensitivity_seeds[0]) == (11, 11, 11)
+    assert "seed" not in calibration_fingerprint(base)["calib"]
+    assert calibration_fingerprint(other)["calib"]["seed"] == 11
+
+
 def test_outlier_use_and_recon_fit_by_hand():
     from eval.diagnostics import paired_ratio
     from qarvd.app.diagnostics import outlier_use, recon_fit

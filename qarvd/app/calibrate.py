@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.records import RECORD_FILE, new_record
 from qarvd.app.preflight import preflight
-from qarvd.app.provenance import base_weights, environment, run_identity, run_lock, weights_identity
+from qarvd.app.provenance import base_weights, calibration_seed, environment, run_identity, run_lock, weights_identity
 from qarvd.app.quantized import weight_bytes
 from qarvd.app.wandb_logger import NullLogger, log_calibration, logging_run
 from qarvd.data.prompts import select
@@ -55,7 +55,8 @@ def calibration_fingerprint(cfg: DictConfig) -> dict:
     hashes): resumable reconstruction and the reuse of a finished calibration both require it to match."""
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
     return ({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
-            | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")}
+            | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")
+                         and not (k == "seed" and v is None)}  # null: the run's seed, keyed below
                | {"batch": {k: v for k, v in calib["batch"].items() if k != "checkpoint_s"}},  # results do not depend on it
                "seed": int(cfg.seed), "weights": weights_identity(cfg)})
 
@@ -68,7 +69,7 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
     torch.manual_seed(int(cfg.seed))
     pipeline = build_pipeline(cfg.model, cfg.device)
     calib_prompts, sens_prompts, eval_prompts = calibration_prompts(cfg)
-    seed = int(cfg.seed)
+    seed, eval_seed = calibration_seed(cfg), int(cfg.seed)
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
     cal = Calibration(
         pipeline=pipeline, w_bits=int(bits.w_bits), a_bits=int(bits.a_bits), symmetric=bool(bits.symmetric),
@@ -83,7 +84,7 @@ def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration
                          "format": "frame_alpha/1"},  # the cached result's layout: older caches are not reused
         seed=seed,
     )
-    return cal, eval_prompts, [seed + i for i in range(len(eval_prompts))]
+    return cal, eval_prompts, [eval_seed + i for i in range(len(eval_prompts))]
 
 
 def train_quant_job(cfg: DictConfig) -> dict:

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qarvd.app.calibrate import calibration_prompts
+from qarvd.app.provenance import calibration_seed
 from qarvd.deploy import accelerate_, calibrate_attention_, convert_to_real
 from qarvd.deploy.backends import TorchRefBackend, TritonInt8Backend
 from qarvd.deploy.from_quant import real_specs
@@ -79,7 +80,7 @@ def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
     calib_prompts, _, prompts = calibration_prompts(rcfg)
     prompts = prompts[: cfg.prompts] if cfg.prompts else prompts
     seeds = [int(rcfg.seed) + i for i in range(len(prompts))]
-    calib_seeds = [int(rcfg.seed) + i for i in range(len(calib_prompts))]  # as the run's calibration drew them
+    calib_seeds = [calibration_seed(rcfg) + i for i in range(len(calib_prompts))]  # as the run's calibration drew them
     pipe = build_pipeline(rcfg.model, cfg.device)
     chunks = pipe.rollout_cfg.chunk_frames()
     result = dict(run=str(run), model=rcfg.model.name, bits=rcfg.bits.name, method=rcfg.method.name,

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.diagnostics import diagnostics_markdown
 from eval.records import RECORD_FILE, load_records
-from qarvd.app.provenance import weights_identity
+from qarvd.app.provenance import calibration_seed, weights_identity
 from qarvd.data.prompts import select
 from qarvd.models.pipeline import build_pipeline
 from qarvd.quant.api import QuantConfig, quantize_, split_outliers
@@ -68,7 +68,8 @@ class Reference:
         if (key, split, n) not in self.latents:
             start = int(cfg.calib.prompt_start) if split == "calib" else 0
             prompts = select(instantiate(cfg.model.prompts[split]), start, n)
-            seeds = [int(cfg.seed) + i for i in range(n)]  # the seeds train_quant uses for both sets
+            base = calibration_seed(cfg) if split == "calib" else int(cfg.seed)  # as train_quant seeds each set
+            seeds = [base + i for i in range(n)]
             self.latents[(key, split, n)] = (prompts, seeds, generate(pipe, prompts, seeds, int(cfg.calib.prompts_per_batch)))
         return (pipe, state, *self.latents[(key, split, n)])
 

@@ -47,6 +47,9 @@ def value_problems(cfg: DictConfig) -> list[str]:
         v = OmegaConf.select(cfg, key, default=None)
         if v is not None and not _is_count(v):
             problems.append(f"{key}={v!r}: give an integer >= 1")
+    seed = OmegaConf.select(cfg, "calib.seed", default=None)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        problems.append(f"calib.seed={seed!r}: give an integer >= 0, or null for the run's seed")
     count = OmegaConf.select(cfg, "eval.count", default=None)
     if count is not None and not _is_count(count):
         problems.append(f"eval.count={count!r}: give an integer >= 1, or null for every prompt")

@@ -103,11 +103,19 @@ def experiment_preset() -> str | None:
     return HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
 
 
+def calibration_seed(cfg: DictConfig) -> int:
+    """The base seed of a calibration's draws: ``calib.seed``, or the run's ``seed`` when it is null. Separate from the
+    held-out videos' seeds, so repeated calibrations of one cell (its run-to-run spread) are scored on the same videos."""
+    s = OmegaConf.select(cfg, "calib.seed", default=None)
+    return int(cfg.seed) if s is None else int(s)
+
+
 def run_identity(cfg: DictConfig) -> dict:
     """What a result row needs to say where it came from."""
     random_init = bool(cfg.model.checkpoint.get("random_init", False))
     return {"model": cfg.model.name, "method": cfg.method.name, "bits": cfg.bits.name, "calib": cfg.calib.name,
-            "seed": int(cfg.seed), "random_init": random_init, "experiment": experiment_preset(),
+            "seed": int(cfg.seed), "calib_seed": calibration_seed(cfg), "random_init": random_init,
+            "experiment": experiment_preset(),
             "checkpoint": None if random_init else str(cfg.model.checkpoint.path)}
 
 
@@ -164,8 +172,8 @@ def explicit_choices() -> dict:
 def labels_from_artifact(cfg: DictConfig, artifact_run: dict, artifact: str) -> dict:
     """The identity of results made from an artifact: its own model / method / bits / calib / seed / tags. A config
     that names another method, bits or model on the command line, or another model in any way, is refused."""
-    identity = {k: artifact_run.get(k) for k in ("model", "method", "bits", "calib", "seed", "random_init", "checkpoint",
-                                                 "experiment")}
+    identity = {k: artifact_run.get(k) for k in ("model", "method", "bits", "calib", "seed", "calib_seed", "random_init",
+                                                 "checkpoint", "experiment")}
     chosen = explicit_choices()
     clash = {}
     if cfg.model.name != identity["model"]:

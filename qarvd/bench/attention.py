@@ -1,14 +1,27 @@
-"""The ``attention`` section of the latency benchmark: each SDPA backend (``attention_backends``) over the growing KV
-cache of one batch-2 video; the fastest becomes the attention of every row that asks for ``fastest``."""
+"""The ``attention`` section of the latency benchmark: each attention backend (``attention_backends``: SDPA's, and
+``fa4``) over the growing KV cache of one batch-2 video (the 7 chunk shapes); the fastest becomes the attention of every row that asks for ``fastest``."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from kernels import attn_fa4
 from qarvd.bench.report import Report, log
 from qarvd.bench.timing import bench_ms
 from qarvd.deploy.backends import sdpa_context
+
+
+def attention_call(name: str, q: torch.Tensor, kv: torch.Tensor):
+    """One self-attention of [B, L, H, D] q over kv as backend ``name`` runs it: FlashAttention-4 for fa4 (the
+    fused block's call, no transposes), else SDPA under that backend."""
+    if name == "fa4":
+        return lambda: attn_fa4.fa4_attention(q, kv, kv)
+
+    def sdpa():
+        with sdpa_context(name):
+            return F.scaled_dot_product_attention(q.transpose(1, 2), kv.transpose(1, 2), kv.transpose(1, 2))
+    return sdpa
 
 
 def attention_section(cfg: DictConfig, device, rep: Report, arch) -> str:
@@ -22,9 +35,7 @@ def attention_section(cfg: DictConfig, device, rep: Report, arch) -> str:
             for c in range(1, chunks + 1):
                 q = torch.randn(2, tokens, arch.num_heads, arch.head_dim, device=device, dtype=torch.bfloat16)
                 kv = torch.randn(2, tokens * c, arch.num_heads, arch.head_dim, device=device, dtype=torch.bfloat16)
-                with sdpa_context(name):
-                    t = bench_ms(lambda: F.scaled_dot_product_attention(q.transpose(1, 2), kv.transpose(1, 2),
-                                                                        kv.transpose(1, 2)), device)
+                t = bench_ms(attention_call(name, q, kv), device)
                 per.append(t)
                 total += t
             flop = sum(4 * 2 * arch.num_heads * tokens * tokens * c * arch.head_dim for c in range(1, chunks + 1))
