@@ -5,6 +5,10 @@ resample draws item indices once and applies them to both, and the interval of t
 design (much narrower than two independent intervals). Per-item metrics (PSNR/SSIM/LPIPS-FP, latent MSE) resample
 the per-item values and take the mean; FVD-FP resamples the (FP, quantized) feature pairs and recomputes the
 Fréchet distance. Percentile intervals, ``level`` 0.95, a fixed seed: the same records give the same table.
+
+A cell calibrated several times (``calib.seed``) pools its calibrations: its statistic is the mean over them, and each
+resample also draws the calibrations with replacement (independently for the two sides of a difference: calibrations
+are not paired), so the interval covers the run-to-run spread of a calibration as well as the choice of prompts.
 """
 from __future__ import annotations
 
@@ -70,8 +74,9 @@ class ItemStat:
     values: Optional[np.ndarray] = None
     features: Optional[tuple[np.ndarray, np.ndarray]] = None
 
-    def on(self, names: Sequence[str], idx: np.ndarray) -> np.ndarray:
-        """The statistic on every resample ``idx`` of the items ``names`` (a subset of this cell's items)."""
+    def on(self, names: Sequence[str], idx: np.ndarray, stream: int = 0) -> np.ndarray:
+        """The statistic on every resample ``idx`` of the items ``names`` (a subset of this cell's items); ``stream``
+        is for :class:`PooledStat` (one item set has nothing else to draw)."""
         pos = {n: i for i, n in enumerate(self.names)}
         sel = np.array([pos[n] for n in names])
         if self.features is not None:
@@ -80,17 +85,40 @@ class ItemStat:
         return np.asarray(self.values, np.float64)[sel][idx].mean(axis=1)
 
 
-def cell_interval(stat: ItemStat, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
+@dataclass
+class PooledStat:
+    """One cell from several calibrations (members, one :class:`ItemStat` each, scored on the same items): the mean
+    of the members' statistics. A resample draws the members with replacement as well as the items, so its spread
+    includes the calibrations' run-to-run spread; with one member it is that member's statistic exactly."""
+
+    members: list[ItemStat]
+    seed: int = 0  # seeds the member draws (with the stream of the call)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(set.intersection(*(set(m.names) for m in self.members)))
+
+    def on(self, names: Sequence[str], idx: np.ndarray, stream: int = 0) -> np.ndarray:
+        per = np.stack([m.on(names, idx) for m in self.members])  # [members, resamples]
+        k = len(self.members)
+        if k == 1:
+            return per[0]
+        pick = np.random.default_rng([self.seed, 7919, stream]).integers(0, k, size=(idx.shape[0], k))
+        return per[pick, np.arange(idx.shape[0])[:, None]].mean(axis=1)
+
+
+def cell_interval(stat: ItemStat | PooledStat, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
     idx = resample_indices(len(stat.names), n_boot, seed)
-    return percentile_interval(stat.on(stat.names, idx), level)
+    return percentile_interval(stat.on(stat.names, idx, stream=1), level)
 
 
-def paired_difference(a: ItemStat, b: ItemStat, n_boot: int = N_BOOT, seed: int = 0,
+def paired_difference(a: ItemStat | PooledStat, b: ItemStat | PooledStat, n_boot: int = N_BOOT, seed: int = 0,
                       level: float = LEVEL) -> tuple[Interval, int]:
-    """Interval of statistic(a) - statistic(b) over the items both have, resampled jointly; and that item count."""
+    """Interval of statistic(a) - statistic(b) over the items both have, resampled jointly (pooled cells draw their
+    calibrations independently); and that item count."""
     common = sorted(set(a.names) & set(b.names))
     idx = resample_indices(len(common), n_boot, seed)
-    return percentile_interval(a.on(common, idx) - b.on(common, idx), level), len(common)
+    return percentile_interval(a.on(common, idx, stream=1) - b.on(common, idx, stream=2), level), len(common)
 
 
 def paired_ratio_interval(a: Sequence[float], b: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,

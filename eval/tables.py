@@ -18,8 +18,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
+
 from eval.records import VBENCH_KEYS, fp_record, higher_is_better, load_fvd_features
-from eval.stats import Interval, ItemStat, cell_interval, paired_difference
+from eval.stats import Interval, ItemStat, PooledStat, cell_interval, paired_difference
 
 METHODS = {  # record name -> paper row label, in the paper's row order
     "minmax": "MinMax",
@@ -151,6 +153,9 @@ def item_stat(record: Optional[dict], metric: str) -> Optional[ItemStat]:
     record kept neither (then its cell has no interval and it cannot be marked)."""
     if record is None:
         return None
+    if "members" in record:
+        stats = [item_stat(m, metric) for m in record["members"]]
+        return None if any(x is None for x in stats) else PooledStat(stats)
     if metric == "fvd_fp":
         feats = load_fvd_features(record)
         return None if feats is None else ItemStat(feats["names"], features=(feats["fp"], feats["quant"]))
@@ -178,7 +183,7 @@ def caption(title: str, records: list[dict]) -> str:
     unit = "prompts" if all(r.get("stage") == "calibrate" for r in records) else "videos"
     video = ", ".join(sorted({str(r["video"]["name"]) for r in records if r.get("video")}))
     video = f"videos: {video}; " if video else ""
-    return (f"{title} Model: {models}; calib: {calib}; {video}{devices(records)}n = {n} {unit} per cell; "
+    return (f"{title} Model: {models}; calib: {calib}; {video}{devices(records)}{seeds_note(records)}n = {n} {unit} per cell; "
             f"[95 % bootstrap interval over {unit}]; bold: better than the runner-up (paired interval excludes 0).")
 
 
@@ -205,15 +210,48 @@ def _counted(labels: list[str]) -> str:
     return ", ".join(c if labels.count(c) == 1 else f"{c} x{labels.count(c)}" for c in sorted(set(labels)))
 
 
+def calib_seed(r: dict) -> int:
+    """The seed of a record's calibration (records older than ``calib_seed`` calibrated with the run's seed)."""
+    return int(r.get("calib_seed", r.get("seed", 0)) or 0)
+
+
 def _index(records: list[dict], key: Callable[[dict], object]) -> dict:
-    """Records by ``key``; two records for one cell is an error (which one would the table show?)."""
-    out: dict = {}
+    """Records by ``key``. Several calibrations of one cell (each its own ``calib_seed``) become one pooled cell
+    (:func:`pooled`); two records of one cell and one calibration seed is an error (which one would the table show?)."""
+    groups: dict = {}
     for r in records:
-        k = key(r)
-        if k in out:
-            raise ValueError(f"two results for the same table cell {k}: {out[k].get('_source')} and {r.get('_source')}")
-        out[k] = r
-    return out
+        same = groups.setdefault(key(r), [])
+        clash = [o for o in same if calib_seed(o) == calib_seed(r)]
+        if clash:
+            raise ValueError(f"two results for the same table cell {key(r)} and calibration seed {calib_seed(r)}: "
+                             f"{clash[0].get('_source')} and {r.get('_source')}")
+        same.append(r)
+    return {k: pooled(v) for k, v in groups.items()}
+
+
+def pooled(records: list[dict]) -> dict:
+    """One cell from its calibrations: the first record's identity, each metric the mean over the calibrations that
+    have it all (``members`` keeps them for the intervals, :func:`item_stat`). One record is returned as it is."""
+    if len(records) == 1:
+        return records[0]
+    records = sorted(records, key=calib_seed)
+    keys = set.intersection(*(set(r.get("metrics", {})) for r in records))
+    metrics = {m: float(np.mean([r["metrics"][m] for r in records])) for m in keys
+               if all(r["metrics"][m] is not None for r in records)}
+    return {**records[0], "metrics": metrics, "members": records, "calib_seeds": [calib_seed(r) for r in records],
+            "_source": "; ".join(str(r.get("_source")) for r in records)}
+
+
+def seeds_note(records: list[dict]) -> str:
+    """Caption part for cells that pool several calibrations: which, and how many."""
+    by: dict[str, set] = {}
+    for r in records:
+        by.setdefault(_label(r), set()).add(calib_seed(r))
+    many = {label: len(s) for label, s in by.items() if len(s) > 1}
+    if not many:
+        return ""
+    return ("calibration seeds: " + ", ".join(f"{label} x{k}" for label, k in sorted(many.items()))
+            + " (the mean over them; interval over calibrations and videos); ")
 
 
 def main_table(records: list[dict], title: str, metrics: Optional[list[str]] = None, n_boot: int = 1000,

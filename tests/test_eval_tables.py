@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from eval import plots
 from eval.records import SCHEMA, load_records, save_fvd_features
-from eval.stats import frechet_resampled, paired_difference, ItemStat
+from eval.stats import ItemStat, PooledStat, frechet_resampled, paired_difference
 from eval.tables import TABLES, to_csv, to_json, to_latex, to_markdown
 from qarvd.app.report import make_tables
 
@@ -92,6 +92,33 @@ def test_intervals_and_winner_marked_only_when_the_paired_difference_excludes_ze
     t2 = TABLES["table2"]([a, c])  # the runner-up is within the paired noise: no mark
     assert not any(r[2].best for r in t2.rows) and not t2.comparisons[0]["marked"]
     assert t2.comparisons[0]["interval"][0] < 0 < t2.comparisons[0]["interval"][1]
+
+
+def test_calibration_seeds_pool_into_one_cell_whose_interval_covers_their_spread():
+    """Two calibrations of a cell 1 dB apart (run-to-run spread) against a method in between: each calibration
+    alone would win or lose clearly on the paired items; pooled, the cell is their mean and no winner is marked."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(30.0, 3.0, 64)
+
+    def rec(method, offset, calib_seed):
+        vals = base + offset + rng.normal(0, 0.1, 64)
+        return {**_rec(method, "w4a8", per_item=_items("psnr_fp", vals), psnr_fp=float(vals.mean())), "calib_seed": calib_seed}
+
+    a0, a1, b = rec("adaround", 0.0, 0), rec("adaround", 1.0, 1), rec("qarvd", 0.5, 0)
+    alone = TABLES["table2"]([a1, b])
+    assert alone.comparisons[0]["marked"]  # one calibration: AdaRound "wins" by 0.5 dB
+    t = TABLES["table2"]([a0, a1, b])
+    cells = {r[0]: r[2] for r in t.rows}
+    ada = cells["Adaround"]
+    assert ada.value == pytest.approx((a0["metrics"]["psnr_fp"] + a1["metrics"]["psnr_fp"]) / 2)
+    assert ada.interval.hi - ada.interval.lo > 1.2  # the single-cell interval adds the 1 dB calibration spread
+    assert not t.comparisons[0]["marked"] and t.comparisons[0]["interval"][0] < -0.3 < 0.3 < t.comparisons[0]["interval"][1]
+    assert "calibration seeds: adaround w4a8 x2" in t.caption
+    one = ItemStat(sorted(a0["per_item"]), values=[a0["per_item"][k]["psnr_fp"] for k in sorted(a0["per_item"])])
+    idx = np.random.default_rng(0).integers(0, 64, (50, 64))
+    assert np.array_equal(PooledStat([one]).on(one.names, idx), one.on(one.names, idx))  # one member: unchanged
+    with pytest.raises(ValueError, match="calibration seed 1"):
+        TABLES["table2"]([a0, a1, b, {**a1}])
 
 
 @pytest.mark.parametrize("n_items,dim", [(40, 8), (12, 30)])  # more items than feature dims (QR path) and fewer
