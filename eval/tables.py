@@ -130,7 +130,7 @@ class _Builder:
         scored.sort(key=lambda c: -sign * c.value)
         best, second = scored[0], scored[1]
         a, b = item_stat(best.record, best.metric), item_stat(second.record, second.metric)
-        entry = {"group": group, "metric": best.metric, "best": _label(best.record), "runner_up": _label(second.record),
+        entry = {"group": group, "metric": best.metric, "best": record_label(best.record), "runner_up": record_label(second.record),
                  "difference": best.value - second.value, "interval": None, "n": 0, "marked": False}
         if a is not None and b is not None and len(set(a.names) & set(b.names)) >= 2:
             iv, n = paired_difference(a, b, self.n_boot, self.seed)
@@ -143,7 +143,7 @@ class _Builder:
         return table
 
 
-def _label(r: dict) -> str:
+def record_label(r: dict) -> str:
     tags = ", ".join(f"{k}={v}" for k, v in sorted(r.get("tags", {}).items()) if v is not None)
     return f"{r['method']} {r['bits']}" + (f" ({tags})" if tags else "")
 
@@ -220,18 +220,20 @@ def _index(records: list[dict], key: Callable[[dict], object]) -> dict:
     (:func:`pooled`); two records of one cell and one calibration seed is an error (which one would the table show?)."""
     groups: dict = {}
     for r in records:
-        same = groups.setdefault(key(r), [])
-        clash = [o for o in same if calib_seed(o) == calib_seed(r)]
-        if clash:
-            raise ValueError(f"two results for the same table cell {key(r)} and calibration seed {calib_seed(r)}: "
-                             f"{clash[0].get('_source')} and {r.get('_source')}")
-        same.append(r)
-    return {k: pooled(v) for k, v in groups.items()}
+        groups.setdefault(key(r), []).append(r)
+    return {k: pooled(v, f"table cell {k}") for k, v in groups.items()}
 
 
-def pooled(records: list[dict]) -> dict:
+def pooled(records: list[dict], what: str = "cell") -> dict:
     """One cell from its calibrations: the first record's identity, each metric the mean over the calibrations that
-    have it all (``members`` keeps them for the intervals, :func:`item_stat`). One record is returned as it is."""
+    have it all (``members`` keeps them for the intervals, :func:`item_stat`). One record is returned as it is; two
+    of one calibration seed are an error naming both files (``what`` names the cell)."""
+    seen: dict[int, dict] = {}
+    for r in records:
+        other = seen.setdefault(calib_seed(r), r)
+        if other is not r:
+            raise ValueError(f"two results for the same {what} and calibration seed {calib_seed(r)}: "
+                             f"{other.get('_source')} and {r.get('_source')}")
     if len(records) == 1:
         return records[0]
     records = sorted(records, key=calib_seed)
@@ -246,7 +248,7 @@ def seeds_note(records: list[dict]) -> str:
     """Caption part for cells that pool several calibrations: which, and how many."""
     by: dict[str, set] = {}
     for r in records:
-        by.setdefault(_label(r), set()).add(calib_seed(r))
+        by.setdefault(record_label(r), set()).add(calib_seed(r))
     many = {label: len(s) for label, s in by.items() if len(s) > 1}
     if not many:
         return ""

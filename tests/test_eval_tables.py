@@ -282,3 +282,28 @@ def test_loader_refuses_what_is_not_a_record(tmp_path):
     (tmp_path / "record.json").write_text(json.dumps({**_rec("minmax", "w8a8"), "schema": "qarvd.record/0"}))
     with pytest.raises(ValueError, match="schema"):
         load_records([tmp_path])
+
+
+def test_compare_runs_gives_the_paired_difference_of_two_cells(tmp_path):
+    """compare_runs: a - b per metric with the paired interval; a side of several calibrations is pooled; a metric
+    one side lacks is refused by name."""
+    from eval.compare import compare, comparison_markdown
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(30.0, 3.0, 32)
+
+    def rec(method, offset, calib_seed=0):
+        vals = base + offset + rng.normal(0, 0.05, 32)
+        return {**_rec(method, "w4a8", per_item=_items("psnr_fp", vals), psnr_fp=float(vals.mean()), ssim_fp=0.9),
+                "calib_seed": calib_seed}
+
+    a, b = rec("qarvd", 0.4), rec("adaround", 0.0)
+    r = compare([a], [b])
+    e = r["metrics"]["psnr_fp"]
+    assert e["n"] == 32 and 0.35 < e["interval"][0] < e["difference"] < e["interval"][1] < 0.45
+    assert r["metrics"]["ssim_fp"]["interval"] is None  # no per-video SSIM: the difference alone
+    two = compare([a, rec("qarvd", 1.4, calib_seed=1)], [b])
+    assert two["calib_seeds"]["a"] == [0, 1] and two["metrics"]["psnr_fp"]["interval"][1] > 1.2
+    assert "| PSNR-FP ↑ |" in comparison_markdown(two) and "and calibrations" in comparison_markdown(two)
+    with pytest.raises(ValueError, match="fvd_fp"):
+        compare([a], [b], metrics=["fvd_fp"])
