@@ -113,7 +113,7 @@ def test_calibration_seeds_pool_into_one_cell_whose_interval_covers_their_spread
     assert ada.value == pytest.approx((a0["metrics"]["psnr_fp"] + a1["metrics"]["psnr_fp"]) / 2)
     assert ada.interval.hi - ada.interval.lo > 1.2  # the single-cell interval adds the 1 dB calibration spread
     assert not t.comparisons[0]["marked"] and t.comparisons[0]["interval"][0] < -0.3 < 0.3 < t.comparisons[0]["interval"][1]
-    assert "calibration seeds: adaround w4a8 x2" in t.caption
+    assert "calibration seeds: Adaround W4A8 x2 (the mean" in t.caption
     one = ItemStat(sorted(a0["per_item"]), values=[a0["per_item"][k]["psnr_fp"] for k in sorted(a0["per_item"])])
     idx = np.random.default_rng(0).integers(0, 64, (50, 64))
     assert np.array_equal(PooledStat([one]).on(one.names, idx), one.on(one.names, idx))  # one member: unchanged
