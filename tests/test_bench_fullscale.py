@@ -10,7 +10,7 @@ from conftest import compose
 def test_calibration_profile_times_blocks_end_to_end_and_projects(tmp_path):
     from qarvd.bench.calibration_batched import profile_batched_calibration
 
-    cfg = compose([f"out={tmp_path}", "device=cpu", "small=true", "calib.iters=4", "probe_iters=2", "probe_modes=[fp32]",
+    cfg = compose([f"out={tmp_path}", "device=cpu", "small=true", "calib.iters=4", "probe_iters=2", "probe_modes=[fp32,bf16_compile]",
                    "outlier_columns=32", "activation_init=fixed", "blocks=2"], config_name="bench/calibration_batched")
     res = json.loads(profile_batched_calibration(cfg).read_text())
     assert res["dual_scale_layers"] == 4 * 10 and len(res["units"]) == 2 * 8  # cross k/v skipped, 2 timed blocks
@@ -20,6 +20,7 @@ def test_calibration_profile_times_blocks_end_to_end_and_projects(tmp_path):
     assert p["activation_init_seconds"] == cfg.cited_activation_init_seconds
     assert p["full_calibration_seconds"] > res["seconds"]["reconstruction_timed_blocks"] * 4 / 2
     assert res["probe"]["fp32"]["seconds_per_block_iter"] > 0 and p["probe_fp32_hours"] > 0
+    assert res["probe"]["bf16_compile"]["bf16"] and p["probe_bf16_compile_hours"] > 0  # compile is GPU-only: bf16 alone
     assert res["peak_rss_gb"] > 0 and "gpu_peak_gb_reconstruction" not in res
 
 

@@ -82,6 +82,7 @@ def test_calib_seed_moves_the_calibration_draws_not_the_held_out_prompts(tmp_pat
     assert (cal0.seed, cal0.seeds[0], cal0.sensitivity_seeds[0]) == (3, 3, 3)
     assert (cal1.seed, cal1.seeds[0], cal1.sensitivity_seeds[0]) == (11, 11, 11)
     assert "seed" not in calibration_fingerprint(base)["calib"]
+    assert "bf16" not in calibration_fingerprint(base)["calib"]["batch"]  # off: the fingerprint of earlier runs
     assert calibration_fingerprint(other)["calib"]["seed"] == 11
 
 

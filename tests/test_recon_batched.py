@@ -122,3 +122,22 @@ def test_lock_step_on_cuda_bitwise_and_fast_step_grouping_invariant():
     scale = max(float(((one[k] - fast_whole[k]).abs() / one[k].abs()).max()) for k in one if k.endswith("a_scale"))
     print(f"fast step vs eager fp32: {same:.6f} of the codes equal, activation scales within {scale:.2e} relative")
     assert same > 0.99
+
+
+def test_bf16_step_is_another_computation_that_learns_as_well():
+    """calib.batch.bf16: the learning step's matmuls in bfloat16 (autocast; the CPU runs it too). Its codes are not
+    fp32's, and every layer must still improve on nearest rounding about as much as in fp32."""
+    pipe, ps = _prepared()
+    fp32, fp32_stats = _reconstructed(pipe, ps, _options(), iters=20, calls_per_step=4)
+    opts = BatchOptions(enabled=True, gpu_gb=40.0, tf32=False, compile=False, checkpoint_s=None, bf16=True)
+    bf16, bf16_stats = _reconstructed(pipe, ps, opts, iters=20, calls_per_step=4)
+    assert all(s["bf16"] for s in bf16_stats.values()) and not any(s["bf16"] for s in fp32_stats.values())
+    assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)
+
+    def gain(stats):
+        return sum(s["loss_final"] / s["loss_nearest"] for s in stats.values()) / len(stats)
+
+    print("final/nearest fp32", gain(fp32_stats), "bf16", gain(bf16_stats))
+    assert gain(fp32_stats) < 1 and abs(gain(bf16_stats) - gain(fp32_stats)) < 0.05
+    with pytest.raises(ValueError, match="calib.batch.bf16"):
+        BatchOptions(enabled=False, gpu_gb=1.0, tf32=False, compile=False, checkpoint_s=None, bf16=True)

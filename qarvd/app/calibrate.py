@@ -57,7 +57,9 @@ def calibration_fingerprint(cfg: DictConfig) -> dict:
     return ({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
             | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")
                          and not (k == "seed" and v is None)}  # null: the run's seed, keyed below
-               | {"batch": {k: v for k, v in calib["batch"].items() if k != "checkpoint_s"}},  # results do not depend on it
+               | {"batch": {k: v for k, v in calib["batch"].items()
+                          if k != "checkpoint_s"  # results do not depend on it
+                          and not (k == "bf16" and v is False)}},  # added later: off keeps earlier fingerprints
                "seed": int(cfg.seed), "weights": weights_identity(cfg)})
 
 

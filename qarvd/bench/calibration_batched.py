@@ -46,7 +46,8 @@ from qarvd.utils.io import atomic_write_json
 
 SMALL = dict(dim=128, ffn_dim=256, num_heads=2, num_layers=4, freq_dim=32, text_dim=32, text_len=8)  # CPU smoke
 SMALL_LATENT = (16, 8, 8)
-PROBE_MODES = {"fp32": (False, False), "tf32": (True, False), "tf32_compile": (True, True)}  # (tf32, compile)
+PROBE_MODES = {"fp32": (False, False, False), "tf32": (True, False, False), "tf32_compile": (True, True, False),
+               "bf16_compile": (False, True, True)}  # (tf32, compile, bf16)
 
 
 def split_outlier_columns(layer, count: int) -> None:
@@ -78,9 +79,9 @@ def probe(pipe, layers: dict, names: list[str], prompts, seeds, recon, cfg: Dict
     out = res["probe"] = {}
     try:
         for mode in cfg.probe_modes:
-            tf32, compiled = PROBE_MODES[mode]
+            tf32, compiled, bf16 = PROBE_MODES[mode]
             opts = BatchOptions(enabled=True, gpu_gb=float(calib.batch.gpu_gb), tf32=tf32, compile=compiled,
-                                checkpoint_s=None)  # the profile times learning alone
+                                checkpoint_s=None, bf16=bf16)  # the profile times learning alone
             compiled = compiled and device.type == "cuda"  # GPU only: the CPU runs the plain step
             runs = 2 if compiled else 1  # the first compiled run also compiles
             for run in range(runs):
@@ -90,7 +91,7 @@ def probe(pipe, layers: dict, names: list[str], prompts, seeds, recon, cfg: Dict
                 learning = sum(s["seconds"] for s in stats.values())  # each unit's share of its group's time
                 out[mode if run == runs - 1 else f"{mode}_first"] = {
                     "seconds_per_block_iter": learning / short.iters, "wall_seconds": t.seconds,
-                    "tf32": device.type == "cuda" and tf32, "compiled": compiled}
+                    "tf32": device.type == "cuda" and tf32, "compiled": compiled, "bf16": bf16}
             if compiled:
                 out[mode]["compile_seconds"] = out[f"{mode}_first"]["wall_seconds"] - out[mode]["wall_seconds"]
     finally:
@@ -177,7 +178,7 @@ def profile_batched_calibration(cfg: DictConfig) -> Path:
                                   prompts_per_batch=calib.prompts_per_batch, blocks=list(range(int(cfg.blocks))))
     sec["reconstruction_timed_blocks"] = t.seconds
     res["units"] = {u: {k: s[k] for k in ("seconds", "group_size", "group_seconds", "loss_nearest", "loss_final",
-                                          "samples", "tf32", "compiled") if k in s} for u, s in stats["units"].items()}
+                                          "samples", "tf32", "compiled", "bf16") if k in s} for u, s in stats["units"].items()}
     res["captured_ram_peak_gb"] = stats["captured_ram_peak_bytes"] / 2**30
     res["mean_final_over_nearest"] = stats["mean_final_over_nearest"]
     res["peak_rss_gb"] = peak_rss_gb()
