@@ -15,12 +15,13 @@ import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
 from eval import plots
+from eval.compare import compare
 from eval.ds import ds_from_records, scorable_metrics
 from eval.records import REFERENCE_METRICS, VBENCH_KEYS, load_records
 from eval.report import Report, render as render_html
 from eval.tables import TABLES, Table, ds_table, of_stage, to_csv, to_json, to_latex, to_markdown
 from qarvd.app.evaluate import SAMPLES_DIR
-from qarvd.utils.io import atomic_write_text
+from qarvd.utils.io import atomic_write_json, atomic_write_text
 
 REPORT_FILE = "report.html"
 
@@ -109,3 +110,19 @@ def sweep_report(cfg: DictConfig, records: list[dict], tables: list[Table]) -> R
             report.videos.append((f"{plots.run_label(r, tags)}, sample {i}", video.read_bytes()))
     plt.close("all")
     return report
+
+
+def compare_runs(cfg: DictConfig) -> dict:
+    """scripts/compare_runs.py: the paired difference of the cells ``cfg.a`` and ``cfg.b`` (each one run or several
+    calibrations of it), from their evaluation records (calibration records where a side has none); written to
+    ``cfg.out`` when set."""
+    if not cfg.a or not cfg.b:
+        raise ValueError("give both sides: a=[<record or run folder>, ...] b=[...]")
+
+    def side(paths) -> list[dict]:
+        return load_records(list(paths), stage="evaluate") or load_records(list(paths))
+
+    result = compare(side(cfg.a), side(cfg.b), list(cfg.metrics) if cfg.metrics else None, int(cfg.n_boot), int(cfg.seed))
+    if cfg.out:
+        atomic_write_json(Path(cfg.out), result)
+    return result
