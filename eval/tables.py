@@ -248,14 +248,15 @@ def seeds_note(records: list[dict]) -> str:
     """Caption part for cells that pool several calibrations: which (row label, and the tags that tell cells of one
     method and bits apart), and how many."""
     def varying(method, bits) -> list[str]:  # the tags that tell apart cells of one method and bits (ablations)
-        same = [r for r in records if (r["method"], r["bits"]) == (method, bits)]
+        same = [r for r in records if (r.get("method"), r.get("bits")) == (method, bits)]
         keys = {k for r in same for k in r.get("tags", {})}
         return sorted(k for k in keys if len({str(r.get("tags", {}).get(k)) for r in same}) > 1)
 
     by: dict[str, set] = {}
     for r in records:
-        tags = ", ".join(f"{k}={r.get('tags', {}).get(k)}" for k in varying(r["method"], r["bits"]))
-        label = f"{METHODS.get(r['method'], r['method'])} {BITS.get(r['bits'], r['bits'])}" + (f" ({tags})" if tags else "")
+        method, bits = r.get("method"), r.get("bits")  # caption() also serves records without them
+        tags = ", ".join(f"{k}={r.get('tags', {}).get(k)}" for k in varying(method, bits))
+        label = f"{METHODS.get(method, method)} {BITS.get(bits, bits)}" + (f" ({tags})" if tags else "")
         by.setdefault(label, set()).add(calib_seed(r))
     many = {label: len(s) for label, s in by.items() if len(s) > 1}
     if not many:
