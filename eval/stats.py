@@ -74,9 +74,9 @@ class ItemStat:
     values: Optional[np.ndarray] = None
     features: Optional[tuple[np.ndarray, np.ndarray]] = None
 
-    def on(self, names: Sequence[str], idx: np.ndarray, stream: int = 0) -> np.ndarray:
-        """The statistic on every resample ``idx`` of the items ``names`` (a subset of this cell's items); ``stream``
-        is for :class:`PooledStat` (one item set has nothing else to draw)."""
+    def on(self, names: Sequence[str], idx: np.ndarray, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """The statistic on every resample ``idx`` of the items ``names`` (a subset of this cell's items); ``rng`` is
+        for :class:`PooledStat` (one item set has nothing else to draw)."""
         pos = {n: i for i, n in enumerate(self.names)}
         sel = np.array([pos[n] for n in names])
         if self.features is not None:
@@ -92,24 +92,32 @@ class PooledStat:
     includes the calibrations' run-to-run spread; with one member it is that member's statistic exactly."""
 
     members: list[ItemStat]
-    seed: int = 0  # seeds the member draws (with the stream of the call)
 
     @property
     def names(self) -> list[str]:
         return sorted(set.intersection(*(set(m.names) for m in self.members)))
 
-    def on(self, names: Sequence[str], idx: np.ndarray, stream: int = 0) -> np.ndarray:
+    def on(self, names: Sequence[str], idx: np.ndarray, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """As :meth:`ItemStat.on`, each resample also drawing the members with replacement from ``rng``."""
         per = np.stack([m.on(names, idx) for m in self.members])  # [members, resamples]
         k = len(self.members)
         if k == 1:
             return per[0]
-        pick = np.random.default_rng([self.seed, 7919, stream]).integers(0, k, size=(idx.shape[0], k))
+        if rng is None:
+            raise ValueError("a pooled cell resamples its calibrations: pass the generator of the bootstrap (rng)")
+        pick = rng.integers(0, k, size=(idx.shape[0], k))
         return per[pick, np.arange(idx.shape[0])[:, None]].mean(axis=1)
+
+
+def member_rng(seed: int) -> np.random.Generator:
+    """The generator of a bootstrap's calibration draws: its own stream of ``seed``, so the item draws
+    (:func:`resample_indices`) are those of a table without pooled cells."""
+    return np.random.default_rng([seed, 7919])
 
 
 def cell_interval(stat: ItemStat | PooledStat, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
     idx = resample_indices(len(stat.names), n_boot, seed)
-    return percentile_interval(stat.on(stat.names, idx, stream=1), level)
+    return percentile_interval(stat.on(stat.names, idx, member_rng(seed)), level)
 
 
 def paired_difference(a: ItemStat | PooledStat, b: ItemStat | PooledStat, n_boot: int = N_BOOT, seed: int = 0,
@@ -118,7 +126,8 @@ def paired_difference(a: ItemStat | PooledStat, b: ItemStat | PooledStat, n_boot
     calibrations independently); and that item count."""
     common = sorted(set(a.names) & set(b.names))
     idx = resample_indices(len(common), n_boot, seed)
-    return percentile_interval(a.on(common, idx, stream=1) - b.on(common, idx, stream=2), level), len(common)
+    rng = member_rng(seed)  # a's draws, then b's: independent
+    return percentile_interval(a.on(common, idx, rng) - b.on(common, idx, rng), level), len(common)
 
 
 def paired_ratio_interval(a: Sequence[float], b: Sequence[float], n_boot: int = N_BOOT, seed: int = 0,

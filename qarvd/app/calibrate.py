@@ -50,17 +50,27 @@ def calibration_prompts(cfg: DictConfig) -> tuple[list[str], list[str], list[str
     return calib, sens, select(eval_pool, 0, c.eval_prompts, "calib.eval_prompts")
 
 
+# calib keys added after runs were made, with the value that leaves a result as it was: at that value the key is left
+# out of the fingerprint, so those runs' resume folders and caches still match.
+INERT_LATER_KEYS = {("seed",): None, ("batch", "bf16"): False}
+
+
+def _without_inert(calib: dict, path: tuple = ()) -> dict:
+    def inert(key: tuple, v) -> bool:
+        return key in INERT_LATER_KEYS and v is INERT_LATER_KEYS[key]  # None / False only, not 0
+
+    return {k: _without_inert(v, path + (k,)) if isinstance(v, dict) else v for k, v in calib.items()
+            if not inert(path + (k,), v)}
+
+
 def calibration_fingerprint(cfg: DictConfig) -> dict:
     """Everything a calibration's result depends on (model, method, bits, calibration settings, seed, weight file
     hashes): resumable reconstruction and the reuse of a finished calibration both require it to match."""
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
+    kept = {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")}
+    kept["batch"] = {k: v for k, v in calib["batch"].items() if k != "checkpoint_s"}  # results do not depend on it
     return ({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "bits")}
-            | {"calib": {k: v for k, v in calib.items() if k not in ("resume_dir", "cache_dir", "eval_prompts")
-                         and not (k == "seed" and v is None)}  # null: the run's seed, keyed below
-               | {"batch": {k: v for k, v in calib["batch"].items()
-                          if k != "checkpoint_s"  # results do not depend on it
-                          and not (k == "bf16" and v is False)}},  # added later: off keeps earlier fingerprints
-               "seed": int(cfg.seed), "weights": weights_identity(cfg)})
+            | {"calib": _without_inert(kept), "seed": int(cfg.seed), "weights": weights_identity(cfg)})
 
 
 def build_calibration(cfg: DictConfig, out_dir: str | Path) -> tuple[Calibration, list[str], list[int]]:
