@@ -1,6 +1,8 @@
 """End-to-end generation, prompt to mp4 on disk (81 frames 480x832): bf16 and real W8A8 in one run, FPS (GPU).
 
     python scripts/bench_generation_e2e.py out=benchmarks/results name=h100_generation_e2e videos=8
+    python scripts/bench_generation_e2e.py out=benchmarks/results name=h100_generation_e2e_metrics videos=16 metrics=true \
+        '+rows.fake={kernel:null,w_bits:4,a_bits:8,outliers:0,attention:auto,graphs:false}'   # + the metric stage per pair
 
 :func:`qarvd.bench.generation_e2e.bench_generation` (what is timed and how) writes ``<out>/<name>.json``; settings in
 conf/bench/generation_e2e.yaml.

@@ -37,7 +37,8 @@ CPU_ROWS = ["rows.bf16.kernel=null", "rows.w8a8.kernel=torch_ref", "rows.w8a8.gr
 def test_generation_benchmark_writes_every_row_end_to_end(tmp_path):
     from qarvd.bench.generation_e2e import bench_generation
 
-    cfg = compose([f"out={tmp_path}", "device=cpu", "videos=2", "batch=2", "writers=2", *SMALL_MODEL, *CPU_ROWS],
+    cfg = compose([f"out={tmp_path}", "device=cpu", "videos=2", "batch=2", "writers=2", "metrics=true",
+                   f"eval.fvd.backbones.i3d.path={tmp_path / 'absent_i3d.pt'}", *SMALL_MODEL, *CPU_ROWS],
                   config_name="bench/generation_e2e")
     res = json.loads(bench_generation(cfg).read_text())
     assert set(res["rows"]) == {"bf16", "w8a8", "fake"} and set(res["fps_ratio"]) == {"w8a8/bf16", "fake/bf16"}
@@ -46,5 +47,16 @@ def test_generation_benchmark_writes_every_row_end_to_end(tmp_path):
         assert 0 < row["generating_seconds"] <= row["seconds"] and row["fps"] == 2 * 21 / row["seconds"]
         assert row["write_seconds_per_video"] > 0 and row["writers_fps"] > 0
     assert res["rows"]["w8a8"]["w_bits"] == 8 and res["encoding"]["name"] == "lossless"
+    assert res["model"]["arch"]["dim"] == 64 and res["model"]["rollout"]["num_frames"] == 6
+    # the evaluation's metric stage, first row's videos against each other row's: seconds per pair
+    assert "metric_stage" not in res["rows"]["bf16"]
+    for name in ("w8a8", "fake"):
+        m = res["rows"][name]["metric_stage"]
+        assert m["fp_row"] == "bf16" and m["pairs"] == 2 and m["seconds"] > 0 and m["seconds_per_pair"] > 0
+        assert m["timed"] == ["lpips_fp", "psnr_fp", "ssim_fp"] and m["unavailable"] == {}
+    stage = res["metric_stage"]
+    assert "random AlexNet" in stage["lpips_fp"] and "not measured" in stage["vbench"]
+    assert stage["fvd_fp"]["backbone"] == "i3d" and not stage["fvd_fp"]["timed"]  # no I3D file: nothing in its place
+    assert "not measured" in stage["fvd_fp"]["reason"] and "absent_i3d.pt" in stage["fvd_fp"]["reason"]
     vae = res["vae_bf16_vs_fp32"]
     assert vae["video_shape"] == [21, 3, 32, 48] and 0 < vae["mean_abs"] < 0.05

@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qarvd.bench.calibration_profile import RandomContextPipeline, random_bf16_model
+from qarvd.bench.real_profile import command_overrides
 from qarvd.bench.timing import Timer, peak_rss_gb
 from qarvd.methods.base import capture_budget, recon_config
 from qarvd.models.rollout import RolloutConfig
@@ -130,7 +131,8 @@ def profile_batched_calibration(cfg: DictConfig) -> Path:
     calib, bits = cfg.calib, cfg.bits
     recon = recon_config(calib, cfg.recipe.recon_skip_roles, seed=0)
     res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                 "torch": torch.__version__, "arch": arch.to_dict(), "latent_frame": list(latent),
+                 "torch": torch.__version__, "overrides": command_overrides(), "arch": arch.to_dict(),
+                 "latent_frame": list(latent),
                  "bits": f"w{bits.w_bits}a{bits.a_bits}", "prompts": int(calib.num_prompts), "iters": int(calib.iters),
                  "blocks_timed": int(cfg.blocks), "outlier_columns": int(cfg.outlier_columns),
                  "calib_batch": OmegaConf.to_container(calib.batch), "ram_budget_gb": float(calib.capture.ram_gb),

@@ -15,7 +15,15 @@ part alone (sum of batch seconds: text + DiT + VAE, the writers' queue hidden), 
 write in its thread (random weights make noisy frames, which x264 encodes slower than real videos: with ``writers``
 threads the writers keep up while ``writers * frames / write_seconds`` exceeds the generating FPS). With
 ``vae_precision`` also the bf16 decode's error against fp32 at full size (:mod:`qarvd.bench.vae_precision`).
-The JSON is rewritten after every row.
+
+With ``metrics``, each row after the first also times the evaluation's reference-metric stage as evaluation runs it,
+:func:`qarvd.app.evaluate.reference_metrics` under the ``eval`` group (video decoding on ``eval.readers`` threads,
+PSNR / SSIM / LPIPS-FP per frame of each pair, FVD-FP backbone features), on the first row's videos as the FP side
+against the row's own: seconds per video pair under the row's ``metric_stage``. Run right after the row, so a run cut
+by a time limit keeps it. What it stands for is recorded under ``metric_stage``: LPIPS on a random AlexNet
+(``eval.lpips.pnet_rand``: its cost does not depend on the weight values), FVD-FP only when the configured
+backbone's file exists (else "not measured": no other network is timed in its place), VBench never (its own
+environment and scoring models). The JSON is rewritten after every row.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from eval.video_io import VideoEncoding
+from qarvd.app.evaluate import reference_metrics
 from qarvd.app.generate import StripSpec, generate_set, shard, video_jobs
 from qarvd.bench.real_profile import PROMPTS, command_overrides, tokenizer_folder
 from qarvd.bench.rows import backend, real_model
@@ -72,6 +81,42 @@ def run_row(pipe, jobs, cfg: DictConfig, enc: VideoEncoding, work: Path, name: s
             "gpu": t.gpu}
 
 
+def metric_stage(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """(the config the metric stage runs under, what its timing stands for): FVD-FP off when the configured backbone
+    reads a file that does not exist (recorded as not measured, nothing timed in its place)."""
+    e, run = cfg.eval, copy.deepcopy(cfg)
+    fvd: dict = {"backbone": str(e.fvd.backbone), "timed": bool(e.fvd.enabled)}
+    spec, key = e.fvd.backbones[e.fvd.backbone], f"eval.fvd.backbones.{e.fvd.backbone}.path"
+    if not e.fvd.enabled:
+        fvd["reason"] = "not measured: eval.fvd.enabled=false"
+    elif "path" in spec and not (spec.path and Path(str(spec.path)).exists()):
+        fvd.update(timed=False, reason=f"not measured: {key} = '{spec.path}' does not exist; no other network is "
+                                       "timed in its place")
+        with open_dict(run):
+            run.eval.fvd.enabled = False
+    lpips = (("random AlexNet weights (eval.lpips.pnet_rand=true): the cost does not depend on the weight values"
+              if e.lpips.pnet_rand else f"AlexNet from eval.lpips.alexnet_path = {e.lpips.alexnet_path}")
+             if e.lpips.enabled else "not measured: eval.lpips.enabled=false")
+    info = {"function": "qarvd.app.evaluate.reference_metrics", "fp_row": next(iter(cfg.rows)), "lpips_fp": lpips,
+            "fvd_fp": fvd, "psnr_fp": bool(e.psnr), "ssim_fp": bool(e.ssim), "readers": int(e.readers),
+            "metrics_device": str(e.metrics_device),
+            "videos": "made by random weights: noisy frames, whose lossless files are larger than real videos' and "
+                      "may decode slower",
+            "vbench": "not measured: VBench runs in its own environment with its scoring models (eval.vbench.python, "
+                      "eval.vbench.cache_dir), which this benchmark does not time"}
+    return run, info
+
+
+def time_metrics(cfg: DictConfig, fp_dir: Path, quant_dir: Path, device: torch.device) -> dict:
+    """Seconds of one reference-metric stage over the video pairs of two folders (metric networks built inside, once
+    per call, as in an evaluation job)."""
+    with Timer(device, reset_peak=True) as t:
+        out, unavailable = reference_metrics(cfg, fp_dir, quant_dir)
+    pairs = int(out["num_items"])
+    return {"fp_row": fp_dir.name, "pairs": pairs, "seconds": t.seconds, "seconds_per_pair": t.seconds / pairs,
+            "timed": sorted(out["metrics"]), "unavailable": unavailable, "gpu": t.gpu}
+
+
 def bench_generation(cfg: DictConfig) -> Path:
     """Every row of ``cfg.rows`` end to end (module doc); writes ``<out>/<name>.json`` and returns its path."""
     from qarvd.models.pipeline import build_pipeline
@@ -82,7 +127,8 @@ def bench_generation(cfg: DictConfig) -> Path:
     res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                  "torch": torch.__version__, "overrides": command_overrides(), "batch": int(cfg.batch),
                  "videos": int(cfg.videos), "writers": int(cfg.writers), "encoding": enc.__dict__,
-                 "rows": {}}
+                 "model": {k: OmegaConf.to_container(cfg.model[k], resolve=True) if k != "name" else str(cfg.model.name)
+                           for k in ("name", "arch", "rollout")}, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with open_dict(cfg):
@@ -95,6 +141,10 @@ def bench_generation(cfg: DictConfig) -> Path:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(int(cfg.videos))]
         jobs = video_jobs(prompts, seed=int(cfg.seed))
         base = pipe.model
+        metric_cfg = None
+        if cfg.metrics:
+            metric_cfg, res["metric_stage"] = metric_stage(cfg)
+        first = next(iter(cfg.rows))
         for name, spec in cfg.rows.items():
             model = row_model(base, spec, cfg)
             pipe.model = model
@@ -106,6 +156,8 @@ def bench_generation(cfg: DictConfig) -> Path:
             del model
             gc.collect()
             torch.cuda.empty_cache() if device.type == "cuda" else None
+            if metric_cfg is not None and name != first:
+                row["metric_stage"] = time_metrics(metric_cfg, work / first, work / name, device)
             atomic_write_json(path, res)
         names = list(res["rows"])
         res["fps_ratio"] = {f"{n}/{names[0]}": res["rows"][n]["fps"] / res["rows"][names[0]]["fps"] for n in names[1:]}
