@@ -24,6 +24,21 @@ def test_calibration_profile_times_blocks_end_to_end_and_projects(tmp_path):
     assert res["peak_rss_gb"] > 0 and "gpu_peak_gb_reconstruction" not in res
 
 
+def test_probe_projection_takes_the_release_iteration_count_from_a_short_run():
+    """A run timed at calib.iters=100 projects its probes at projection_iters (2000): per block one capture pass plus
+    2000 x the block-iteration rate, times the blocks, plus inits and the compile once."""
+    from qarvd.bench.calibration_batched import projection
+
+    res = {"seconds": {"weight_init_all_layers": 2.0, "activation_init": 58.0, "capture_pass_one_block": 8.0},
+           "arch": {"num_layers": 30}, "probe": {"bf16_compile": {"seconds_per_block_iter": 0.044, "compile_seconds": 90.0},
+                                                 "bf16_compile_first": {"seconds_per_block_iter": 9.0}}}
+    cfg = compose(["calib.iters=100", "projection_iters=2000"], config_name="bench/calibration_batched")
+    p = projection(res, cfg)
+    assert p["probe_projection_iters"] == 2000 and "probe_bf16_compile_first_hours" not in p
+    assert abs(p["probe_bf16_compile_hours"] * 3600 - (60.0 + 30 * (8.0 + 0.044 * 2000) + 90.0)) < 1e-6
+    assert projection(res, compose(["calib.iters=100"], config_name="bench/calibration_batched"))["probe_projection_iters"] == 100
+
+
 SMALL_MODEL = ["model.arch.dim=64", "model.arch.ffn_dim=128", "model.arch.num_heads=2", "model.arch.num_layers=2",
                "model.arch.text_len=8", "model.arch.text_dim=32", "model.text_encoder.arch.vocab_size=256",
                "model.text_encoder.arch.d_ff=64", "model.text_encoder.arch.num_heads=2",

@@ -18,8 +18,9 @@ refresh) = 35 forwards per prompt, a seeded random umT5-sized text context. Stag
    ``calib.batch`` (capture passes under ``calib.capture.ram_gb``, lock-step groups under ``calib.batch.gpu_gb``,
    the compile of the step on its first use): end-to-end seconds, peak host RSS and peak GPU memory.
 
-Projection: weight init + activation init + (num_layers / blocks) x the timed run. Every stage rewrites the JSON
-(atomically), so a run stopped by a time limit keeps what it measured.
+Projection: weight init + activation init + (num_layers / blocks) x the timed run; per probe mode, weight init +
+activation init + num_layers x (one capture pass + ``projection_iters`` x its block-iteration rate) + its compile.
+Every stage rewrites the JSON (atomically), so a run stopped by a time limit keeps what it measured.
 """
 from __future__ import annotations
 
@@ -102,9 +103,11 @@ def probe(pipe, layers: dict, names: list[str], prompts, seeds, recon, cfg: Dict
 def projection(res: dict, cfg: DictConfig) -> dict:
     """The whole model from the timed blocks, and per probe mode from its block-iteration rate."""
     sec, nb, iters = res["seconds"], res["arch"]["num_layers"], int(cfg.calib.iters)
+    probe_iters = int(cfg.projection_iters or iters)  # a short timed run can still project the release's count
     act = sec.get("activation_init", float(cfg.cited_activation_init_seconds))
     init = sec["weight_init_all_layers"] + act
-    out = {"blocks": nb, "activation_init_seconds": act, "activation_init": cfg.activation_init}
+    out = {"blocks": nb, "activation_init_seconds": act, "activation_init": cfg.activation_init,
+           "probe_projection_iters": probe_iters}
     timed = sec.get("reconstruction_timed_blocks")
     if timed is not None:
         full = init + timed * nb / int(cfg.blocks)
@@ -114,7 +117,7 @@ def projection(res: dict, cfg: DictConfig) -> dict:
                    full_calibration_hours=full / 3600)
     for mode, p in res.get("probe", {}).items():  # one capture pass per block, the probe's rate, its compile once
         if not mode.endswith("_first"):
-            per_block = sec["capture_pass_one_block"] + p["seconds_per_block_iter"] * iters
+            per_block = sec["capture_pass_one_block"] + p["seconds_per_block_iter"] * probe_iters
             out[f"probe_{mode}_hours"] = (init + nb * per_block + p.get("compile_seconds", 0.0)) / 3600
     return out
 

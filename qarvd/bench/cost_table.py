@@ -149,7 +149,10 @@ def calibration_part(cfg: DictConfig, sources: dict[str, Source], projection: st
         return Part(reason=f"no calibration JSON for method {method} (calibration.{method})")
     d = sources[method].data
     m = cfg.model
-    measured = {"iters": d.get("iters"), "prompts": d.get("prompts"), "forwards_per_prompt": d.get("forwards_per_prompt"),
+    iters = d.get("iters")  # the probes project at the JSON's probe_projection_iters where it records one
+    if projection != "timed":
+        iters = d.get("projection", {}).get("probe_projection_iters", iters)
+    measured = {"iters": iters, "prompts": d.get("prompts"), "forwards_per_prompt": d.get("forwards_per_prompt"),
                 "latent": d.get("latent_frame"), **{f"arch.{k}": v for k, v in d.get("arch", {}).items()}}
     job = {"iters": int(cfg.calib.iters), "prompts": int(cfg.calib.num_prompts),
            "forwards_per_prompt": len(RolloutConfig(**container(m.rollout)).forward_infos()),
