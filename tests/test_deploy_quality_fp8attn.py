@@ -29,7 +29,8 @@ def test_fp8_attention_row_next_to_the_default_row(tmp_path):
     assert 1.0 < fp8["latent_mse"]["overall"] / default["latent_mse"]["overall"] < 3
 
 
-@pytest.mark.parametrize("override,key", [("kernels=[cutlass]", "kernels"), ("attention=[fp4]", "attention")])
+@pytest.mark.parametrize("override,key", [("kernels=[cutlass]", "kernels"), ("attention=[fp4]", "attention"),
+                                          ("formats=[w4a8@1]", "formats")])
 def test_unknown_choice_fails_before_any_rollout(tmp_path, override, key):
     from conftest import compose
     from qarvd.app.deploy_quality import deploy_quality
