@@ -54,6 +54,9 @@ class WanConfig:
         return d
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit activations (see _eager_16bit)
+
+
 # ----------------------------------------------------------------------------------------------- embeddings
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
     """Wan's timestep embedding, computed in float64: cosine half first, then sine half."""
@@ -107,6 +110,14 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _eager_16bit(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """The eager bf16 path: 16-bit activations, no autograd, no autocast. Only there does RMSNorm take its fused form
+    (fewer kernels and bytes, rounding differences at bf16 ties); training, autocast and float32 / float64 models
+    keep their arithmetic exactly."""
+    return (x.dtype in HALF_DTYPES and not _needs_grad(x, *others)
+            and not (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)))
+
+
 def _into(dtype: torch.dtype, op, *args) -> torch.Tensor:
     """``op(*args)`` computed in the promoted dtype (float32 for bf16 activations and float32 modulation) and stored
     once in ``dtype``: the numbers of ``op(*args).to(dtype)`` without the promoted result in memory."""
@@ -117,7 +128,14 @@ def _into(dtype: torch.dtype, op, *args) -> torch.Tensor:
 
 
 class WanRMSNorm(nn.Module):
-    """RMSNorm over the full model dim (across heads), computed in fp32 as in Wan."""
+    """RMSNorm over the full model dim (across heads), computed in fp32 as in Wan: the normalised input is rounded to
+    the input's dtype, then multiplied by the weight.
+
+    The eager bf16 path (:func:`_eager_16bit`) normalises through ``F.rms_norm`` without a weight: on CUDA one fused
+    kernel that reads the 16-bit input, reduces in float32 and stores the normalised input once (the upcast
+    formulation below runs five kernels over [B, L, dim], two of them writing float32 copies); its float32 sum of
+    squares runs in another order, so an element can differ at a bf16 rounding tie. On the CPU ``F.rms_norm`` is
+    that upcast formulation, bit for bit. Other inputs compute exactly as before."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -125,6 +143,8 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _eager_16bit(x):  # one fused kernel on CUDA; on the CPU the same upcast formulation as below
+            return F.rms_norm(x, self.weight.shape, None, self.eps) * self.weight
         xf = _upcast(x)
         return _into(x.dtype, torch.mul, xf, torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)) * self.weight
 
