@@ -111,9 +111,9 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def _eager_16bit(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """The eager bf16 path: 16-bit activations, no autograd, no autocast. Only there does RMSNorm take its fused form
-    (fewer kernels and bytes, rounding differences at bf16 ties); training, autocast and float32 / float64 models
-    keep their arithmetic exactly."""
+    """The eager bf16 path: 16-bit activations, no autograd, no autocast. Only there do modulation and RMSNorm take
+    their fused forms (fewer kernels and bytes, rounding differences at bf16 ties); training, autocast and float32 /
+    float64 models keep their arithmetic exactly."""
     return (x.dtype in HALF_DTYPES and not _needs_grad(x, *others)
             and not (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)))
 
@@ -125,6 +125,19 @@ def _into(dtype: torch.dtype, op, *args) -> torch.Tensor:
         return op(*args).to(dtype)
     out = torch.empty(torch.broadcast_shapes(*(a.shape for a in args)), dtype=dtype, device=args[0].device)
     return op(*args, out=out)
+
+
+def _mul_add(h: torch.Tensor, mult: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """``h * mult + add`` (float32 ``mult``/``add`` broadcast over a 16-bit or float32 ``h``) stored in h's dtype.
+
+    The eager bf16 path (:func:`_eager_16bit`): one fused multiply-add kernel (``torch.addcmul``), float32 arithmetic
+    with the product rounded inside the FMA, one store; the two-step form runs two mixed-dtype broadcast kernels and
+    writes and re-reads a float32 [B, L, dim] intermediate. The results can differ only where the float32 rounding
+    of the product decides a bf16 rounding tie. Otherwise the two-step float32 arithmetic, exactly as before."""
+    if _eager_16bit(h, mult, add):
+        out = torch.empty(torch.broadcast_shapes(h.shape, mult.shape, add.shape), dtype=h.dtype, device=h.device)
+        return torch.addcmul(add, h, mult, out=out)
+    return _into(h.dtype, torch.add, h * mult, add)
 
 
 class WanRMSNorm(nn.Module):
@@ -296,8 +309,7 @@ class WanAttentionBlock(nn.Module):
         shift0, scale0, gate0, shift1, scale1, gate1 = (self.modulation.unsqueeze(1) + e.float()).unbind(dim=2)
 
         def modulate(h, shift, scale):  # float32 modulation, stored in x's dtype
-            return _into(x.dtype, torch.add, h.view(b, frames, -1, d) * (1 + scale.unsqueeze(2)),
-                         shift.unsqueeze(2)).flatten(1, 2)
+            return _mul_add(h.view(b, frames, -1, d), 1 + scale.unsqueeze(2), shift.unsqueeze(2)).flatten(1, 2)
 
         def gated(h, gate):
             return _into(x.dtype, torch.mul, h.view(b, frames, -1, d), gate.unsqueeze(2)).flatten(1, 2)
@@ -321,7 +333,7 @@ class Head(nn.Module):
         b, n, d = x.shape
         shift, scale = (self.modulation.unsqueeze(1) + temb.float().unsqueeze(2)).unbind(dim=2)
         h = self.norm(x).view(b, frames, -1, d)
-        h = _into(x.dtype, torch.add, h * (1 + scale.unsqueeze(2)), shift.unsqueeze(2)).flatten(1, 2)
+        h = _mul_add(h, 1 + scale.unsqueeze(2), shift.unsqueeze(2)).flatten(1, 2)
         return self.head(h)
 
 
