@@ -82,18 +82,35 @@ def rope_angles(head_dim: int, max_positions: int, theta: float) -> list[torch.T
     return tables
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_pairs(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair rotation tables [L, D/2, 2] of the 16-bit RoPE path: ``(cos, sin)`` and ``(-sin, cos)``, two views of
+    one [L, D/2, 3] table (two small kernels; computed once per block forward and shared by q and k)."""
+    tab = torch.stack((-sin, cos, sin), dim=-1)
+    return tab[..., 1:], tab[..., :2]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               pairs: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of ``x`` [B, L, H, D] by the angles behind cos/sin [L, D/2].
 
-    float32 math (float64 stays float64), each rotated half stored straight into x's dtype: the pairs are read as
-    strided views of x (a bf16 element times a float32 angle promotes exactly as an upcast copy would), so neither a
-    float32 copy of x nor a stacked float32 result is materialised; the numbers are those of upcasting, rotating
-    and casting back (half the bytes of that formulation in the eager bf16 path)."""
+    The eager bf16 path (:func:`_eager_16bit`; ``pairs`` from :func:`rope_pairs`, else computed here): two kernels
+    over the pair view [..., D/2, 2] of x, ``x[2i] * (cos, sin)`` into a float32 product, then one fused multiply-add
+    ``+ x[2i+1] * (-sin, cos)`` stored contiguously in x's dtype. The FMA rounds the second product inside the sum
+    instead of separately, so an element can differ from the two-rounding form below only where float32 rounding
+    decides a bf16 rounding tie; that form took six mixed-dtype kernels with stride-2 bf16 reads and writes.
+    Otherwise: float32 math (float64 stays float64) on strided views of x, each rotated half stored straight into
+    x's dtype, exactly the numbers of upcasting, rotating and casting back."""
     x0, x1 = x[..., 0::2], x[..., 1::2]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     if _needs_grad(x) or torch.compiler.is_compiling():  # no out= into strided views there (autograd, dynamo)
         return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
     out = torch.empty_like(x)
+    if _eager_16bit(x):
+        t0, t1 = rope_pairs(cos, sin) if pairs is None else pairs
+        xp = x.unflatten(-1, (-1, 2))
+        prod = xp[..., :1] * t0[None, :, None]  # (x0 cos, x0 sin), float32
+        torch.addcmul(prod, xp[..., 1:], t1[None, :, None], out=out.unflatten(-1, (-1, 2)))
+        return out
     torch.sub(x0 * c, x1 * s, out=out[..., 0::2])
     torch.add(x0 * s, x1 * c, out=out[..., 1::2])
     return out
@@ -111,9 +128,9 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def _eager_16bit(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """The eager bf16 path: 16-bit activations, no autograd, no autocast. Only there do modulation and RMSNorm take
-    their fused forms (fewer kernels and bytes, rounding differences at bf16 ties); training, autocast and float32 /
-    float64 models keep their arithmetic exactly."""
+    """The eager bf16 path: 16-bit activations, no autograd, no autocast. Only there do RoPE, modulation and RMSNorm
+    take their fused forms (fewer kernels and bytes, rounding differences at bf16 ties); training, autocast and
+    float32 / float64 models keep their arithmetic exactly."""
     return (x.dtype in HALF_DTYPES and not _needs_grad(x, *others)
             and not (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)))
 
@@ -250,7 +267,8 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
         k = self.norm_k(self.k(x)).view(b, n, self.num_heads, self.head_dim)
         v = self.v(x).view(b, n, self.num_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        pairs = rope_pairs(cos, sin) if _eager_16bit(q) else None  # shared by q and k
+        q, k = apply_rope(q, cos, sin, pairs), apply_rope(k, cos, sin, pairs)
         if kv is not None:
             end = token_start + n
             if end > kv.max_tokens:
