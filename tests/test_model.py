@@ -5,10 +5,11 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from qarvd.models.rollout import FlowMatchSchedule, RolloutConfig, rollout
-from qarvd.models.wan import (CausalWanModel, WanConfig, apply_rope, chunk_causal_mask, count_parameters,
-                              rope_split, sinusoidal_embedding_1d)
+from qarvd.models.wan import (CausalWanModel, WanConfig, WanRMSNorm, _mul_add, apply_rope, chunk_causal_mask,
+                              count_parameters, rope_split, sinusoidal_embedding_1d)
 
 
 def test_wan_1_3b_parameter_count_and_names():
@@ -48,6 +49,59 @@ def test_rope_rotates_adjacent_pairs():
     x = torch.tensor([[[[1.0, 0.0, 0.0, 1.0]]]])  # [B=1, L=1, H=1, D=4]
     cos, sin = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])  # 90 deg on pair 0, 0 deg on pair 1
     assert torch.allclose(apply_rope(x, cos, sin), torch.tensor([[[[0.0, 1.0, 0.0, 1.0]]]]))
+
+
+class _OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _bf16_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many representable bf16 values apart two bf16 tensors are, elementwise (0 below 2^-20 apart: a value near
+    zero may change sign)."""
+    steps = (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
+    return torch.where((a.float() - b.float()).abs() <= 2.0**-20, 0, steps)
+
+
+def test_16bit_forms_differ_from_the_two_rounding_float32_forms_only_at_rounding_ties():
+    """The eager bf16 path's fused forms (RoPE as one product + one FMA, modulation as one FMA, RMSNorm through
+    F.rms_norm) against the float32 formulation they replace (every product rounded to float32, stored in bf16 once):
+    at most one bf16 step apart, and only where float32 rounding decides a bf16 rounding tie (here < 0.1 % of the
+    elements); F.rms_norm on the CPU is that formulation bit for bit. float32 inputs keep it exactly."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 4, 32, generator=g).bfloat16()
+    ang = torch.rand(64, 16, generator=g) * 6.3
+    cos, sin = ang.cos(), ang.sin()
+
+    def rope_ref(v):
+        c, s = cos[None, :, None], sin[None, :, None]
+        return torch.stack([v[..., 0::2] * c - v[..., 1::2] * s, v[..., 0::2] * s + v[..., 1::2] * c], -1).flatten(-2)
+
+    h = torch.randn(2, 3, 40, 64, generator=g).bfloat16()
+    scale, shift = 0.3 * torch.randn(2, 3, 1, 64, generator=g), 0.3 * torch.randn(2, 3, 1, 64, generator=g)
+    mult = 1 + scale
+    norm = WanRMSNorm(64, eps=1e-6).bfloat16()
+    norm.weight.data = (torch.rand(64, generator=g) + 0.5).bfloat16()
+    q = torch.randn(2, 40, 64, generator=g).bfloat16()
+    qf = q.float()
+    with torch.no_grad():
+        cases = [(apply_rope(x, cos, sin), rope_ref(x.float()).bfloat16()),
+                 (_mul_add(h, mult, shift), (h.float() * mult + shift).bfloat16())]
+        for got, ref in cases:
+            steps = _bf16_steps(got, ref)
+            assert got.dtype == torch.bfloat16 and steps.max() <= 1 and (steps > 0).float().mean() < 1e-3
+        assert torch.equal(norm(q), (qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + 1e-6)).bfloat16() * norm.weight)
+        with _OpNames() as ops:  # the fused forms are what runs: one FMA each, no separate add / sub
+            apply_rope(x, cos, sin)
+            _mul_add(h, mult, shift)
+        assert ops.names.count("addcmul") == 2 and not {"add", "sub"} & set(ops.names), ops.names
+        assert torch.equal(apply_rope(x.float(), cos, sin), rope_ref(x.float()))
+        assert torch.equal(_mul_add(h.float(), mult, shift), h.float() * mult + shift)
 
 
 def test_patchify_unpatchify_roundtrip_shapes(tiny_model):
@@ -102,16 +156,18 @@ def test_kv_cache_rollout_equals_full_recompute(tiny_model):
 
 
 @pytest.mark.slow
-def test_compiled_blocks_compile_three_graphs_for_a_whole_rollout(tiny_model):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_blocks_compile_three_graphs_for_a_whole_rollout(tiny_model, dtype):
     """torch.compile of each block (regional compile, as a max-autotune bf16 baseline would do it) over a 4-chunk
     rollout of 2 blocks: one graph for the video's first forward (no cross-attention K/V cached yet), one for chunk 0,
     one with the token offset dynamic for every later chunk; every block shares them (a block gets its LayerCache,
     not a Python-int layer index to specialise on). aot_eager runs the traced graphs with eager kernels, so the
-    latents equal the eager ones bit for bit."""
+    latents equal the eager ones bit for bit (also in bf16, whose eager forms write through out=)."""
     from torch._dynamo.utils import counters
 
     cfg = RolloutConfig(num_frames=8, frames_per_chunk=2, denoising_steps=[1000, 500])
-    ctx = torch.randn(1, 4, 8)
+    tiny_model = tiny_model.to(dtype)
+    ctx = torch.randn(1, 4, 8).to(dtype)
     with torch.no_grad():
         ref = rollout(tiny_model, ctx, [0], (4, 8, 8), cfg)
         torch._dynamo.reset()

@@ -54,6 +54,9 @@ class WanConfig:
         return d
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit activations (see _eager_16bit)
+
+
 # ----------------------------------------------------------------------------------------------- embeddings
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
     """Wan's timestep embedding, computed in float64: cosine half first, then sine half."""
@@ -79,18 +82,35 @@ def rope_angles(head_dim: int, max_positions: int, theta: float) -> list[torch.T
     return tables
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_pairs(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair rotation tables [L, D/2, 2] of the 16-bit RoPE path: ``(cos, sin)`` and ``(-sin, cos)``, two views of
+    one [L, D/2, 3] table (two small kernels; computed once per block forward and shared by q and k)."""
+    tab = torch.stack((-sin, cos, sin), dim=-1)
+    return tab[..., 1:], tab[..., :2]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               pairs: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of ``x`` [B, L, H, D] by the angles behind cos/sin [L, D/2].
 
-    float32 math (float64 stays float64), each rotated half stored straight into x's dtype: the pairs are read as
-    strided views of x (a bf16 element times a float32 angle promotes exactly as an upcast copy would), so neither a
-    float32 copy of x nor a stacked float32 result is materialised; the numbers are those of upcasting, rotating
-    and casting back (half the bytes of that formulation in the eager bf16 path)."""
+    The eager bf16 path (:func:`_eager_16bit`; ``pairs`` from :func:`rope_pairs`, else computed here): two kernels
+    over the pair view [..., D/2, 2] of x, ``x[2i] * (cos, sin)`` into a float32 product, then one fused multiply-add
+    ``+ x[2i+1] * (-sin, cos)`` stored contiguously in x's dtype. The FMA rounds the second product inside the sum
+    instead of separately, so an element can differ from the two-rounding form below only where float32 rounding
+    decides a bf16 rounding tie; that form took six mixed-dtype kernels with stride-2 bf16 reads and writes.
+    Otherwise: float32 math (float64 stays float64) on strided views of x, each rotated half stored straight into
+    x's dtype, exactly the numbers of upcasting, rotating and casting back."""
     x0, x1 = x[..., 0::2], x[..., 1::2]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     if _needs_grad(x) or torch.compiler.is_compiling():  # no out= into strided views there (autograd, dynamo)
         return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
     out = torch.empty_like(x)
+    if _eager_16bit(x):
+        t0, t1 = rope_pairs(cos, sin) if pairs is None else pairs
+        xp = x.unflatten(-1, (-1, 2))
+        prod = xp[..., :1] * t0[None, :, None]  # (x0 cos, x0 sin), float32
+        torch.addcmul(prod, xp[..., 1:], t1[None, :, None], out=out.unflatten(-1, (-1, 2)))
+        return out
     torch.sub(x0 * c, x1 * s, out=out[..., 0::2])
     torch.add(x0 * s, x1 * c, out=out[..., 1::2])
     return out
@@ -107,6 +127,14 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _eager_16bit(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """The eager bf16 path: 16-bit activations, no autograd, no autocast. Only there do RoPE, modulation and RMSNorm
+    take their fused forms (fewer kernels and bytes, rounding differences at bf16 ties); training, autocast and
+    float32 / float64 models keep their arithmetic exactly."""
+    return (x.dtype in HALF_DTYPES and not _needs_grad(x, *others)
+            and not (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)))
+
+
 def _into(dtype: torch.dtype, op, *args) -> torch.Tensor:
     """``op(*args)`` computed in the promoted dtype (float32 for bf16 activations and float32 modulation) and stored
     once in ``dtype``: the numbers of ``op(*args).to(dtype)`` without the promoted result in memory."""
@@ -116,8 +144,28 @@ def _into(dtype: torch.dtype, op, *args) -> torch.Tensor:
     return op(*args, out=out)
 
 
+def _mul_add(h: torch.Tensor, mult: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """``h * mult + add`` (float32 ``mult``/``add`` broadcast over a 16-bit or float32 ``h``) stored in h's dtype.
+
+    The eager bf16 path (:func:`_eager_16bit`): one fused multiply-add kernel (``torch.addcmul``), float32 arithmetic
+    with the product rounded inside the FMA, one store; the two-step form runs two mixed-dtype broadcast kernels and
+    writes and re-reads a float32 [B, L, dim] intermediate. The results can differ only where the float32 rounding
+    of the product decides a bf16 rounding tie. Otherwise the two-step float32 arithmetic, exactly as before."""
+    if _eager_16bit(h, mult, add):
+        out = torch.empty(torch.broadcast_shapes(h.shape, mult.shape, add.shape), dtype=h.dtype, device=h.device)
+        return torch.addcmul(add, h, mult, out=out)
+    return _into(h.dtype, torch.add, h * mult, add)
+
+
 class WanRMSNorm(nn.Module):
-    """RMSNorm over the full model dim (across heads), computed in fp32 as in Wan."""
+    """RMSNorm over the full model dim (across heads), computed in fp32 as in Wan: the normalised input is rounded to
+    the input's dtype, then multiplied by the weight.
+
+    The eager bf16 path (:func:`_eager_16bit`) normalises through ``F.rms_norm`` without a weight: on CUDA one fused
+    kernel that reads the 16-bit input, reduces in float32 and stores the normalised input once (the upcast
+    formulation below runs five kernels over [B, L, dim], two of them writing float32 copies); its float32 sum of
+    squares runs in another order, so an element can differ at a bf16 rounding tie. On the CPU ``F.rms_norm`` is
+    that upcast formulation, bit for bit. Other inputs compute exactly as before."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -125,6 +173,8 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _eager_16bit(x):  # one fused kernel on CUDA; on the CPU the same upcast formulation as below
+            return F.rms_norm(x, self.weight.shape, None, self.eps) * self.weight
         xf = _upcast(x)
         return _into(x.dtype, torch.mul, xf, torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)) * self.weight
 
@@ -217,7 +267,8 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
         k = self.norm_k(self.k(x)).view(b, n, self.num_heads, self.head_dim)
         v = self.v(x).view(b, n, self.num_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        pairs = rope_pairs(cos, sin) if _eager_16bit(q) else None  # shared by q and k
+        q, k = apply_rope(q, cos, sin, pairs), apply_rope(k, cos, sin, pairs)
         if kv is not None:
             end = token_start + n
             if end > kv.max_tokens:
@@ -276,8 +327,7 @@ class WanAttentionBlock(nn.Module):
         shift0, scale0, gate0, shift1, scale1, gate1 = (self.modulation.unsqueeze(1) + e.float()).unbind(dim=2)
 
         def modulate(h, shift, scale):  # float32 modulation, stored in x's dtype
-            return _into(x.dtype, torch.add, h.view(b, frames, -1, d) * (1 + scale.unsqueeze(2)),
-                         shift.unsqueeze(2)).flatten(1, 2)
+            return _mul_add(h.view(b, frames, -1, d), 1 + scale.unsqueeze(2), shift.unsqueeze(2)).flatten(1, 2)
 
         def gated(h, gate):
             return _into(x.dtype, torch.mul, h.view(b, frames, -1, d), gate.unsqueeze(2)).flatten(1, 2)
@@ -301,7 +351,7 @@ class Head(nn.Module):
         b, n, d = x.shape
         shift, scale = (self.modulation.unsqueeze(1) + temb.float().unsqueeze(2)).unbind(dim=2)
         h = self.norm(x).view(b, frames, -1, d)
-        h = _into(x.dtype, torch.add, h * (1 + scale.unsqueeze(2)), shift.unsqueeze(2)).flatten(1, 2)
+        h = _mul_add(h, 1 + scale.unsqueeze(2), shift.unsqueeze(2)).flatten(1, 2)
         return self.head(h)
 
 
