@@ -121,9 +121,10 @@ def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
     fake_mse = latent_mse_by_chunk(fake, fp, chunks)
     result["fake_quant"] = fake_mse
     quant_model = pipe.model
+    alternates: dict[str, torch.nn.Module] = {}  # format name -> its run's fake-quant model, loaded once
     for fmt in cfg.formats:
         result.setdefault("format_rows", []).append(
-            format_row(cfg, fmt, fp_model, quant_model, pipe, roll, fp, fake_mse, chunks))
+            format_row(cfg, fmt, fp_model, quant_model, alternates, pipe, roll, fp, fake_mse, chunks))
         atomic_write_json(out / "deploy_quality.json", result)
     pipe.model = quant_model
     for kernel, weights, dual, attn in itertools.product(cfg.kernels, cfg.weights, cfg.dual_modes, cfg.attention):
@@ -144,14 +145,16 @@ def deploy_quality(cfg: DictConfig, out_dir: str | Path) -> dict:
     return result
 
 
-def format_row(cfg: DictConfig, fmt: str, fp_model, quant_model, pipe, roll, fp: torch.Tensor, fake_mse: dict,
-               chunks) -> dict:
+def format_row(cfg: DictConfig, fmt: str, fp_model, quant_model, alternates: dict, pipe, roll, fp: torch.Tensor,
+               fake_mse: dict, chunks) -> dict:
     """One ``formats`` entry: the run's fake-quant layers, with those of ``format_runs[<name>]`` in the entry's chunks
     (every chunk: that run's fake quant alone); its latent MSE and ratio to the run's fake quant, paired over the
-    prompts."""
+    prompts. ``alternates`` caches each format's loaded model (its layers are only read, so rows share them)."""
     name, picked = chunk_choice("formats", fmt, cfg.format_runs, pipe.rollout_cfg.num_chunks)
-    other = copy.deepcopy(fp_model)
-    load_artifact(other, cfg.format_runs[name])  # checks the weights identity against this model's
+    if name not in alternates:
+        alternates[name] = copy.deepcopy(fp_model)
+        load_artifact(alternates[name], cfg.format_runs[name])  # checks the weights identity against this model's
+    other = alternates[name]
     model = other if picked is None else chunk_formats_(copy.deepcopy(quant_model), other, picked)
     pipe.model = model
     mse = latent_mse_by_chunk(roll(f"formats {fmt}"), fp, chunks)

@@ -93,7 +93,9 @@ def load_source(path: str, script: str, command: Optional[str] = None) -> Source
     data = json.loads(file.read_text())
     if "overrides" in data:
         command = " ".join(["python", script, *(shlex.quote(o) for o in data["overrides"])])
-    return Source(str(path), data, command or "not recorded")
+    resolved = file.resolve()  # named from the repository root where it lies inside it: outputs carry no machine paths
+    name = resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else file
+    return Source(str(name), data, command or "not recorded")
 
 
 @contextlib.contextmanager
