@@ -1,6 +1,9 @@
 """CUTLASS 3 INT8 GEMM for Hopper (kernels/csrc/int8_gemm_sm90.cu) through ctypes: ``y = col_scale * (a @ w.T) +
 col_bias`` in bf16, int32 accumulation on the wgmma tensor cores, warp-specialized TMA mainloop and epilogue, with
 the layer's consumer fused into the epilogue: the (gated) residual update, or GELU -> the next layer's int8 codes.
+Q-ARVD's dual-scale layers in the ``int_ratio`` form (one accumulator, the outlier group's sum times an integer ratio
+per output channel) run on the same persistent ping-pong kernel with a mainloop that applies the ratio in registers
+(kernels/csrc/int_ratio_mma_sm90.hpp); the ``exact`` form (two accumulators) stays on the Triton GEMM.
 
 Why next to the Triton kernel (kernels/qgemm.py): at the Wan shapes Triton's int8 kernel reaches 1.15-1.4x of cuBLAS
 bf16 while cuBLAS's own FP8 GEMM (same tensor-core rate as int8 on Hopper) reaches 1.6-1.95x (kernels/NOTES.md); the
@@ -18,18 +21,26 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "int8_gemm_sm90.cu"
-CONFIGS = ("pingpong_128x128", "coop_128x256", "coop_256x128", "pingpong_128x128_c2x1")
-EPILOGUES = ("store", "residual", "gelu_quant")  # the C API's epilogue kind is the index
+SOURCES = (SOURCE, SOURCE.with_name("int_ratio_mma_sm90.hpp"))  # what the library is compiled from
+CONFIGS = ("pingpong_128x128", "coop_128x256", "coop_256x128", "pingpong_128x128_c2x1", "pingpong_128x128_int_ratio")
+INT_RATIO_CONFIG = 4  # config 0 with the int_ratio mainloop: the one config of dual-scale layers
+BK = 128  # K of every config's tile: the outlier group (a multiple of kernels.layout.PAD) is whole k-tiles
+# The C API's epilogue kinds (the index): gelu_quant reads one step and zero point of the next layer, gelu_quant_cols
+# one per column (a dual-scale next layer whose outlier run the producer writes first).
+EPILOGUES = ("store", "residual", "gelu_quant", "gelu_quant_cols")
 # (config, epilogue) pairs the library instantiates: every config stores; the fused kinds in config 0 (the default)
-# and 3 (the 2x1 cluster: CONFIG_BY_SHAPE's for gelu_quant; its residual is kept for scripts/bench_cutlass_gemm.py's
-# comparison, measured slower), since each instance adds ~20 s of nvcc. Checked against the library when it loads.
+# and 3 (the 2x1 cluster: CONFIG_BY_SHAPE's for ffn.0's GELU -> int8; its residual is kept for
+# scripts/bench_cutlass_gemm.py's comparison, measured slower); the int_ratio config stores, updates residuals and
+# feeds a dual-scale ffn.2 (gelu_quant_cols, also in config 3 for a plain ffn.0 before a dual ffn.2), since each
+# instance adds ~20 s of nvcc. Checked against the library when it loads.
 INSTANCES = frozenset([(c, "store") for c in range(len(CONFIGS))]
-                      + [(c, e) for c in (0, 3) for e in ("residual", "gelu_quant")])
+                      + [(c, e) for c in (0, 3) for e in ("residual", "gelu_quant")]
+                      + [(3, "gelu_quant_cols"), (INT_RATIO_CONFIG, "residual"), (INT_RATIO_CONFIG, "gelu_quant_cols")])
 _LIB = None
 
 
@@ -42,7 +53,8 @@ class GemmArgs(ctypes.Structure):
                 ("col_bias", ctypes.c_void_p), ("c", ctypes.c_void_p), ("ldc", ctypes.c_int64),
                 ("gate", ctypes.c_void_p), ("gate_stride", ctypes.c_int64), ("q_scale", ctypes.c_void_p),
                 ("q_zero", ctypes.c_void_p), ("q_lo", ctypes.c_float), ("q_hi", ctypes.c_float),
-                ("m", ctypes.c_int), ("n", ctypes.c_int), ("k", ctypes.c_int), ("batches", ctypes.c_int)]
+                ("m", ctypes.c_int), ("n", ctypes.c_int), ("k", ctypes.c_int), ("batches", ctypes.c_int),
+                ("ratio", ctypes.c_void_p), ("outlier_k_tiles", ctypes.c_int)]
 
 
 def cutlass_include() -> list[Path]:
@@ -65,7 +77,7 @@ def cutlass_include() -> list[Path]:
 
 
 def build(out: Path) -> Path:
-    """Compile the shared library to ``out`` (atomic: a temp file renamed into place). Takes ~2 min (8 kernel
+    """Compile the shared library to ``out`` (atomic: a temp file renamed into place). Takes ~4 min (12 kernel
     instances, nvcc on 2 cores)."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -93,7 +105,7 @@ def library():
         if path is None:
             cache = Path(os.environ.get("QARVD_KERNEL_CACHE", Path.home() / ".cache" / "qarvd"))
             path = cache / "libqarvd_int8_gemm.so"
-            if not path.exists() or path.stat().st_mtime < SOURCE.stat().st_mtime:
+            if not path.exists() or path.stat().st_mtime < max(f.stat().st_mtime for f in SOURCES):
                 build(path)
         if not Path(path).exists():
             raise FileNotFoundError(f"QARVD_INT8_GEMM_LIB names {path}, which does not exist")
@@ -144,17 +156,23 @@ _WORKSPACE: dict = {}
 
 def int8_gemm(a: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor, col_bias: Optional[torch.Tensor] = None,
               out: Optional[torch.Tensor] = None, config: int = 0, *, residual: Optional[torch.Tensor] = None,
-              gate: Optional[torch.Tensor] = None, tokens_per_frame: int = 1, quant: Optional[tuple] = None
+              gate: Optional[torch.Tensor] = None, tokens_per_frame: int = 1, quant: Optional[tuple] = None,
+              quant_per_column: bool = False, ratio: Optional[torch.Tensor] = None, outlier_k_tiles: int = 0
               ) -> torch.Tensor:
-    """y = bf16(col_scale[n] * (a [M, K] int8 @ w [N, K] int8 ^T) + col_bias[n]) and its consumer, by arguments:
+    """y = bf16(col_scale[n] * acc[m, n] + col_bias[n]), acc = a [M, K] int8 @ w [N, K] int8 ^T, and its consumer,
+    by arguments:
 
     - neither ``residual`` nor ``quant``: returns y [M, N] bf16;
     - ``residual`` (bf16 [M, N], row-major): returns residual + bf16(gate[m // S] * y), or residual + y without a
       ``gate`` (float32 [>= M/S, N] view, unit column stride, S = ``tokens_per_frame`` dividing M: one batch per
       frame); ``out`` may be ``residual`` itself (in place);
-    - ``quant`` = (step, zero point, lo, hi) of the next layer (per-tensor float32 device scalars, their first
-      element read at run time, and the clamp range): returns its int8 codes
-      clamp(rint(bf16(gelu_tanh(y)) * (1 / step)) + zero, lo, hi) [M, N].
+    - ``quant`` = (step, zero point, lo, hi) of the next layer (float32 device tensors and the clamp range): returns
+      its int8 codes clamp(rint(bf16(gelu_tanh(y)) * (1 / step)) + zero, lo, hi) [M, N]. Per-tensor: the first
+      element of each is read at run time; ``quant_per_column``: contiguous [N] vectors, one step and zero per column.
+
+    ``ratio`` (int32, contiguous, 16-byte aligned, N rounded up to the 128-column tile) with ``config`` =
+    INT_RATIO_CONFIG: the dual-scale int_ratio accumulator, acc = ratio[n] * (the first ``outlier_k_tiles`` k-tiles
+    of 128 columns) + (the rest).
 
     ``out`` may be a column slice of a wider row-major tensor. K must be a multiple of 16, N of 8 (16 for codes)."""
     if a.dtype != torch.int8 or w.dtype != torch.int8 or a.shape[1] != w.shape[1]:
@@ -166,7 +184,8 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor, col_bia
         raise ValueError("int8_gemm fuses one consumer: residual or quant, not both")
     m, k = a.shape
     n = w.shape[0]
-    epilogue = "gelu_quant" if quant is not None else "residual" if residual is not None else "store"
+    epilogue = ("gelu_quant_cols" if quant_per_column else "gelu_quant") if quant is not None \
+        else "residual" if residual is not None else "store"
     dtype = torch.int8 if quant is not None else torch.bfloat16
     if out is None:
         out = torch.empty_like(residual) if residual is not None else torch.empty((m, n), dtype=dtype, device=a.device)
@@ -175,12 +194,18 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor, col_bia
     args = GemmArgs(a=a.data_ptr(), lda=a.stride(0), w=w.data_ptr(), ldw=w.stride(0), d=out.data_ptr(),
                     ldd=out.stride(0), col_scale=col_scale.data_ptr(),
                     col_bias=col_bias.data_ptr() if col_bias is not None else None, m=m, n=n, k=k, batches=1)
+    if (ratio is not None) != (config == INT_RATIO_CONFIG):
+        raise ValueError(f"the int_ratio config ({INT_RATIO_CONFIG}) takes a ratio vector and no other config does")
+    if ratio is not None:
+        _ratio_args(args, ratio, outlier_k_tiles)
     if residual is not None:
         _residual_args(args, residual, gate, tokens_per_frame)
     if quant is not None:
         step, zero, args.q_lo, args.q_hi = quant
         if step.dtype != torch.float32 or zero.dtype != torch.float32:
             raise ValueError("the next layer's step and zero point must be float32")
+        if quant_per_column and not all(t.is_contiguous() and t.numel() == n for t in (step, zero)):
+            raise ValueError(f"per-column steps and zero points must be contiguous [{n}] vectors")
         args.q_scale, args.q_zero = step.data_ptr(), zero.data_ptr()
     lib, kind = library(), EPILOGUES.index(epilogue)
     if (config, epilogue) not in INSTANCES:
@@ -195,6 +220,19 @@ def int8_gemm(a: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor, col_bia
         raise RuntimeError(f"CUTLASS int8 GEMM (config {CONFIGS[config]}, {epilogue}): "
                            f"{lib.qarvd_int8_gemm_error().decode()}")
     return out
+
+
+def _ratio_args(args: GemmArgs, ratio: torch.Tensor, outlier_k_tiles: int) -> None:
+    """The int_ratio operands: the producer warp copies 128 ratios per output tile with one bulk copy, so the vector
+    covers whole tiles and starts 16-byte aligned; the normal group keeps at least one k-tile."""
+    if ratio.dtype != torch.int32 or not ratio.is_contiguous() or ratio.data_ptr() % 16 \
+            or ratio.numel() < _tiles(args.n) * 128:
+        raise ValueError(f"ratio must be a contiguous, 16-byte aligned int32 vector of {_tiles(args.n) * 128} "
+                         f"(N = {args.n} rounded up to the tile), got {ratio.dtype} {tuple(ratio.shape)}")
+    if not 0 < outlier_k_tiles < -(-args.k // BK):
+        raise ValueError(f"outlier_k_tiles={outlier_k_tiles}: the outlier group must be between one k-tile and all "
+                         f"but one of the {-(-args.k // BK)} k-tiles of K={args.k}")
+    args.ratio, args.outlier_k_tiles = ratio.data_ptr(), int(outlier_k_tiles)
 
 
 def _residual_args(args: GemmArgs, residual: torch.Tensor, gate: Optional[torch.Tensor], s: int) -> None:
@@ -221,18 +259,25 @@ def _gate_unsupported(gate: torch.Tensor, m: int, n: int, s: int) -> Optional[st
     return None
 
 
-def int8_gemm_ref(a, w, col_scale, col_bias=None) -> torch.Tensor:
-    """float64 reference of :func:`int8_gemm` (before the bf16 rounding)."""
-    y = (a.double() @ w.double().T) * col_scale.double()
+def int8_gemm_ref(a, w, col_scale, col_bias=None, ratio=None, outlier_k_tiles: int = 0) -> torch.Tensor:
+    """float64 reference of :func:`int8_gemm` (before the bf16 rounding); ``ratio``: the int_ratio accumulator."""
+    ko = outlier_k_tiles * BK if ratio is not None else 0
+    acc = a[:, ko:].double() @ w[:, ko:].double().T
+    if ko:
+        acc += (a[:, :ko].double() @ w[:, :ko].double().T) * ratio[:w.shape[0]].double()
+    y = acc * col_scale.double()
     return y + col_bias.double() if col_bias is not None else y
 
 
 # Config per (epilogue, K, N), default 0. The store rows were measured on the H200
 # (benchmarks/results/h200_cutlass_gemm.json, M = 9360): 128x128 ping-pong, with a 2x1 cluster (TMA multicast of the
-# weight tile) on the two ffn shapes; gelu_quant reuses ffn.0's store config. The gated residual runs batched (one
-# batch per 1560-token frame, 13 M tiles of which the last holds 24 rows), where the 2x1 cluster would round each
-# frame up to 14 tiles: it keeps config 0 until scripts/bench_cutlass_gemm.py says otherwise.
-CONFIG_BY_SHAPE = {("store", 1536, 8960): 3, ("store", 8960, 1536): 3, ("gelu_quant", 1536, 8960): 3}
+# weight tile) on the two ffn shapes; gelu_quant and gelu_quant_cols reuse ffn.0's store config (gelu_quant_cols has
+# no config-0 instance: at other shapes it runs unfused). The gated residual runs batched (one batch per 1560-token
+# frame, 13 M tiles of which the last holds 24 rows), where the 2x1 cluster would round each frame up to 14 tiles: it
+# keeps config 0 until scripts/bench_cutlass_gemm.py says otherwise. int_ratio layers ignore this table
+# (INT_RATIO_CONFIG, the only int_ratio config).
+CONFIG_BY_SHAPE = {("store", 1536, 8960): 3, ("store", 8960, 1536): 3, ("gelu_quant", 1536, 8960): 3,
+                   ("gelu_quant_cols", 1536, 8960): 3}
 
 # Largest M at which the fused epilogue of (epilogue, K, N) runs (0: never), for shapes where fusion does not win
 # everywhere. Measured fused vs CUTLASS store + the Triton pass (benchmarks/results/{h100,h200}_cutlass_epilogues.json,
@@ -242,28 +287,70 @@ CONFIG_BY_SHAPE = {("store", 1536, 8960): 3, ("store", 8960, 1536): 3, ("gelu_qu
 FUSE_MAX_M = {("residual", 8960, 1536): 0}
 
 
-def config_for(epilogue: str, k: int, n: int) -> int:
-    return CONFIG_BY_SHAPE.get((epilogue, k, n), 0)
+def config_for(epilogue: str, k: int, n: int, int_ratio: bool = False) -> int:
+    """The config of an epilogue kind at a shape; every int_ratio layer runs the int_ratio config."""
+    return INT_RATIO_CONFIG if int_ratio else CONFIG_BY_SHAPE.get((epilogue, k, n), 0)
 
 
 def supports(lin, out_dtype: torch.dtype) -> bool:
-    """Layers the CUTLASS path takes: int8 weights without zero points, one column group, bf16 activations."""
-    return not lin.int4 and lin.dual == "none" and not lin.has_wzp and out_dtype == torch.bfloat16
+    """Layers the CUTLASS path takes: int8 weights without zero points, one column group or the int_ratio dual-scale
+    form, bf16 activations. The exact dual-scale form (two accumulators) stays on the Triton GEMM."""
+    return (not lin.int4 and lin.dual in ("none", "int_ratio") and not lin.has_wzp
+            and out_dtype == torch.bfloat16)
 
 
-def _columns(lin, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(col_scale, col_bias) of stacked linear g, float32, cached on the packed layer (computed at its first, eager
-    call; graph replays read the cached tensors): scale = a_scale * w_scale[n], bias' = bias + scale * corr[n] (the
-    activation zero point's exact integer correction, folded into the bias)."""
+class Columns(NamedTuple):
+    """What :func:`int8_gemm` reads of one stacked linear besides A and W."""
+
+    scale: torch.Tensor  # float32 [N]
+    bias: torch.Tensor  # float32 [N]
+    ratio: Optional[torch.Tensor]  # int_ratio: int32 ratios, zero-padded to whole 128-column tiles; else None
+    outlier_k_tiles: int  # int_ratio: the outlier group's k-tiles (kop / BK); else 0
+
+
+def _columns(lin, g: int) -> Columns:
+    """The :class:`Columns` of stacked linear g, cached on the packed layer (computed at its first, eager call: graph
+    replays read the cached tensors, and the outlier width is read from the device once).
+
+    scale = a_scale * w_scale[n] of the normal group, bias' = bias + scale * corr', with corr' the exact integer
+    correction of the activation zero point: corr[normal] + ratio[n] * corr[outlier] for int_ratio (qgemm_ref's
+    ``(parts0 * ratio + parts1) * scale``, the accumulator's ratio step applied to the outlier correction too),
+    corr[normal] otherwise. Summed in int64, rounded once to float32."""
     cols = lin.__dict__.setdefault("_cutlass_cols", {})
     if g not in cols:
         sl = slice(g * lin.n, (g + 1) * lin.n)
         scale = (lin.a_scale[g, 1] * lin.w_scale[1, sl]).float().contiguous()
         bias = lin.bias[sl].float() if lin.bias is not None else torch.zeros_like(scale)
+        ratio, k_tiles = None, 0
+        corr = lin.corr[1, sl].long()
+        if lin.dual == "int_ratio":
+            kop = int(lin.kop[g])
+            if kop % BK:
+                raise ValueError(f"the outlier group ({kop} columns) is not whole {BK}-column k-tiles")
+            ratio = torch.zeros(_tiles(lin.n) * 128, dtype=torch.int32, device=scale.device)
+            ratio[:lin.n] = lin.ratio[sl]
+            k_tiles = kop // BK
+            corr = corr + ratio[:lin.n].long() * lin.corr[0, sl].long()
         if lin.has_corr:
-            bias = bias + scale * lin.corr[1, sl].float()
-        cols[g] = (scale, bias.contiguous())
+            bias = bias + scale * corr.float()
+        cols[g] = Columns(scale, bias.contiguous(), ratio, k_tiles)
     return cols[g]
+
+
+def gelu_quant_kind(next_act) -> Optional[str]:
+    """The epilogue kind that writes ``next_act``'s codes from this layer's output columns in order, or None.
+
+    ``gelu_quant``: one static step and zero point (``uniform``: one column group, no smoothing, identity order).
+    ``gelu_quant_cols``: the split layout of a dual-scale consumer whose input already arrives in split order
+    (``src`` None: ffn.0's rows permuted to ffn.2's order, qarvd.deploy.fast.IntPlan) with the outlier run exactly
+    filling its padded width (``n_out == kop``): then output column n's code lands in column n with column n's step
+    and zero point, which the per-column vectors hold. Otherwise (a shifted normal run, scattered destinations,
+    smoothing) the codes are not this layer's columns in order: the Triton pass writes them."""
+    if next_act.uniform:
+        return "gelu_quant"
+    if next_act.split and next_act.src is None and next_act.nouts[0] == next_act.kops[0]:
+        return "gelu_quant_cols"
+    return None
 
 
 def _tiles(rows: int) -> int:
@@ -274,8 +361,8 @@ def unfused_reason(epilogue: str, lin, m: int, *, residual=None, out=None, gate=
                    next_act=None, next_rowsum: bool = False) -> Optional[str]:
     """Why :func:`qgemm_cutlass` runs ``epilogue`` as a separate Triton pass over the bf16 output (None: the CUTLASS
     epilogue fuses it). Fused: the residual update of one linear into a bf16 residual (gated by whole frames or not),
-    and GELU -> int8 codes when the next layer's quantization is exactly one per-tensor static step and zero point
-    over the full row (``uniform``: no dual-scale split, smoothing or column permutation) without row sums."""
+    and GELU -> int8 codes when the next layer's codes are this layer's output columns in order with one static step
+    and zero point, or one per column (:func:`gelu_quant_kind`), without row sums."""
     from kernels import _common
 
     if epilogue == "residual" and residual is None:
@@ -283,6 +370,7 @@ def unfused_reason(epilogue: str, lin, m: int, *, residual=None, out=None, gate=
     if epilogue == "gelu_quant" and (next_act is None or next_act.count != 1
                                      or next_act.col_scale.shape[1] != lin.count * lin.n):
         raise ValueError("epilogue 'gelu_quant' needs the single consumer's StackedAct over this layer's outputs")
+    kind = epilogue
     if epilogue == "residual":
         if lin.count != 1:
             return "grouped linears"
@@ -301,8 +389,10 @@ def unfused_reason(epilogue: str, lin, m: int, *, residual=None, out=None, gate=
     elif epilogue == "gelu_quant":
         if next_rowsum:
             return "the next layer needs row sums of its codes (weight zero points)"
-        if not next_act.uniform:
-            return "the next activation is dual-scale, smoothed or permuted (per-column steps)"
+        kind = gelu_quant_kind(next_act)
+        if kind is None:
+            return ("the next activation's codes are not this layer's columns in order (smoothing, scattered "
+                    "destinations, or an outlier run shorter than its padded width)")
         if next_act.col_scale.dtype != torch.float32 or next_act.col_zero.dtype != torch.float32:
             return "the next activation's step and zero point are not float32"
         if _common.EXACT_DIVISION:
@@ -311,12 +401,21 @@ def unfused_reason(epilogue: str, lin, m: int, *, residual=None, out=None, gate=
             return "int8 TMA stores need N and Kp multiples of 16"
     else:
         return f"no fused {epilogue!r} epilogue"
-    if m > FUSE_MAX_M.get((epilogue, lin.kp, lin.n), m):
-        return f"measured slower than the unfused path above M = {FUSE_MAX_M[(epilogue, lin.kp, lin.n)]} (FUSE_MAX_M)"
-    cfg = config_for(epilogue, lin.kp, lin.n)
-    if (cfg, epilogue) not in INSTANCES:
-        return f"config {CONFIGS[cfg]} has no {epilogue!r} instance"
+    if m > FUSE_MAX_M.get((kind, lin.kp, lin.n), m):
+        return f"measured slower than the unfused path above M = {FUSE_MAX_M[(kind, lin.kp, lin.n)]} (FUSE_MAX_M)"
+    cfg = config_for(kind, lin.kp, lin.n, lin.dual == "int_ratio")
+    if (cfg, kind) not in INSTANCES:
+        return f"config {CONFIGS[cfg]} has no {kind!r} instance"
     return None
+
+
+def _gemm(a, lin, g: int, kind: str, out, **consumer):
+    """:func:`int8_gemm` of stacked linear g of ``lin`` (its codes ``a[g]``, its weight rows) into ``out``, with its
+    folded columns, its ratios if it is int_ratio, and the config of ``kind`` at its shape."""
+    cols = _columns(lin, g)
+    cfg = config_for(kind, lin.kp, lin.n, cols.ratio is not None)
+    return int8_gemm(a[g], lin.weight[g * lin.n:(g + 1) * lin.n], cols.scale, cols.bias, out=out, config=cfg,
+                     ratio=cols.ratio, outlier_k_tiles=cols.outlier_k_tiles, **consumer)
 
 
 def qgemm_cutlass(a, rowsums, lin, m: int, *, out_dtype=torch.bfloat16, epilogue: str = "store", out=None,
@@ -332,29 +431,26 @@ def qgemm_cutlass(a, rowsums, lin, m: int, *, out_dtype=torch.bfloat16, epilogue
         return qgemm.qgemm(a, rowsums, lin, m, out_dtype=out_dtype, epilogue=epilogue, out=out, residual=residual,
                            gate=gate, tokens_per_frame=tokens_per_frame, next_act=next_act, next_rowsum=next_rowsum,
                            config=config)
-    if epilogue not in EPILOGUES:
-        raise ValueError(f"unknown epilogue {epilogue!r}; choose from {EPILOGUES}")
+    if epilogue not in qgemm.EPILOGUES:
+        raise ValueError(f"unknown epilogue {epilogue!r}; choose from {sorted(qgemm.EPILOGUES)}")
     n, c = lin.n, lin.count
     if fuse and epilogue != "store" and unfused_reason(epilogue, lin, m, residual=residual, out=out, gate=gate,
                                               tokens_per_frame=tokens_per_frame, next_act=next_act,
                                               next_rowsum=next_rowsum) is None:
-        cfg = config_for(epilogue, lin.kp, n)
         if epilogue == "residual":
-            scale, bias = _columns(lin, 0)
-            return int8_gemm(a[0], lin.weight, scale, bias, out=out, config=cfg, residual=residual, gate=gate,
-                             tokens_per_frame=tokens_per_frame)
+            return _gemm(a, lin, 0, "residual", out, residual=residual, gate=gate, tokens_per_frame=tokens_per_frame)
+        kind = gelu_quant_kind(next_act)
         codes = torch.empty((m, next_act.kp), dtype=torch.int8, device=a.device)
-        quant = (next_act.col_scale, next_act.col_zero, next_act.lo, next_act.hi)
         for g in range(c):
-            scale, bias = _columns(lin, g)
-            int8_gemm(a[g], lin.weight[g * n:(g + 1) * n], scale, bias, out=codes[:, g * n:(g + 1) * n], config=cfg,
-                      quant=quant)
+            step, zero = next_act.col_scale, next_act.col_zero  # per tensor: the first element is read
+            if kind == "gelu_quant_cols":
+                step, zero = step[0, g * n:(g + 1) * n], zero[0, g * n:(g + 1) * n]
+            _gemm(a, lin, g, kind, codes[:, g * n:(g + 1) * n], quant=(step, zero, next_act.lo, next_act.hi),
+                  quant_per_column=kind == "gelu_quant_cols")
         return codes, None
     y = out if epilogue == "store" and out is not None else torch.empty((m, c * n), dtype=out_dtype, device=a.device)
-    cfg = config_for("store", lin.kp, n)
     for g in range(c):
-        scale, bias = _columns(lin, g)
-        int8_gemm(a[g], lin.weight[g * n:(g + 1) * n], scale, bias, out=y[:, g * n:(g + 1) * n], config=cfg)
+        _gemm(a, lin, g, "store", y[:, g * n:(g + 1) * n])
     if epilogue == "store":
         return y
     if epilogue == "residual":

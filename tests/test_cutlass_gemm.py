@@ -16,21 +16,24 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
 from kernels import act_quant, glue, qgemm
 from kernels import cutlass_gemm as C
-from qarvd.deploy.modules import RealQuantLinear
+from kernels.layout import stack_acts
+from qarvd.deploy.modules import RealQuantLinear, in_split_order
 
 M, S, DIM, FFN = 9360, 1560, 1536, 8960  # Wan2.1-1.3B, batch 2 x 3 frames x 1560 tokens
 SMALL = dict(m=771, k=256, n=144, s=257)  # odd rows, 3 frames, N a multiple of 16 but not of the 128 tile
 
 
-def _layer(k=64, n=48, *, act_range=(-2.5, 4.0), n_outliers=0, device="cpu"):
-    """A symmetric-weight W8A8 layer (the CUTLASS path's format)."""
-    return RealQuantLinear.random(k, n, asym_w=False, act_range=act_range, n_outliers=n_outliers, device=device)
+def _layer(k=64, n=48, *, act_range=(-2.5, 4.0), n_outliers=0, device="cpu", **kw):
+    """A symmetric-weight W8A8 layer (the CUTLASS path's format); ``kw``: RealQuantLinear.random's (dual_mode, seed,
+    w_bits)."""
+    return RealQuantLinear.random(k, n, asym_w=False, act_range=act_range, n_outliers=n_outliers, device=device, **kw)
 
 
 def _next(k, **kw):
@@ -39,35 +42,125 @@ def _next(k, **kw):
     return _layer(k, 32, act_range=(-0.2, 6.0), **kw).stacked_act()
 
 
+def _dual(k=256, n=200, *, n_outliers=128, max_ratio=7, device="cpu", seed=0):
+    """A dual-scale int_ratio layer (128 outlier columns: one k-tile) with ratios drawn in [1, max_ratio] (the
+    packer's come out near 1-2 on random weights; the kernel must apply any)."""
+    lin = _layer(k, n, n_outliers=n_outliers, device=device, dual_mode="int_ratio", seed=seed).group()
+    g = torch.Generator().manual_seed(seed)
+    return replace(lin, ratio=torch.randint(1, max_ratio + 1, (lin.count * lin.n,), generator=g,
+                                            dtype=torch.int32).to(device))
+
+
+def _split_next(k, n_outliers=128, device="cpu"):
+    """ffn.2's activation in the order ffn.0's permuted rows deliver it (qarvd.deploy.fast.IntPlan): dual scale,
+    split layout, input in split order, so the codes are ffn.0's output columns in order with two steps."""
+    f2 = _layer(k, 32, act_range=(-0.2, 6.0), n_outliers=n_outliers, device=device)
+    return stack_acts([in_split_order(f2.act())])
+
+
 def test_folded_columns_reproduce_the_exact_integer_epilogue():
     """col_scale * acc + col_bias (the CUTLASS epilogue) equals qgemm's exact (acc + corr) * scale + bias."""
     lin = _layer().group()
     assert C.supports(lin, torch.bfloat16) and lin.has_corr and not lin.has_wzp
     assert not C.supports(lin, torch.float32)
     a = torch.randint(-128, 128, (1, 30, lin.kp), dtype=torch.int8)
-    scale, bias = C._columns(lin, 0)
-    got = C.int8_gemm_ref(a[0], lin.weight, scale, bias)
+    cols = C._columns(lin, 0)
+    assert cols.ratio is None and cols.outlier_k_tiles == 0
+    got = C.int8_gemm_ref(a[0], lin.weight, cols.scale, cols.bias)
     ref = qgemm.qgemm_ref(a, None, lin, 30)
     assert float((got - ref).norm() / ref.norm()) < 1e-6
 
 
+def test_int_ratio_columns_reproduce_the_dual_scale_reference():
+    """The int_ratio accumulator (outlier k-tiles times ratio[n], then the normal ones) with the folded columns equals
+    qgemm_ref's (acc_o + corr_o) * ratio + acc_n + corr_n, times the normal group's scale, plus the bias, in float64:
+    the ratio must reach the outlier correction as well (has_corr: asymmetric activations)."""
+    lin = _dual()
+    assert lin.dual == "int_ratio" and lin.has_corr and bool((lin.corr[0] != 0).any()) and lin.kp == 256
+    assert C.supports(lin, torch.bfloat16)
+    a = torch.randint(-128, 128, (1, 30, lin.kp), dtype=torch.int8)
+    cols = C._columns(lin, 0)
+    assert cols.outlier_k_tiles == 1 and cols.ratio.dtype == torch.int32 and cols.ratio.numel() == 256
+    assert torch.equal(cols.ratio[:lin.n], lin.ratio) and not cols.ratio[lin.n:].any()  # zero pad to whole tiles
+    got = C.int8_gemm_ref(a[0], lin.weight, cols.scale, cols.bias, cols.ratio, cols.outlier_k_tiles)
+    ref = qgemm.qgemm_ref(a, None, lin, 30)
+    assert float((got - ref).norm() / ref.norm()) < 1e-6
+    wrong = C.int8_gemm_ref(a[0], lin.weight, cols.scale, cols.bias, torch.ones_like(cols.ratio), 1)
+    assert float((wrong - ref).norm() / ref.norm()) > 1e-2  # the ratios matter at this size
+
+
+def test_only_the_int_ratio_dual_form_takes_cutlass():
+    assert C.supports(_dual(), torch.bfloat16)
+    exact = _layer(256, 200, n_outliers=128, dual_mode="exact").group()
+    assert exact.dual == "exact" and not C.supports(exact, torch.bfloat16)  # two accumulators: Triton
+    w4 = _layer(256, 200, n_outliers=128, dual_mode="int_ratio", w_bits=4).group()
+    assert not C.supports(w4, torch.bfloat16)
+    assert C.config_for("store", 1536, 8960, int_ratio=True) == C.INT_RATIO_CONFIG
+    assert C.config_for("store", 1536, 8960) == 3
+
+
+def test_int8_gemm_checks_the_ratio_operands():
+    """Wrong int_ratio operands fail on the host, before the library is loaded."""
+    a, w = torch.zeros(4, 256, dtype=torch.int8), torch.zeros(200, 256, dtype=torch.int8)
+    scale, ratio = torch.ones(200), torch.ones(256, dtype=torch.int32)
+    with pytest.raises(ValueError, match="int_ratio config"):
+        C.int8_gemm(a, w, scale, ratio=ratio, outlier_k_tiles=1)  # config 0 has no ratio step
+    with pytest.raises(ValueError, match="int_ratio config"):
+        C.int8_gemm(a, w, scale, config=C.INT_RATIO_CONFIG)
+    with pytest.raises(ValueError, match="rounded up to the tile"):
+        C.int8_gemm(a, w, scale, config=C.INT_RATIO_CONFIG, ratio=ratio[:200], outlier_k_tiles=1)
+    with pytest.raises(ValueError, match="outlier group"):
+        C.int8_gemm(a, w, scale, config=C.INT_RATIO_CONFIG, ratio=ratio, outlier_k_tiles=2)  # no normal k-tile
+
+
 def test_instances_cover_the_configs_each_epilogue_picks():
-    """Every (epilogue, shape) CONFIG_BY_SHAPE names, and the default config of every epilogue, is in the library."""
+    """Every (epilogue, shape) CONFIG_BY_SHAPE names is in the library, and the default config of every epilogue but
+    gelu_quant_cols (only ffn.0's shape has it); the int_ratio config has the kinds Q-ARVD's dual layers use."""
     for (epilogue, k, n), cfg in C.CONFIG_BY_SHAPE.items():
         assert (cfg, epilogue) in C.INSTANCES and C.config_for(epilogue, k, n) == cfg
-    assert all((0, e) in C.INSTANCES for e in C.EPILOGUES)
+    assert all((0, e) in C.INSTANCES for e in C.EPILOGUES if e != "gelu_quant_cols")
+    assert {e for c, e in C.INSTANCES if c == C.INT_RATIO_CONFIG} == {"store", "residual", "gelu_quant_cols"}
 
 
-def test_gelu_quant_fuses_only_a_per_tensor_quantization_without_row_sums():
+def test_gelu_quant_fuses_codes_in_output_order_without_row_sums():
     lin = _layer(64, 48).group()
     act = _next(48)
-    assert act.uniform and C.unfused_reason("gelu_quant", lin, 30, next_act=act) is None
+    assert act.uniform and C.gelu_quant_kind(act) == "gelu_quant"
+    assert C.unfused_reason("gelu_quant", lin, 30, next_act=act) is None
     assert "row sums" in C.unfused_reason("gelu_quant", lin, 30, next_act=act, next_rowsum=True)
-    dual = _layer(48, 32, act_range=(-0.2, 6.0), n_outliers=32).stacked_act()
-    assert not dual.uniform and "dual-scale" in C.unfused_reason("gelu_quant", lin, 30, next_act=dual)
     assert "multiples of 16" in C.unfused_reason("gelu_quant", _layer(64, 40).group(), 30, next_act=_next(40))
     with pytest.raises(ValueError, match="StackedAct"):
         C.unfused_reason("gelu_quant", lin, 30, next_act=_next(64))
+
+
+def test_gelu_quant_per_column_for_a_dual_scale_consumer_in_split_order():
+    """ffn.0 before a dual-scale ffn.2: per-column steps when the codes are ffn.0's columns in order (split layout,
+    input in split order, the outlier run exactly its padded width); the 2x1-cluster config at Wan's ffn.0 shape,
+    the int_ratio config for a dual ffn.0; other layouts and shapes without an instance run unfused."""
+    split = _split_next(256)
+    assert not split.uniform and split.src is None and C.gelu_quant_kind(split) == "gelu_quant_cols"
+    # the per-column vectors hold each output column's group step: outliers first, in order
+    groups = split.gscale[0].repeat_interleave(128)
+    assert torch.equal(split.col_scale[0], groups)
+    assert "no 'gelu_quant_cols' instance" in C.unfused_reason("gelu_quant", _layer(64, 256).group(), 30,
+                                                                next_act=split)
+    assert C.unfused_reason("gelu_quant", _dual(64, 256, n_outliers=32), 30, next_act=split) is None  # int_ratio
+    assert "in order" in C.unfused_reason("gelu_quant", _layer(64, 256).group(), 30, next_act=_split_next(256, 32))
+    scatter = split.scattered()
+    assert C.gelu_quant_kind(scatter) is None and "in order" in C.unfused_reason(
+        "gelu_quant", _layer(64, 256).group(), 30, next_act=scatter)
+    dual_ffn0 = _dual(64, 256, n_outliers=32)
+    assert "no 'gelu_quant' instance" in C.unfused_reason("gelu_quant", dual_ffn0, 30, next_act=_next(256))
+
+
+def test_gelu_quant_per_column_at_the_wan_ffn0_shape(monkeypatch):
+    """Wan's ffn.0 (K=1536, N=8960) before a dual ffn.2 with 128 outliers fuses on config 3 (the decision only: the
+    8960-wide layers are built lazily on the CPU, so a smaller stand-in carries the same shape facts)."""
+    lin = replace(_layer(64, 48).group(), n=8960, kp=1536)
+    act = _split_next(256)
+    act = replace(act, kp=8960, col_scale=act.col_scale.new_zeros(1, 8960), col_zero=act.col_zero.new_zeros(1, 8960))
+    assert C.unfused_reason("gelu_quant", lin, 9360, next_act=act) is None
+    assert C.config_for(C.gelu_quant_kind(act), lin.kp, lin.n) == 3
 
 
 def test_residual_fuses_whole_bf16_frames():

@@ -3,7 +3,9 @@
 The three Wan GEMM shapes (K, N = 1536, 1536 / 1536, 8960 / 8960, 1536) at each M of ``m`` (one chunk, batch 1 and
 2). GPU time of 20 back-to-back calls captured in one CUDA graph (no launch cost, no L2 flush; the same for every
 row), median of 5 replays. Each CUTLASS config is checked against float64 (relative error of the bf16 output) before
-it is timed; a config that fails to run is recorded with its error.
+it is timed; a config that fails to run is recorded with its error. The int_ratio config runs the dual-scale
+accumulator with one outlier k-tile (128 columns, Q-ARVD's setting here) and ratios in [1, 7]: its time against
+config 0's is the cost of the ratio step.
 
 Then one row per Wan layer with a consumer (:func:`epilogue_rows`): ffn.0 GELU -> ffn.2 codes, the gated residual of
 self_attn.o and ffn.2 (one gate per 1560-token frame) and the un-gated one of cross_attn.o, each timed as CUTLASS
@@ -56,16 +58,19 @@ def gemm_rows(m: int) -> list[dict]:
         row = dict(m=m, k=k, n=n, gop=2 * m * n * k / 1e9)
         row["cublas_bf16_ms"] = _ms(lambda: ab @ wb.T)
         row["fp8_scaled_mm_ms"] = _ms(lambda: torch._scaled_mm(a8, w8.T, one, one, out_dtype=torch.bfloat16))
-        ref = C.int8_gemm_ref(a[:256], w, scale, bias)
+        ratio = torch.randint(1, 8, (C._tiles(n) * 128,), dtype=torch.int32, device="cuda")
         for i, name in enumerate(C.CONFIGS):
+            kw = dict(ratio=ratio, outlier_k_tiles=1) if i == C.INT_RATIO_CONFIG else {}
+            ref = C.int8_gemm_ref(a[:256], w, scale, bias, **kw)
             try:
-                y = C.int8_gemm(a, w, scale, bias, config=i)
+                y = C.int8_gemm(a, w, scale, bias, config=i, **kw)
                 row[f"{name}_rel_err"] = float((y[:256].double() - ref).norm() / ref.norm())
-                row[f"{name}_ms"] = _ms(lambda: C.int8_gemm(a, w, scale, bias, config=i))
+                row[f"{name}_ms"] = _ms(lambda: C.int8_gemm(a, w, scale, bias, config=i, **kw))
                 row[f"{name}_x_cublas"] = row["cublas_bf16_ms"] / row[f"{name}_ms"]
             except Exception as e:  # noqa: BLE001 - a config that does not run is a result
                 row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        timed = {nm: row[f"{nm}_ms"] for nm in C.CONFIGS if f"{nm}_ms" in row}
+        plain = [nm for i, nm in enumerate(C.CONFIGS) if i != C.INT_RATIO_CONFIG]
+        timed = {nm: row[f"{nm}_ms"] for nm in plain if f"{nm}_ms" in row}
         if timed:
             best = min(timed, key=timed.get)
             row["best"] = best
@@ -83,7 +88,7 @@ def epilogue_rows(m: int) -> list[dict]:
     for name, epilogue, k, n, gated in LAYERS:
         lin = _layer(k, n).group()
         a = torch.randint(-128, 128, (1, m, k), dtype=torch.int8, device="cuda")
-        scale, bias = C._columns(lin, 0)
+        scale, bias = C._columns(lin, 0)[:2]
         row = dict(layer=name, epilogue=epilogue, m=m, k=k, n=n, gated=gated)
         if epilogue == "gelu_quant":
             act = _layer(n, 32, act_range=(-0.2, 6.0)).stacked_act()
@@ -119,7 +124,7 @@ def epilogue_rows(m: int) -> list[dict]:
         row["config_by_shape"] = C.CONFIGS[C.config_for(epilogue, k, n)]
         row["unfused_ms"] = _ms(lambda: unfused(out))
         for cfg, nm in enumerate(C.CONFIGS):
-            if (cfg, epilogue) not in C.INSTANCES:
+            if (cfg, epilogue) not in C.INSTANCES or cfg == C.INT_RATIO_CONFIG:  # a plain layer: no ratios
                 continue
             try:  # bit-exactness against the unfused path (fresh outputs), before timing
                 row[f"fused_{nm}_differ"] = int((fused(cfg, None) != unfused(None)).sum())
