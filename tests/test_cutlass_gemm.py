@@ -232,7 +232,7 @@ def _off(got: torch.Tensor, ref: torch.Tensor) -> tuple[int, float]:
 
 
 @needs_hopper
-@pytest.mark.parametrize("config", range(len(C.CONFIGS)))
+@pytest.mark.parametrize("config", [c for c in range(len(C.CONFIGS)) if c != C.INT_RATIO_CONFIG])
 def test_int8_gemm_matches_float64(config):
     a = torch.randint(-128, 128, (300, 256), dtype=torch.int8, device="cuda")
     w = torch.randint(-128, 128, (136, 256), dtype=torch.int8, device="cuda")
@@ -242,6 +242,80 @@ def test_int8_gemm_matches_float64(config):
     ref = C.int8_gemm_ref(a, w, scale, bias)
     assert float((y.double() - ref).norm() / ref.norm()) < 4e-3  # bf16 output rounding
     assert wide[:, :136].abs().sum() == 0 and wide[:, 272:].abs().sum() == 0  # only its column slice
+
+
+@needs_hopper
+@pytest.mark.parametrize("m,k,n,outlier_k_tiles", [(M, DIM, DIM, 1), (M, DIM, FFN, 1), (M, FFN, DIM, 1),
+                                                   (SMALL["m"], 384, SMALL["n"], 2)])
+def test_int_ratio_gemm_matches_float64(m, k, n, outlier_k_tiles):
+    """The int_ratio mainloop at the Wan shapes (128 outlier columns: one k-tile; ratios 1..7) and at a small shape
+    with two outlier k-tiles of three and a partial N tile: every bf16 output within half a bf16 ulp (plus float32
+    conversion) of float64's ratio[n] * acc_outlier + acc_normal; a ratio applied to the wrong columns, k-tiles or
+    work tile would be off by far more."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda", generator=g)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=g)
+    ratio = torch.randint(1, 8, (C._tiles(n) * 128,), dtype=torch.int32, device="cuda", generator=g)
+    scale = torch.rand(n, device="cuda", generator=g) * 1e-3 + 1e-4
+    y = C.int8_gemm(a, w, scale, config=C.INT_RATIO_CONFIG, ratio=ratio, outlier_k_tiles=outlier_k_tiles)
+    ref = C.int8_gemm_ref(a, w, scale, None, ratio, outlier_k_tiles)
+    assert bool(((y.double() - ref).abs() <= ref.abs() * (2**-8 + 2**-20)).all())
+    plain = C.int8_gemm_ref(a, w, scale)
+    assert float((y.double() - plain).norm() / plain.norm()) > 1e-2  # the ratio step really changes the result
+
+
+@needs_hopper
+@pytest.mark.parametrize("m,k,n", [(M, DIM, DIM), (M, DIM, FFN), (M, FFN, DIM), (SMALL["m"], SMALL["k"], SMALL["n"])])
+def test_int_ratio_layer_matches_triton_and_float64(m, k, n):
+    """A packed dual-scale int_ratio layer (zero-point corrections folded with the ratio) through qgemm_cutlass, which
+    takes it (no Triton fallback), against Triton's int_ratio qgemm and qgemm_ref; grouped like q/k/v at Wan's dim."""
+    count = 3 if (k, n) == (DIM, DIM) else 1
+    lin = _dual(k, n, device="cuda") if count == 1 else _dual_group(k, n, count)
+    assert C.supports(lin, torch.bfloat16) and lin.has_corr
+    a = _codes(m, lin)
+    got = C.qgemm_cutlass(a, None, lin, m)
+    tri = qgemm.qgemm(a, None, lin, m).float()
+    assert float((got.float() != tri).float().mean()) <= 1e-3
+    assert float((got.float() - tri).norm() / tri.norm()) < 1e-3
+    ref = qgemm.qgemm_ref(a, None, lin, m)
+    assert float((got.double() - ref).norm() / ref.norm()) < 4e-3  # bf16 output rounding
+
+
+def _dual_group(k, n, count):
+    """``count`` dual int_ratio layers stacked for one grouped launch (self_attn.q/k/v), ratios 1..7."""
+    from qarvd.deploy.modules import stack_group
+
+    mods = [_layer(k, n, n_outliers=128, device="cuda", dual_mode="int_ratio", seed=i) for i in range(count)]
+    lin = stack_group(mods)
+    g = torch.Generator().manual_seed(1)
+    return replace(lin, ratio=torch.randint(1, 8, (count * n,), generator=g, dtype=torch.int32).cuda())
+
+
+@needs_hopper
+@pytest.mark.parametrize("m,k,n", [(M, DIM, FFN), (SMALL["m"], SMALL["k"], SMALL["n"])])
+@pytest.mark.parametrize("dual", [False, True])
+def test_gelu_quant_per_column_fused(m, k, n, dual, monkeypatch):
+    """ffn.0 (plain: config 3; int_ratio: config 4) before a dual-scale ffn.2 in split order: the per-column epilogue's
+    codes equal CUTLASS store + the Triton split producer bit for bit, and Triton's own fused epilogue and float64
+    within one code."""
+    monkeypatch.setattr(C, "FUSE_MAX_M", {})
+    monkeypatch.setitem(C.CONFIG_BY_SHAPE, ("gelu_quant_cols", k, n), 3)  # the small shape too (no config-0 instance)
+    lin = _dual(k, n, n_outliers=128, device="cuda") if dual else _layer(k, n, device="cuda").group()
+    act = _split_next(n, device="cuda")
+    assert C.gelu_quant_kind(act) == "gelu_quant_cols"
+    assert C.unfused_reason("gelu_quant", lin, m, next_act=act) is None  # the fused epilogue runs, not a fallback
+    a = _codes(m, lin)
+    got, rs = C.qgemm_cutlass(a, None, lin, m, epilogue="gelu_quant", next_act=act)
+    assert rs is None and got.shape == (m, act.kp)
+    got = got[:, :n]
+    y = C.qgemm_cutlass(a, None, lin, m)
+    assert torch.equal(got, act_quant.norm_quant(y, act, pre_gelu=True)[0][0][:, :n])
+    tri, _ = qgemm.qgemm(a, None, lin, m, epilogue="gelu_quant", next_act=act)
+    dist, frac = _off(got, tri[:, :n])
+    assert dist <= 1 and frac <= 2e-3, (dist, frac)
+    ref, _ = qgemm.qgemm_torch(a, None, lin, m, epilogue="gelu_quant", next_act=act)
+    dist, frac = _off(got, ref[:, :n])
+    assert dist <= 1 and frac <= 1e-2, (dist, frac)
 
 
 @needs_hopper
@@ -264,8 +338,8 @@ def test_gelu_quant_fused(m, k, n, monkeypatch):
     assert dist <= 1 and frac <= 1e-2, (dist, frac)
 
 
-def _residual_case(m, k, n, s, gated):
-    lin = _layer(k, n, device="cuda").group()
+def _residual_case(m, k, n, s, gated, dual=False):
+    lin = _dual(k, n, device="cuda") if dual else _layer(k, n, device="cuda").group()
     res = torch.randn(m, n, device="cuda").to(torch.bfloat16)
     gate = torch.randn(m // s, 6, n, device="cuda")[:, 2] if gated else None
     return lin, _codes(m, lin), res, gate
@@ -274,9 +348,12 @@ def _residual_case(m, k, n, s, gated):
 @needs_hopper
 @pytest.mark.parametrize("m,k,n,s,gated", [(M, DIM, DIM, S, True), (M, DIM, DIM, S, False), (M, FFN, DIM, S, True),
                                            (*SMALL.values(), True), (*SMALL.values(), False)])
-def test_residual_fused(m, k, n, s, gated, monkeypatch):
+@pytest.mark.parametrize("dual", [False, True])
+def test_residual_fused(m, k, n, s, gated, dual, monkeypatch):
+    """Plain and int_ratio (dual-scale) layers: the fused residual equals CUTLASS store + the Triton residual pass bit
+    for bit (in place too), and the Triton qgemm and float64 within the stated tolerances."""
     monkeypatch.setattr(C, "FUSE_MAX_M", {})  # correctness at every M, whichever path the speed table picks
-    lin, a, res, gate = _residual_case(m, k, n, s, gated)
+    lin, a, res, gate = _residual_case(m, k, n, s, gated, dual)
     kw = dict(epilogue="residual", residual=res, gate=gate, tokens_per_frame=s)
     assert C.unfused_reason("residual", lin, m, **{x: kw[x] for x in ("residual", "gate", "tokens_per_frame")}) is None
     got = C.qgemm_cutlass(a, None, lin, m, **kw)
@@ -332,3 +409,52 @@ def test_gelu_quant_fallback_matches_triton(case):
     if rowsum:  # each code one apart moves its row sum by one
         mismatched = (got[:, dest] != tri[:, dest]).sum(1)
         assert bool(((rs - tri_rs).abs().sum(1) <= mismatched).all())
+
+
+@needs_hopper
+def test_fused_forward_of_a_dual_scale_model_runs_its_dual_layers_on_cutlass(monkeypatch):
+    """A small CausalWan with 128 outlier columns on every block linear (int_ratio, symmetric int8 weights): the fused
+    forward on cutlass_int8 matches torch_ref, and no int_ratio layer falls back to the Triton GEMM: q/k/v (grouped),
+    o, cross q/o and ffn.2 run the int_ratio config, ffn.0's GELU -> int8 writes ffn.2's two runs per column."""
+    import copy
+
+    from qarvd.deploy import accelerate_, convert_to_real
+    from qarvd.deploy.backends import CutlassInt8Backend, TorchRefBackend
+    from qarvd.deploy.packing import minmax_spec
+    from qarvd.models.wan import CausalWanModel, WanConfig
+    from qarvd.quant.select import select_linears
+
+    torch.manual_seed(0)
+    cfg = WanConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=2, freq_dim=64, text_dim=64, text_len=16)
+    model = CausalWanModel(cfg).cuda().to(torch.bfloat16).eval()
+    x = torch.randn(2, 16, 3, 16, 24, device="cuda")
+    t = torch.full((2, 3), 900.0, device="cuda")
+    ctx = torch.randn(2, 16, 64, device="cuda", dtype=torch.bfloat16)
+
+    def fwd(m):
+        with torch.no_grad():
+            return m(x, t, ctx, cache=m.new_cache(2, 3, 16, 24)).float()
+
+    specs = {nm: minmax_spec(model.get_submodule(nm).weight, model.get_submodule(nm).bias,
+                             n_outliers=128 if nm.startswith("blocks.") else 0) for nm in select_linears(model)}
+    be = CutlassInt8Backend(attention="auto", dual_mode="int_ratio", weights="symmetric")
+    real = convert_to_real(model, specs, be)
+    calls, fallbacks = [], []
+    int8_gemm, triton_qgemm = C.int8_gemm, qgemm.qgemm
+
+    def spy(*args, **kw):
+        calls.append((kw.get("config"), "gelu_quant_cols" if kw.get("quant_per_column") else None))
+        return int8_gemm(*args, **kw)
+
+    def triton_spy(a, rowsums, lin, *args, **kw):
+        fallbacks.append(lin.dual)
+        return triton_qgemm(a, rowsums, lin, *args, **kw)
+
+    monkeypatch.setattr(C, "int8_gemm", spy)
+    monkeypatch.setattr(qgemm, "qgemm", triton_spy)
+    y = fwd(accelerate_(real, be))
+    assert "int_ratio" not in fallbacks
+    assert (C.INT_RATIO_CONFIG, "gelu_quant_cols") in calls and sum(c == C.INT_RATIO_CONFIG for c, _ in calls) >= 10
+    ref = fwd(accelerate_(copy.deepcopy(real), TorchRefBackend(attention="auto", dual_mode="int_ratio",
+                                                                weights="symmetric")))
+    assert float((y - ref).norm() / ref.norm()) < 1e-2

@@ -156,8 +156,9 @@ class TritonInt8Backend(KernelBackend):
 
 class CutlassInt8Backend(TritonInt8Backend):
     """W8A8 with the GEMMs in CUTLASS (kernels/cutlass_gemm.py: warp-specialized wgmma, dequantizing epilogue), the
-    producers and glue in Triton. Layers it cannot take (int4, dual scale, weight zero points, fp32) use the Triton
-    GEMM; ``weights: symmetric`` makes every int8 layer eligible."""
+    producers and glue in Triton. Dual-scale layers run on CUTLASS in the ``int_ratio`` form; layers it cannot take
+    (int4, ``exact`` dual scale, weight zero points, fp32) use the Triton GEMM; ``weights: symmetric`` makes every
+    int8 layer without the exact dual form eligible."""
 
     name = "cutlass_int8"
 
