@@ -177,3 +177,24 @@ def test_attention_section_calls_each_backend_on_the_cache_layout():
     torch.testing.assert_close(attention_call("math", q, kv)(), ref)
     with pytest.raises(ImportError, match="flash-attn-4"):
         attention_call("fa4", q, kv)()
+
+
+@pytest.mark.parametrize("fa2_api", [False, True])
+def test_peer_takes_a_flash_attn_4_namespace_for_no_fa2(fa2_api):
+    """The public code's `import flash_attn` also finds FlashAttention-4's namespace (no FA2 API): the peer section
+    must then route its attention to SDPA as the public code does without FA2, and leave a real FA2 alone."""
+    import types
+
+    from qarvd.bench.peer import route_attention
+
+    flash = types.SimpleNamespace(**({"flash_attn_varlen_func": object()} if fa2_api else {}))
+    wa = types.SimpleNamespace(FLASH_ATTN_2_AVAILABLE=True, FLASH_ATTN_3_AVAILABLE=False, flash_attn=flash,
+                               attention=lambda q, k, v: ("sdpa", q, k, v))
+    original = object()
+    wm = types.SimpleNamespace(flash_attention=original)
+    route_attention(wa, wm)
+    assert wa.FLASH_ATTN_2_AVAILABLE is fa2_api
+    if fa2_api:
+        assert wm.flash_attention is original
+    else:
+        assert wm.flash_attention(1, 2, 3, k_lens=None, causal=False) == ("sdpa", 1, 2, 3)

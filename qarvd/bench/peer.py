@@ -64,6 +64,19 @@ def _stub_missing(names: list[str]) -> None:
         sys.modules.setdefault(name, Stub(name)).__spec__ = importlib.machinery.ModuleSpec(name, None)
 
 
+def route_attention(wa, wm) -> None:
+    """Send the peer's attention to SDPA when no FlashAttention 2/3 is installed, as the public code's own fallback
+    does (``wa``: its ``wan.modules.attention``, ``wm``: its ``wan.modules.model``).
+
+    FlashAttention-4 (``flash-attn-4``, which this benchmark's ``fa4`` rows use) installs a ``flash_attn`` namespace
+    without FA2's API: the public code's ``import flash_attn`` check takes it for FA2 and fails at the first call, so
+    such a namespace counts as no FA2 here."""
+    if wa.FLASH_ATTN_2_AVAILABLE and not hasattr(getattr(wa, "flash_attn", None), "flash_attn_varlen_func"):
+        wa.FLASH_ATTN_2_AVAILABLE = False
+    if not (wa.FLASH_ATTN_2_AVAILABLE or wa.FLASH_ATTN_3_AVAILABLE):
+        wm.flash_attention = lambda q, k, v, k_lens=None, **kw: wa.attention(q, k, v)
+
+
 def _worker(out: str, settings: dict) -> None:
     import statistics
     import time
@@ -87,8 +100,7 @@ def _worker(out: str, settings: dict) -> None:
     from utils.wan_wrapper import WanDiffusionWrapper
     from wan.modules.causal_model import CausalWanModel
 
-    if not (wa.FLASH_ATTN_2_AVAILABLE or wa.FLASH_ATTN_3_AVAILABLE):  # the public code's own SDPA fallback
-        wm.flash_attention = lambda q, k, v, k_lens=None, **kw: wa.attention(q, k, v)
+    route_attention(wa, wm)
     torch.manual_seed(settings["seed"])
     model = CausalWanModel(**WAN_DIMS)
     with torch.no_grad():
