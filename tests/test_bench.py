@@ -91,6 +91,9 @@ def test_issue22_rows():
     rows = row_specs(cfg)
     assert rows["bf16_compiled"].build == "compiled" and rows["bf16_compiled"].bf16_baseline
     assert rows["bf16_fused_fa4_graph"].attention == "fa4" and rows["bf16_fused_fa4_graph"].bf16_baseline
+    # cuDNN pinned beside the FA4 rows: `fastest` picked FA4 for every unpinned row on the H100
+    assert rows["bf16_fused_cudnn_graph"].attention == "cudnn" and rows["bf16_fused_cudnn_graph"].bf16_baseline
+    assert rows["w8a8_cutlass_cudnn_graph"].attention == "cudnn" and rows["w8a8_cutlass_cudnn_graph"].graphs
     assert rows["w8a8_cutlass_int8attn_graph"].attention == "int8_sage"
     assert rows["w8a8_cutlass_int8attn_graph"].twin == "w8a8_cutlass_int8attn"
     split = backend(cfg, "triton_int8", **rows["w8a8_dual_int_ratio_graph"].set, attention="auto", graphs=True)
