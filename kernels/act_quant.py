@@ -20,6 +20,7 @@ from kernels._common import dummy, gelu_tanh, next_pow2, quant_div, rint
 from kernels.layout import StackedAct
 
 FP8_MAX = 448.0
+HEAD_BLOCK = 128  # outlier columns the head layout gathers per step (kernels/layout.py ActQuant)
 
 
 @triton.jit
@@ -78,6 +79,16 @@ def _emit_split(h, rows, cols, mask, D, out_ptr, stride_om, gs_ptr, gz_ptr, rs_p
 
 
 @triton.jit
+def _emit_head_body(h, rows, cols, mask, out_ptr, stride_om, gs_ptr, gz_ptr, lo, hi, kop, c: tl.constexpr,
+                    EXACT_DIV: tl.constexpr):
+    """Head layout, the body of consumer c: every column of h in its own order at ``kop + col`` with the normal
+    group's step (the outlier columns' places are holes with zero weights: whatever lands there is multiplied by 0)."""
+    v = rint(quant_div(h, tl.load(gs_ptr + 2 * c + 1), EXACT_DIV)) + tl.load(gz_ptr + 2 * c + 1)
+    v = tl.minimum(tl.maximum(v, lo), hi)
+    tl.store(out_ptr + rows[:, None] * stride_om + (kop + cols)[None, :], v.to(tl.int8), mask=mask)
+
+
+@triton.jit
 def _load_x(x_ptr, rows, idx, mask, stride_xm, in_scale_ptr, act_ty: tl.constexpr, IN_SCALED: tl.constexpr):
     h = tl.load(x_ptr + rows[:, None] * stride_xm + idx[None, :], mask=mask, other=0.0).to(tl.float32)
     if IN_SCALED:  # FP8 codes (the FP8 attention's output): dequantize, round like the activation it stands for
@@ -116,18 +127,18 @@ def _norm_quant_kernel(
     C: tl.constexpr, LN: tl.constexpr, MOD: tl.constexpr, SHIFT: tl.constexpr, SCALE: tl.constexpr,
     PRE_GELU: tl.constexpr, OUT: tl.constexpr, PER_COL: tl.constexpr, ROWSUM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DIV: tl.constexpr, IN_SCALED: tl.constexpr,
-    SPLIT: tl.constexpr, GATHER: tl.constexpr,
+    SPLIT: tl.constexpr, GATHER: tl.constexpr, HEAD: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     act_ty = act_ptr.dtype.element_ty  # the model's activation dtype (x itself may hold FP8 codes)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < M
+    mean = tl.zeros([BLOCK_R], tl.float32)
+    rstd = mean
     for k0 in range(0, D, BLOCK_D):  # one iteration when LN > 0 (BLOCK_D >= D)
         cols = k0 + tl.arange(0, BLOCK_D)
         cmask = cols < D
         mask = rmask[:, None] & cmask[None, :]
         x = _load_x(x_ptr, rows, cols, mask, stride_xm, in_scale_ptr, act_ty, IN_SCALED)
-        mean = tl.zeros([BLOCK_R], tl.float32)
-        rstd = mean
         if LN > 0:
             mean = tl.sum(x, axis=1) / D
             hc = tl.where(mask, x - mean[:, None], 0.0)
@@ -146,9 +157,28 @@ def _norm_quant_kernel(
                 kop = kop0 if c == 0 else kop1 if c == 1 else kop2
                 _emit_split(hp, rows, cols, mask, D, out_ptr + c * stride_oc, stride_om, cs_ptr, cz_ptr, rs_ptr, M,
                             lo, hi, n_out, kop, c, ROWSUM, EXACT_DIV)
+        elif HEAD:  # int8 codes, head layout: the body of each consumer as it comes
+            for c in tl.static_range(C):
+                kop = kop0 if c == 0 else kop1 if c == 1 else kop2
+                _emit_head_body(h, rows, cols, mask, out_ptr + c * stride_oc, stride_om, cs_ptr, cz_ptr, lo, hi, kop,
+                                c, EXACT_DIV)
         else:
             _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, cz_ptr, dest_ptr, kop_ptr,
                   rs_ptr, M, lo, hi, C, OUT, PER_COL, ROWSUM, EXACT_DIV)
+    if HEAD:  # ... and its outlier run: the activation recomputed at the n_out outlier source columns only
+        for c in tl.static_range(C):
+            n_out = n_out0 if c == 0 else n_out1 if c == 1 else n_out2
+            for j0 in range(0, n_out, BLOCK_H):
+                idx = j0 + tl.arange(0, BLOCK_H)
+                hmask = idx < n_out
+                mask = rmask[:, None] & hmask[None, :]
+                src = tl.load(src_ptr + c * D + idx, mask=hmask, other=0)
+                hp = _activation(_load_x(x_ptr, rows, src, mask, stride_xm, in_scale_ptr, act_ty, IN_SCALED),
+                                 rows, src, mask, hmask, mean, rstd, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr,
+                                 act_ty, LN, MOD, SHIFT, SCALE, PRE_GELU)
+                v = rint(quant_div(hp, tl.load(cs_ptr + 2 * c), EXACT_DIV)) + tl.load(cz_ptr + 2 * c)
+                v = tl.minimum(tl.maximum(v, lo), hi)
+                tl.store(out_ptr + c * stride_oc + rows[:, None] * stride_om + idx[None, :], v.to(tl.int8), mask=mask)
 
 
 def _per_consumer(values: tuple) -> tuple:
@@ -209,13 +239,16 @@ def norm_quant(
     stride_mr = mod_t.stride(0) if mod is not None else 0
     rs = None
     split = acts is not None and acts.split
+    head = acts is not None and acts.head
+    if head and rowsum:
+        raise ValueError("the head layout takes no row sums (weights without zero points)")
     if acts is not None:
         c = acts.count
         out = out if out is not None else torch.empty((c, m, acts.kp), dtype=torch.int8, device=dev)
         rs = torch.zeros((c, m, 2), dtype=torch.int32, device=dev) if rowsum else None
         mode, cs, cz, dest, kop, lo, hi = 0, acts.col_scale, acts.col_zero, acts.dest, acts.kop, acts.lo, acts.hi
         stride_oc, per_col = out.stride(0), not acts.uniform
-        if split:  # the group steps and zero points instead of the per-column vectors
+        if split or head:  # the group steps and zero points instead of the per-column vectors
             cs, cz = acts.gscale, acts.gzero
     elif fp8_scale is not None:
         c, mode = 1, 2
@@ -230,12 +263,12 @@ def norm_quant(
         x, x.stride(0), m, d, mod_t, stride_mr, tokens, lnw, lnb, float(eps),
         in_scale if in_scale is not None else dummy_f, dummy(act_dtype, dev),
         out, stride_oc, out.stride(-2), cs, cz, dest, kop, rs if rs is not None else dummy_i, lo, hi,
-        acts.src if split and acts.src is not None else dummy_i, *_per_consumer(acts.nouts if split else ()),
-        *_per_consumer(acts.kops if split else ()),
+        acts.src if (split or head) and acts.src is not None else dummy_i,
+        *_per_consumer(acts.nouts if split or head else ()), *_per_consumer(acts.kops if split or head else ()),
         C=c, LN=ln_mode, MOD=mod is not None, SHIFT=shift_i, SCALE=scale_i, PRE_GELU=pre_gelu, OUT=mode,
         PER_COL=per_col, ROWSUM=rs is not None, BLOCK_R=block_r, BLOCK_D=block_d,
         EXACT_DIV=_common.EXACT_DIVISION, IN_SCALED=in_scale is not None, SPLIT=split,
-        GATHER=split and acts.src is not None, num_warps=warps,
+        GATHER=split and acts.src is not None, HEAD=head, BLOCK_H=HEAD_BLOCK, num_warps=warps,
     )
     return (out, rs) if acts is not None else out
 
@@ -271,7 +304,13 @@ def quantize_ref(h: torch.Tensor, acts: StackedAct, rowsum: bool = False):
     c, m = acts.count, h.shape[0]
     out = torch.zeros((c, m, acts.kp), dtype=torch.int8, device=h.device)
     rs = torch.zeros((c, m, 2), dtype=torch.int32, device=h.device)
+    if acts.head and rowsum:
+        raise ValueError("the head layout takes no row sums (weights without zero points)")
     for i in range(c):
+        if acts.head:  # the body: every column at kop + k with the normal step (the holes as the kernel fills them)
+            body = torch.round(h.float() / acts.gscale[i, 1]) + acts.gzero[i, 1]
+            kop = acts.kops[i]
+            out[i][:, kop:kop + h.shape[1]] = body.clamp(acts.lo, acts.hi).to(torch.int8)
         v = torch.round(h.float() / acts.col_scale[i]) + acts.col_zero[i]
         v = v.clamp(acts.lo, acts.hi)
         dest = acts.dest[i].long()

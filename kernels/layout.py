@@ -40,6 +40,11 @@ class ActQuant:
     contiguous runs, ``[0, n_out)`` and ``[kop, kop + K - n_out)``, with the two group scales: the same codes as
     scattering through ``dest``, without per-column vectors or scattered stores. ``src_identity``: the input
     already arrives in that order (ffn.2 after :func:`qarvd.deploy.packing.permute_ffn_hidden`), no gather.
+
+    Head layout (``head``, :func:`qarvd.deploy.modules.head_layout`): the outlier run ``[0, n_out)`` as above, then
+    every source column in its own order at ``[kop, kop + K)`` with the normal group's step and zero point; the
+    outlier columns' places there are holes whose weights are zero. A producer writes the body like a plain layer
+    (no gather, whole rows of aligned stores) and gathers only the ``n_out`` outlier columns, for a longer K.
     """
 
     col_scale: torch.Tensor
@@ -55,6 +60,7 @@ class ActQuant:
     src: Optional[torch.Tensor] = None
     n_out: int = 0
     src_identity: bool = False
+    head: bool = False
 
     @property
     def k(self) -> int:
@@ -63,7 +69,7 @@ class ActQuant:
     def to(self, device) -> "ActQuant":
         return ActQuant(*(getattr(self, f).to(device) for f in ("col_scale", "col_zero", "dest", "scale", "zero")),
                         self.kp, self.kop, self.lo, self.hi, self.uniform,
-                        None if self.src is None else self.src.to(device), self.n_out, self.src_identity)
+                        None if self.src is None else self.src.to(device), self.n_out, self.src_identity, self.head)
 
 
 @dataclass
@@ -85,6 +91,7 @@ class StackedAct:
     gscale: Optional[torch.Tensor] = None
     gzero: Optional[torch.Tensor] = None
     src: Optional[torch.Tensor] = None
+    head: bool = False  # every consumer has the head layout (ActQuant): a plain body plus the gathered outliers
 
     @property
     def count(self) -> int:
@@ -93,11 +100,11 @@ class StackedAct:
     @property
     def split(self) -> bool:
         """Every consumer has the split layout: the producer writes two contiguous runs per consumer."""
-        return bool(self.nouts)
+        return bool(self.nouts) and not self.head
 
     def scattered(self) -> "StackedAct":
         """The same quantization through the per-column vectors (dest scatter), without the split layout."""
-        return replace(self, nouts=(), gscale=None, gzero=None, src=None)
+        return replace(self, nouts=(), gscale=None, gzero=None, src=None, head=False)
 
 
 def stack_acts(acts: Sequence[ActQuant]) -> StackedAct:
@@ -105,11 +112,15 @@ def stack_acts(acts: Sequence[ActQuant]) -> StackedAct:
     ranges = {(a.lo, a.hi) for a in acts}
     if len(kps) != 1 or len(ranges) != 1:
         raise ValueError(f"consumers of one producer need one padded width and clamp range, got {kps} / {ranges}")
+    heads = {a.head for a in acts}
+    if len(heads) != 1:
+        raise ValueError("consumers of one producer need one layout: all in the head layout or none")
     split = {}
     if all(a.n_out > 0 for a in acts):
         split = dict(nouts=tuple(a.n_out for a in acts), gscale=torch.stack([a.scale for a in acts]).float(),
                      gzero=torch.stack([a.zero for a in acts]).float(),
-                     src=None if all(a.src_identity for a in acts) else torch.stack([a.src for a in acts]))
+                     src=None if all(a.src_identity for a in acts) else torch.stack([a.src for a in acts]),
+                     head=heads.pop())
     return StackedAct(
         torch.stack([a.col_scale for a in acts]), torch.stack([a.col_zero for a in acts]),
         torch.stack([a.dest for a in acts]), torch.tensor([a.kop for a in acts], dtype=torch.int32,

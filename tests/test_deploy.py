@@ -165,6 +165,27 @@ def test_split_dual_layout_equals_the_scattered_one(quantized, backend, dual):
         backend(dual_layout="gather")
 
 
+@pytest.mark.parametrize("backend", [TorchRefBackend, TritonInt8Backend], ids=["torch_ref", "triton_int8"])
+def test_head_dual_layout_equals_the_split_one(quantized, backend):
+    """kernel.dual_layout=head (a gathering producer writes every column in its own order and gathers only the outlier
+    run; qarvd.deploy.modules.head_layout) against split, symmetric int8 weights: every GEMM sums the same integers,
+    so the rollouts are equal bit for bit; q/k/v, o and cross q took the head layout, ffn.2 (fed by ffn.0's
+    epilogue, no gather) kept the split one."""
+    _, q, ctx, _ = quantized
+    kw = dict(dual_mode="int_ratio", weights="symmetric")
+    real = convert_to_real(copy.deepcopy(q), real_specs(q), backend(**kw))
+    videos = []
+    for layout in ("split", "head"):
+        model = accelerate_(copy.deepcopy(real), backend(dual_layout=layout, **kw))
+        plan = model.blocks[0]._qarvd_plan
+        head = layout == "head"
+        assert plan.a_qkv.head == head and plan.a["o"].head == head and plan.a["cq"].head == head
+        assert plan.g_qkv.kp == (plan.a_qkv.kops[0] + ARCH["dim"] if head else plan.qkv_mods[0].meta["kp"])
+        assert plan.a["f2"].split and not plan.a["f2"].head
+        videos.append(rollout(model, ctx, [0], SHAPE, RC))
+    assert torch.equal(*videos)
+
+
 @pytest.mark.slow
 def test_split_dual_layout_on_the_embedded_model(tmp_path):
     """The same equality on the embedded model: MinMax W8A8 with Q-ARVD's dual scale where Eq. 12 finds outliers

@@ -93,6 +93,40 @@ def test_split_layout_writes_the_scattered_codes(k, ln, mod, pre_gelu, in_fp8):
     assert (got[0][0] == POISON).any()  # the outlier run's padding was left alone
 
 
+@pytest.mark.parametrize("k,ln,mod,dual", [
+    (160, "plain", True, "int_ratio"),  # norm1 + modulation -> q/k/v, each with its own outlier columns
+    (2304, "none", False, "exact"),  # attention output -> o: two column blocks of 2048, the outliers after the loop
+])
+def test_head_layout_gathers_only_the_outliers_and_keeps_every_sum(k, ln, mod, dual):
+    """The head layout (qarvd.deploy.modules.head_layout) against the split one: the outlier run byte for byte, the
+    body the split layout's normal run at each column's own place (the holes hold normal-step codes of the outlier
+    columns, the pads the poison), and the grouped GEMM's outputs equal: same integer sums, same epilogue."""
+    from qarvd.deploy.modules import head_layout
+
+    m, s = 37, 9
+    mods = [_layer(k, 64, dual=dual, outliers=32 * (i + 1), asym=False, seed=i)[0]
+            for i in range(3 if ln == "plain" else 1)]
+    split_g, split_a = stack_group(mods), [mo.act() for mo in mods]
+    head_g, head_a = head_layout(split_g, split_a)
+    split_a, head_a = stack_acts(split_a), stack_acts(head_a)
+    assert head_a.head and not head_a.split and head_g.kp == PAD + k + (-k) % PAD
+    x = torch.randn(m, k) * 3
+    kw = dict(ln=(None, None, 1e-6) if ln == "plain" else None, mod=(torch.randn(m // s + 1, 6, k), 3, 4, s) if mod
+              else None)
+    codes = [act_quant.norm_quant(x, a, out=torch.full((len(mods), m, a.kp), POISON, dtype=torch.int8), **kw)[0]
+             for a in (split_a, head_a)]
+    ref, _ = act_quant.quantize_ref(act_quant.norm_act_ref(x, **kw), head_a)
+    for i, mo in enumerate(mods):
+        n_out, kop = split_a.nouts[i], split_a.kops[i]
+        normal = split_a.src[i, n_out:].long()
+        assert torch.equal(codes[1][i, :, :n_out], codes[0][i, :, :n_out])
+        assert torch.equal(codes[1][i, :, kop + normal], codes[0][i, :, kop:kop + normal.numel()])
+        assert torch.equal(codes[1][i, :, kop:kop + k], ref[i, :, kop:kop + k])  # holes: the reference's body
+        assert (codes[1][i, :, n_out:kop] == POISON).all() and (codes[1][i, :, kop + k:] == POISON).all()
+    ys = [qgemm.qgemm(a, None, g, m, out_dtype=torch.float32) for a, g in ((codes[0], split_g), (codes[1], head_g))]
+    assert torch.equal(*ys)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_norm_modulate_plain_and_fp8(dtype):
     m, k, s = 21, 96, 7

@@ -27,8 +27,10 @@ QUANTIZED_ATTENTION = {"cudnn_fp8": "fp8", "int8_sage": "int8"}
 ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", "fa4", *QUANTIZED_ATTENTION)
 DUAL = ("exact", "int_ratio")
 # split: dual-scale consumers read their input through the outlier-first permutation and get two contiguous runs
-# (ffn.0's rows permuted to ffn.2's order); scatter: per-column steps scattered through dest (the ablation)
-DUAL_LAYOUTS = ("split", "scatter")
+# (ffn.0's rows permuted to ffn.2's order); head: as split, but a gathering producer writes every column in its own
+# order after the outlier run and gathers only the outliers (qarvd.deploy.modules.head_layout); scatter: per-column
+# steps scattered through dest (the ablation)
+DUAL_LAYOUTS = ("split", "head", "scatter")
 WEIGHTS = ("artifact", "symmetric")
 
 

@@ -30,7 +30,7 @@ from kernels.attn_cudnn import FP8_MAX, fp8_scalars
 from kernels.attn_int8 import quantize_rows
 from kernels.glue import fp8_code
 from kernels.layout import stack_acts
-from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, in_split_order, rows_permuted, stack_group
+from qarvd.deploy.modules import Fp8Linear, RealQuantLinear, head_layout, in_split_order, rows_permuted, stack_group
 from qarvd.models.context import current_forward
 from qarvd.models.wan import WanAttentionBlock, WanRMSNorm, attention
 
@@ -123,6 +123,16 @@ class IntPlan(_Plan):
         elif f2.n_out and not f2.src_identity:  # ffn.0's rows in ffn.2's split order: its epilogue writes two runs
             self.g["f0"] = rows_permuted(self.g["f0"], f2.src)
             self.a["f2"] = stack_acts([in_split_order(f2)])
+        if backend.dual_layout == "head":  # the producers that gather gather only the outlier columns
+            if self.g_qkv is not None:
+                self.g_qkv, self.a_qkv = self._head(self.g_qkv, self.qkv_mods, self.a_qkv)
+            for name in ("o", "cq", "co", "f0"):
+                self.g[name], self.a[name] = self._head(self.g[name], [getattr(self, name)], self.a[name])
+
+    @staticmethod
+    def _head(group, mods, acts):
+        got = head_layout(group, [m.act() for m in mods])
+        return (group, acts) if got is None else (got[0], stack_acts(got[1]))
 
     def _q(self, x, name, **kw):
         return self.be.norm_quant(x, self.a[name], rowsum=self.g[name].has_wzp, **kw)

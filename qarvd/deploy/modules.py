@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from kernels.layout import ActQuant, PackedGroup, StackedAct, stack_acts
+from kernels.layout import PAD, ActQuant, PackedGroup, StackedAct, stack_acts
 from qarvd.deploy.packing import minmax_spec, pack_spec
 from qarvd.deploy.spec import RealLayerSpec
 
@@ -150,6 +150,35 @@ def in_split_order(act: ActQuant) -> ActQuant:
     s = act.src.long()
     return ActQuant(act.col_scale[s], act.col_zero[s], act.dest[s], act.scale, act.zero, act.kp, act.kop, act.lo,
                     act.hi, act.uniform, torch.arange(act.k, dtype=torch.int32, device=s.device), act.n_out, True)
+
+
+def head_layout(group: PackedGroup, acts: list) -> Optional[tuple]:
+    """``(group, acts)`` in the head layout (kernels/layout.py ActQuant), or None where it does not apply.
+
+    Why: a dual-scale layer in the split layout needs its producer to gather the input in the layer's own
+    outlier-first order, and q/k/v each have their own outlier set (Eq. 12 tests each weight), so the q/k/v producer
+    gathered and recomputed the normalised row three times (on the H100 the producers took twice plain W8A8's kernel
+    time, benchmarks/results/h100_session8.json). In the head layout the body is every column in its own order
+    (the outlier columns' weights zeroed there), so only the n_out outlier columns are gathered; K grows by kop.
+    Each output is the same integer sum as in the split layout. Applies to int8 weights without zero points (the
+    row sums would count the holes) where every member has outliers, a gathered input and one kop."""
+    if group.int4 or group.has_wzp or len(acts) != group.count or any(
+            not a.n_out or a.src_identity or a.head for a in acts) or len({a.kop for a in acts}) != 1:
+        return None
+    kop, k = acts[0].kop, acts[0].k
+    kp = kop + -(-k // PAD) * PAD
+    w = group.weight
+    new = torch.zeros((w.shape[0], kp), dtype=w.dtype, device=w.device)
+    new[:, :kop] = w[:, :kop]
+    new_acts = []
+    for c, a in enumerate(acts):
+        normal = a.src[a.n_out:].long()  # the normal columns, ascending: the split layout's run from kop on
+        rows = slice(c * group.n, (c + 1) * group.n)
+        new[rows, kop + normal] = w[rows, kop:kop + normal.numel()]
+        dest = a.dest.clone()
+        dest[normal] = (kop + normal).to(dest.dtype)
+        new_acts.append(replace(a, dest=dest, kp=kp, head=True))
+    return replace(group, weight=new, kp=kp), new_acts
 
 
 def stack_group(mods: list) -> PackedGroup:
