@@ -102,6 +102,13 @@ def test_issue22_rows():
     eq12 = rows["w8a8_cutlass_dual_int_ratio_eq12_graph"]
     assert eq12.outliers == 128 and "ffn.0" not in eq12.outlier_roles and "ffn.2" in eq12.outlier_roles
     assert rows["w8a8_cutlass_dual_int_ratio_graph"].outlier_roles is None  # every block linear: the worst case
+    # CUTLASS defaults to the head layout; the split rows name theirs, so a head row and its split twin differ only there
+    assert backend(cfg, "cutlass_int8", attention="auto").dual_layout == "head"
+    for name in ("w8a8_cutlass_dual_int_ratio_eq12_head_graph", "w8a8_cutlass_dual_int_ratio_head_graph"):
+        head, twin = rows[name], rows[rows[name].twin]
+        assert (head.set["dual_layout"], twin.set["dual_layout"]) == ("head", "split")
+        assert {k: v for k, v in head.set.items() if k != "dual_layout"} == \
+            {k: v for k, v in twin.set.items() if k != "dual_layout"} and head.outlier_roles == twin.outlier_roles
 
 
 @pytest.mark.parametrize("override, message", [
