@@ -175,6 +175,17 @@ def test_latency_rollout_rows_on_the_tiny_arch(tmp_path):
     assert "| w8a8_graph | 1 | auto |" in (tmp_path / "b.md").read_text()
 
 
+def test_bench_environment_names_the_code_that_ran():
+    import torch
+    from qarvd.app.provenance import code_identity
+    from qarvd.bench.report import environment
+
+    env = environment(torch.device("cpu"), latency_cfg())
+    ident = code_identity()
+    assert {k: env[k] for k in ident} == ident and len(env["source_sha256"]) == 64
+    assert env["device"] == "cpu" and env["args"]["sections"]
+
+
 def test_attention_section_calls_each_backend_on_the_cache_layout():
     """The attention bench times SDPA backends on [B, L, H, D] through transposes and fa4 on the layout itself; both
     compute the same attention (fa4 through its package: without it, the call names what to install)."""

@@ -49,7 +49,11 @@ def settings(cfg: DictConfig) -> dict:
 
 
 def environment(device: torch.device, cfg: DictConfig) -> dict:
+    """Versions, device, the settings, and the code that ran (commit, dirty flag, source hash): a timing is only
+    comparable with another of the same code."""
     import triton
 
+    from qarvd.app.provenance import code_identity
+
     return dict(torch=torch.__version__, triton=triton.__version__, python=sys.version.split()[0],
-                device=device_name(device), args=settings(cfg))
+                device=device_name(device), **code_identity(), args=settings(cfg))
