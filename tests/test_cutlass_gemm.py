@@ -409,7 +409,8 @@ def test_gelu_quant_fallback_matches_triton(case):
 def test_fused_forward_of_a_dual_scale_model_runs_its_dual_layers_on_cutlass(monkeypatch):
     """A small CausalWan with 128 outlier columns on every block linear (int_ratio, symmetric int8 weights): the fused
     forward on cutlass_int8 matches torch_ref, and no int_ratio layer falls back to the Triton GEMM: q/k/v (grouped),
-    o, cross q/o and ffn.2 run the int_ratio config, ffn.0's GELU -> int8 writes ffn.2's two runs per column."""
+    o, cross q/o and ffn.2 run the int_ratio config, ffn.0's GELU -> int8 writes ffn.2's two runs per column; the
+    head layout (kernel.dual_layout=head, the conf default) gives the same output bit for bit."""
     import copy
 
     from qarvd.deploy import accelerate_, convert_to_real
@@ -449,6 +450,10 @@ def test_fused_forward_of_a_dual_scale_model_runs_its_dual_layers_on_cutlass(mon
     y = fwd(accelerate_(real, be))
     assert "int_ratio" not in fallbacks
     assert (C.INT_RATIO_CONFIG, "gelu_quant_cols") in calls and sum(c == C.INT_RATIO_CONFIG for c, _ in calls) >= 10
+    head = accelerate_(copy.deepcopy(real), CutlassInt8Backend(attention="auto", dual_mode="int_ratio",
+                                                               weights="symmetric", dual_layout="head"))
+    assert head.blocks[0]._qarvd_plan.a_qkv.head and head.blocks[0]._qarvd_plan.g_qkv.kp == 128 + cfg.dim
+    assert torch.equal(fwd(head), y)  # the head layout sums the same integers as the split one: bit for bit
     ref = fwd(accelerate_(copy.deepcopy(real), TorchRefBackend(attention="auto", dual_mode="int_ratio",
                                                                 weights="symmetric")))
     assert float((y - ref).norm() / ref.norm()) < 1e-2
