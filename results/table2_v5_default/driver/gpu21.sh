@@ -16,6 +16,6 @@ if [ "${FP_CHECK:-0}" = 1 ] && [ ! -d /tmp/qw ] && [ ! -d /tmp/qw_own ]; then
 fi
 [ -d /tmp/qw_own ] && WORK=/tmp/qw_own
 RESTORE=.device_carry/restore; [ $WORK = /tmp/qw_own ] && RESTORE=/nonexistent
-python3 .device_carry/sweep.py .device_carry/sweep_jobs.json $WORK ${2:-8} ${3:-2} ${1:-540} $RESTORE -- \
+python3 .device_carry/sweep.py ${JOBS:-.device_carry/sweep_jobs.json} $WORK ${2:-8} ${3:-2} ${1:-540} $RESTORE -- \
   device=cuda logger=none calib=default calib.batch.enabled=true model.prompts.eval.count=256 eval.prompts_per_batch=64 \
   paths.log_dir=$WORK/logs 2>&1 | tee -a $OUT/driver.log | tail -25
