@@ -37,6 +37,13 @@ def quant_div(x, s, EXACT: tl.constexpr):
 
 
 @triton.jit
+def quant_code(x, s, z, lo, hi, EXACT: tl.constexpr):
+    """The integer code (as float32) of x with step s and stored zero point z, clamped to [lo, hi]: the rounding every
+    producer and quantizing epilogue shares with the fake quantizers."""
+    return tl.minimum(tl.maximum(rint(quant_div(x, s, EXACT)) + z, lo), hi)
+
+
+@triton.jit
 def gelu_tanh(x):
     """GELU, tanh approximation (nn.GELU(approximate='tanh')) in float32, as x * sigmoid(2u): one exp2 and one
     approximate division (IEEE division and exp cost the ffn.0 epilogue ~3x its plain store: kernels/NOTES.md)."""

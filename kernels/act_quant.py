@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels import _common
-from kernels._common import dummy, gelu_tanh, next_pow2, quant_div, rint
+from kernels._common import dummy, gelu_tanh, next_pow2, quant_code, quant_div
 from kernels.layout import StackedAct
 
 FP8_MAX = 448.0
@@ -37,8 +37,7 @@ def _emit(h, rows, cols, mask, cmask, D, out_ptr, stride_oc, stride_om, cs_ptr, 
                 cs = tl.load(cs_ptr + c * D)
                 cz = tl.load(cz_ptr + c * D)
                 dst = cols
-            v = rint(quant_div(h, cs, EXACT_DIV)) + cz
-            v = tl.minimum(tl.maximum(v, lo), hi)
+            v = quant_code(h, cs, cz, lo, hi, EXACT_DIV)
             tl.store(out_ptr + c * stride_oc + rows[:, None] * stride_om + dst[None, :], v.to(tl.int8), mask=mask)
             if ROWSUM:
                 vi = tl.where(mask, v, 0.0).to(tl.int32)
@@ -65,7 +64,7 @@ def _emit_split(h, rows, cols, mask, D, out_ptr, stride_om, gs_ptr, gz_ptr, rs_p
     seg0 = cols < n_out
     s = tl.where(seg0, tl.load(gs_ptr + 2 * c), tl.load(gs_ptr + 2 * c + 1))[None, :]
     z = tl.where(seg0, tl.load(gz_ptr + 2 * c), tl.load(gz_ptr + 2 * c + 1))[None, :]
-    v = tl.minimum(tl.maximum(rint(quant_div(h, s, EXACT_DIV)) + z, lo), hi)
+    v = quant_code(h, s, z, lo, hi, EXACT_DIV)
     q = v.to(tl.int8)
     ptr = out_ptr + rows[:, None] * stride_om + cols[None, :]
     tl.store(ptr, q, mask=mask & seg0[None, :])
@@ -83,8 +82,7 @@ def _emit_head_body(h, rows, cols, mask, out_ptr, stride_om, gs_ptr, gz_ptr, lo,
                     EXACT_DIV: tl.constexpr):
     """Head layout, the body of consumer c: every column of h in its own order at ``kop + col`` with the normal
     group's step (the outlier columns' places are holes with zero weights: whatever lands there is multiplied by 0)."""
-    v = rint(quant_div(h, tl.load(gs_ptr + 2 * c + 1), EXACT_DIV)) + tl.load(gz_ptr + 2 * c + 1)
-    v = tl.minimum(tl.maximum(v, lo), hi)
+    v = quant_code(h, tl.load(gs_ptr + 2 * c + 1), tl.load(gz_ptr + 2 * c + 1), lo, hi, EXACT_DIV)
     tl.store(out_ptr + rows[:, None] * stride_om + (kop + cols)[None, :], v.to(tl.int8), mask=mask)
 
 
@@ -176,8 +174,7 @@ def _norm_quant_kernel(
                 hp = _activation(_load_x(x_ptr, rows, src, mask, stride_xm, in_scale_ptr, act_ty, IN_SCALED),
                                  rows, src, mask, hmask, mean, rstd, D, mod_ptr, stride_mr, S, lnw_ptr, lnb_ptr,
                                  act_ty, LN, MOD, SHIFT, SCALE, PRE_GELU)
-                v = rint(quant_div(hp, tl.load(cs_ptr + 2 * c), EXACT_DIV)) + tl.load(cz_ptr + 2 * c)
-                v = tl.minimum(tl.maximum(v, lo), hi)
+                v = quant_code(hp, tl.load(cs_ptr + 2 * c), tl.load(cz_ptr + 2 * c), lo, hi, EXACT_DIV)
                 tl.store(out_ptr + c * stride_oc + rows[:, None] * stride_om + idx[None, :], v.to(tl.int8), mask=mask)
 
 

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels import _common
-from kernels._common import dummy, gelu_tanh, interpreting, num_sms, quant_div, rint
+from kernels._common import dummy, gelu_tanh, interpreting, num_sms, quant_code
 from kernels.configs_sm90 import GemmConfig, lookup
 from kernels.layout import PackedGroup, StackedAct
 
@@ -128,7 +128,7 @@ def _epilogue(acc, acc_o, ratio_ptr, g, pid_m, n0, offs_m, offs_n, M, CN,
             cz = tl.load(qcz_ptr)
             dst = offs_n
             outlier = dst < qkop
-        v = tl.minimum(tl.maximum(rint(quant_div(h, cs, EXACT_DIV)) + cz, qlo), qhi)
+        v = quant_code(h, cs, cz, qlo, qhi, EXACT_DIV)
         if Q_PERCOL == 2:
             ptr = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
             tl.store(ptr, v.to(tl.int8), mask=mask & outlier[None, :])
