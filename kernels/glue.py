@@ -65,7 +65,7 @@ def _qk_kernel(
     wq_ptr, wk_ptr, eps, cos_ptr, sin_ptr, HALF_HD,
     q_ptr, stride_q, kc_ptr, vc_ptr, stride_cb, stride_ct, sc_ptr, km_ptr, ks_ptr, stride_sb, stride_sh,
     NORM: tl.constexpr, ROPE: tl.constexpr, HAS_KV: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-    FP8: tl.constexpr, KEY_I8: tl.constexpr, NH: tl.constexpr,
+    FP8: tl.constexpr, KEY_I8: tl.constexpr, KEY_SUB: tl.constexpr, NH: tl.constexpr,
 ):
     act_ty = src_ptr.dtype.element_ty
     q_ty = q_ptr.dtype.element_ty
@@ -93,6 +93,9 @@ def _qk_kernel(
             smask = (rows < M)[:, None] & (heads < D // (2 * (BLOCK_P // NH)))[None, :]
             tl.store(ks_ptr + ((rows // L) * stride_sb + start + l)[:, None] + heads[None, :] * stride_sh, ks,
                      mask=smask)
+        elif KEY_SUB:  # FP8 keys smoothed: k - mean (softmax-invariant), then coded
+            k0 = k0.to(tl.float32) - tl.load(km_ptr + even, mask=pmask, other=0.0)[None, :]
+            k1 = k1.to(tl.float32) - tl.load(km_ptr + odd, mask=pmask, other=0.0)[None, :]
         tl.store(kc_ptr + crow[:, None] + even[None, :], _out(k0, sc_ptr + 1, FP8).to(k_ty), mask=mask)
         tl.store(kc_ptr + crow[:, None] + odd[None, :], _out(k1, sc_ptr + 1, FP8).to(k_ty), mask=mask)
         v0 = tl.load(src + v_off + even[None, :], mask=mask, other=0.0)
@@ -106,6 +109,7 @@ def qk_norm_rope(
     cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None,
     cache_k: Optional[torch.Tensor] = None, cache_v: Optional[torch.Tensor] = None, start: int = 0,
     fp8_scales: Optional[torch.Tensor] = None, key_int8: Optional[tuple] = None,
+    fp8_key_mean: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """From the projection output ``src`` [M, *] (q at column offsets[0], k at [1], v at [2]; M = B * tokens):
     return q = rope(rmsnorm(q)) [M, dim]; when ``cache_k`` is given also write rope(rmsnorm(k)) and v into
@@ -113,11 +117,15 @@ def qk_norm_rope(
     ``cos=None``: no rotation (cross-attention q). ``fp8_scales`` (float32 [>=3]: steps of q, k, v): q is returned
     and K/V are written as float8 E4M3 codes (x / step, saturated), the caches being float8 tensors.
     ``key_int8`` = (mean key [dim] float32, key scales [B, H, T] float32): the keys are written as the int8 codes of
-    k - mean (int8 ``cache_k``) with one scale per (token, head) (INT8 attention, kernels/attn_int8.py)."""
+    k - mean (int8 ``cache_k``) with one scale per (token, head) (INT8 attention, kernels/attn_int8.py).
+    ``fp8_key_mean`` (float32 [dim], with ``fp8_scales``): the FP8 key codes are those of k - mean (smoothed keys:
+    q . mean is the same for every key a query sees, so the softmax does not change, and the codes' range shrinks)."""
     m = src.shape[0]
     fp8 = fp8_scales is not None
     if fp8 and cache_k is not None and cache_k.dtype != torch.float8_e4m3fn:
         raise ValueError(f"fp8_scales needs float8_e4m3fn K/V caches, got {cache_k.dtype}")
+    if fp8_key_mean is not None and (not fp8 or cache_k is None):
+        raise ValueError("fp8_key_mean smooths the FP8 keys written to the cache: it needs fp8_scales and cache_k")
     half = dim // 2 // (cache_k.shape[2] if cache_k is not None else 1)
     if key_int8 is not None and (fp8 or cache_k.dtype != torch.int8 or half & (half - 1)):
         raise ValueError(f"key_int8 needs an int8 key cache, no fp8_scales and a power-of-two head dim, got "
@@ -128,7 +136,7 @@ def qk_norm_rope(
     block_p = next_pow2(dim // 2)
     block_r = max(1, min(8, 4096 // block_p))
     half_hd = cos.shape[1] if cos is not None else 1
-    km, ks = key_int8 if key_int8 is not None else (dmy, dmy)
+    km, ks = key_int8 if key_int8 is not None else (fp8_key_mean if fp8_key_mean is not None else dmy, dmy)
     _qk_kernel[(triton.cdiv(m, block_r),)](
         src, src.stride(0), offsets[0], offsets[1] if has_kv else 0, offsets[2] if has_kv else 0, m, dim, tokens, start,
         wq if wq is not None else dmy, wk if wk is not None else dmy, float(eps),
@@ -137,7 +145,8 @@ def qk_norm_rope(
         cache_k.stride(0) if has_kv else 0, cache_k.stride(1) if has_kv else 0, fp8_scales if fp8 else dmy,
         km, ks, ks.stride(0) if key_int8 is not None else 0, ks.stride(1) if key_int8 is not None else 0,
         NORM=wq is not None, ROPE=cos is not None, HAS_KV=has_kv, BLOCK_R=block_r, BLOCK_P=block_p, FP8=fp8,
-        KEY_I8=key_int8 is not None, NH=block_p // half if key_int8 is not None else 1, num_warps=4,
+        KEY_I8=key_int8 is not None, KEY_SUB=fp8_key_mean is not None,
+        NH=block_p // half if key_int8 is not None else 1, num_warps=4,
     )
     return q
 
@@ -162,7 +171,7 @@ def fp8_code(x: torch.Tensor, step) -> torch.Tensor:
 
 
 def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, cos=None, sin=None, cache_k=None,
-                     cache_v=None, start=0, fp8_scales=None, key_int8=None):
+                     cache_v=None, start=0, fp8_scales=None, key_int8=None, fp8_key_mean=None):
     """:func:`qk_norm_rope` in eager torch (the model's own formulas)."""
 
     def one(off, w):
@@ -185,6 +194,7 @@ def qk_norm_rope_ref(src, offsets, dim, tokens, *, wq=None, wk=None, eps=1e-6, c
             cache_k[:, start:start + tokens] = codes.to(torch.int8).view(b, tokens, *cache_k.shape[2:])
             scales[:, :, start:start + tokens] = sc.view(b, tokens, -1).transpose(1, 2)
         else:
+            k = k if fp8_key_mean is None else k.float() - fp8_key_mean.float()
             cache_k[:, start:start + tokens] = enc(k, 1).view(b, tokens, *cache_k.shape[2:])
         v = src[:, offsets[2]:offsets[2] + dim]
         cache_v[:, start:start + tokens] = enc(v, 2).reshape(b, tokens, *cache_v.shape[2:])

@@ -72,6 +72,7 @@ def test_calibrated_fp8_attention_rollout(real, graphs):
     assert amax.shape == (2, 4) and (amax > 0).all()
     block = model.blocks[0]
     assert torch.allclose(block._qarvd_attn_scales, amax[0] / 448)
+    assert block._qarvd_key_mean.shape == (ARCH["dim"],)  # smooth_keys (the default): keys coded as k - mean
     assert model.new_cache(2, 6, 8, 8).layers[0].k.dtype == torch.float8_e4m3fn
     got = _video(model, ctx)
     rel = float((got - base).norm() / base.norm())
@@ -81,6 +82,26 @@ def test_calibrated_fp8_attention_rollout(real, graphs):
     assert back.kv_cache_dtype is None and torch.equal(_video(back, ctx), base)
     restore_(back)
     assert back.kv_cache_dtype is None
+
+
+def test_plain_fp8_keys_need_no_mean_and_smoothed_ones_do(real):
+    """smooth_keys=false calibrates scales only (the raw keys' amax) and runs; smoothed keys refuse to run on scales
+    without their mean keys, and their k amax is that of k - mean."""
+    ctx = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(2))
+    plain = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8", smooth_keys=False))
+    amax_plain = calibrate_attention_(plain, lambda: _video(plain, ctx))
+    assert all(getattr(b, "_qarvd_key_mean", None) is None for b in plain.blocks)
+    got_plain = _video(plain, ctx)
+    smooth = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8"))
+    amax = calibrate_attention_(smooth, lambda: _video(smooth, ctx))
+    assert torch.equal(amax[:, [0, 2, 3]], amax_plain[:, [0, 2, 3]]) and not torch.equal(amax[:, 1], amax_plain[:, 1])
+    assert not torch.equal(_video(smooth, ctx), got_plain)
+    for b in smooth.blocks:
+        b._qarvd_key_mean = None
+    with pytest.raises(RuntimeError, match="mean keys"):
+        _video(smooth, ctx)
+    with pytest.raises(ValueError, match="smooth_keys"):
+        TorchRefBackend(attention="cudnn_fp8", smooth_keys="false")
 
 
 def test_calibration_needs_fp8_backend(real):

@@ -271,6 +271,38 @@ def test_qk_norm_rope_writes_fp8_codes():
     assert outs[0][1][:, :3].abs().sum() == 0 and outs[0][1][:, 3:13].abs().sum() > 0  # only the chunk's slots
 
 
+def test_qk_norm_rope_smooths_fp8_keys():
+    """kernel.smooth_keys: the FP8 key codes are those of k - mean (kernel as its reference), and keys that share a
+    large per-channel offset come back (codes x step + mean) several times closer than plain FP8 codes."""
+    b, length, heads, hd = 2, 10, 2, 16
+    d = heads * hd
+    g = torch.Generator().manual_seed(4)
+    src = torch.randn(b * length, 3 * d, generator=g)
+    src[:, d:2 * d] += torch.randn(d, generator=g) * 6  # keys with a large shared offset, as the model's
+    kw = dict(wq=torch.rand(d, generator=g) + 0.5, wk=torch.rand(d, generator=g) + 0.5, eps=1e-6, start=3)
+    keys = torch.zeros(b, 16, heads, hd)
+    glue.qk_norm_rope_ref(src, (0, d, 2 * d), d, length, cache_k=keys, cache_v=torch.zeros_like(keys), **kw)
+    keys = keys[:, 3:13]
+    mean = keys.mean((0, 1)).flatten()
+    step_plain, step_smooth = (float(t.abs().max()) / 448 for t in (keys, keys - mean.view(heads, hd)))
+    outs = []
+    for fn in (glue.qk_norm_rope, glue.qk_norm_rope_ref):
+        kc = torch.zeros((b, 16, heads, hd), dtype=torch.float8_e4m3fn)
+        fn(src, (0, d, 2 * d), d, length, cache_k=kc, cache_v=torch.zeros_like(kc),
+           fp8_scales=torch.tensor([1.0, step_smooth, 1.0]), fp8_key_mean=mean, **kw)
+        outs.append(kc.float())
+    got, ref = outs
+    off = (got != ref) & ~(ref.abs().log2() % 1 == 0)  # the interpreter's float8 rounding (test above): one ulp
+    assert ((got - ref).abs()[off] <= torch.clamp(ref.abs()[off] / 8, min=2.0**-9) + 1e-6).all()
+    smooth = ref[:, 3:13] * step_smooth + mean.view(heads, hd)
+    plain = glue.fp8_code(keys, step_plain).float() * step_plain
+    err_smooth, err_plain = (float((x - keys).norm() / keys.norm()) for x in (smooth, plain))
+    assert err_smooth < err_plain / 3, (err_smooth, err_plain)
+    assert ref[:, :3].abs().sum() == 0  # only the chunk's slots
+    with pytest.raises(ValueError, match="fp8_key_mean"):
+        glue.qk_norm_rope(src, (0, d, 2 * d), d, length, cache_k=kc, cache_v=kc, fp8_key_mean=mean, **kw)
+
+
 def test_norm_quant_dequantizes_fp8_input():
     """The o projection's producer reads the FP8 attention output: codes x step, rounded to the activation dtype."""
     lin, _ = _layer(48, 24, seed=5)

@@ -265,10 +265,36 @@ def test_fa4_attention_matches_sdpa_and_captures():
     assert float((eager.double() - ref).norm() / ref.norm()) < 1e-2
 
 
+def test_sage2_attention_matches_its_emulation_and_captures():
+    """kernel.attention=sage2 (kernels/attn_sage.py) on the fused block's layouts and the rollout's first chunk shape:
+    its error to float64 attention is SageAttention-class (under 2 %) and within 20 % of the float32 emulation's on the
+    same inputs (keys with a shared offset, as the model's), the two outputs close; a CUDA-graph replay equals the
+    eager call bit for bit."""
+    from kernels import attn_sage
+
+    if not attn_sage.available():
+        pytest.skip(f"SageAttention2's sm90 kernels are not installed ({attn_sage.INSTALL})")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, lq, t, h, d = 2, 4680, 9360 + 77, 12, 128
+    q = (torch.randn(b * lq, h * d, device="cuda", generator=g) * 2).to(torch.bfloat16).view(b, lq, h, d)
+    cache = torch.randn(2, b, t, h, d, device="cuda", generator=g)
+    cache[0] = cache[0] * 2 + torch.randn(h, d, device="cuda", generator=g) * 3
+    cache = cache.to(torch.bfloat16)
+    k, v = cache[0][:, :9360], cache[1][:, :9360]
+    exact = F.scaled_dot_product_attention(*(x.transpose(1, 2).double() for x in (q, k, v))).transpose(1, 2)
+    eager, replay = _graphed(lambda: attn_sage.sage_attention(q, k, v))
+    assert torch.equal(eager, replay) and eager.shape == q.shape and eager.dtype == torch.bfloat16
+    rows = slice(0, 512)  # the emulation holds [B, H, rows, keys] scores in float32
+    emu = attn_sage.sage_attention_ref(q[:, rows], k, v).double()
+    err = lambda x: float((x.double() - exact[:, rows]).norm() / exact[:, rows].norm())  # noqa: E731
+    assert err(eager[:, rows]) < 0.02 and err(eager[:, rows]) < 1.2 * err(emu) + 2e-3, (err(eager[:, rows]), err(emu))
+    assert float((eager[:, rows].double() - emu).norm() / emu.norm()) < 0.02
+
+
 def test_fused_rollout_with_int8_and_fa4_attention():
-    """The fused bf16 block with attention=int8_sage (calibrated) and =fa4 (when installed): eager and graphed
-    rollouts equal bit for bit, and both stay close to SDPA's latents."""
-    from kernels import attn_fa4
+    """The fused bf16 block with attention=int8_sage (calibrated), =fa4 and =sage2 (when installed): eager and
+    graphed rollouts equal bit for bit, and both stay close to SDPA's latents."""
+    from kernels import attn_fa4, attn_sage
     from qarvd.deploy import accelerate_, calibrate_attention_
     from qarvd.deploy.backends import Bf16Backend
     from qarvd.models.rollout import RolloutConfig, rollout
@@ -282,7 +308,8 @@ def test_fused_rollout_with_int8_and_fa4_attention():
     video = lambda m: rollout(m, ctx, [0, 1], (16, 16, 24), rc)  # noqa: E731
     with torch.no_grad():
         ref = video(accelerate_(copy.deepcopy(base), Bf16Backend(attention="auto", graphs=False)))
-        for att in ["int8_sage"] + (["fa4"] if attn_fa4.available() else []):
+        for att in ["int8_sage"] + (["fa4"] if attn_fa4.available() else []) + (["sage2"] if attn_sage.available()
+                                                                                  else []):
             got = []
             for graphs in (False, True):
                 model = accelerate_(copy.deepcopy(base), Bf16Backend(attention=att, graphs=graphs))

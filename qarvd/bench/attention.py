@@ -1,22 +1,25 @@
 """The ``attention`` section of the latency benchmark: each attention backend (``attention_backends``: SDPA's, and
-``fa4``) over the growing KV cache of one batch-2 video (the 7 chunk shapes); the fastest becomes the attention of every row that asks for ``fastest``."""
+``fa4``, and the quantized ``sage2``) over the growing KV cache of one batch-2 video (the 7 chunk shapes); the fastest
+bf16 one becomes the attention of every row that asks for ``fastest``."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from kernels import attn_fa4
+from kernels import attn_fa4, attn_sage
 from qarvd.bench.report import Report, log
 from qarvd.bench.timing import bench_ms
 from qarvd.deploy.backends import sdpa_context
 
 
 def attention_call(name: str, q: torch.Tensor, kv: torch.Tensor):
-    """One self-attention of [B, L, H, D] q over kv as backend ``name`` runs it: FlashAttention-4 for fa4 (the
-    fused block's call, no transposes), else SDPA under that backend."""
+    """One self-attention of [B, L, H, D] q over kv as backend ``name`` runs it: FlashAttention-4 for fa4 and
+    SageAttention2 for sage2 (the fused block's calls, no transposes), else SDPA under that backend."""
     if name == "fa4":
         return lambda: attn_fa4.fa4_attention(q, kv, kv)
+    if name == "sage2":  # quantizes q, k and v on each call, as the fused block's sage2 attention does
+        return lambda: attn_sage.sage_attention(q, kv, kv)
 
     def sdpa():
         with sdpa_context(name):
@@ -43,7 +46,7 @@ def attention_section(cfg: DictConfig, device, rep: Report, arch) -> str:
                              est_video_s=total * (cfg.steps + 1) * arch.num_layers / 1e3)
         except Exception as e:  # noqa: BLE001
             res[name] = dict(error=f"{type(e).__name__}: {str(e)[:200]}")
-    ok = {k: v["ms_sum"] for k, v in res.items() if "ms_sum" in v}
+    ok = {k: v["ms_sum"] for k, v in res.items() if "ms_sum" in v and k != "sage2"}  # the bf16 rows' choice
     fastest = min(ok, key=ok.get) if ok else "auto"
     rep.put("attention", dict(batch=2, tokens_per_chunk=tokens, backends=res, fastest=fastest))
     log("attention", {k: v.get("ms_sum", v.get("error")) for k, v in res.items()}, "fastest", fastest)

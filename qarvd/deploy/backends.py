@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from kernels import act_quant, attn_cudnn, attn_fa4, attn_int8, cutlass_gemm, fp8, glue, qgemm
+from kernels import act_quant, attn_cudnn, attn_fa4, attn_int8, attn_sage, cutlass_gemm, fp8, glue, qgemm
 from kernels._common import triton_ok
 
 # Quantized self-attention of the fused block, each calibrated once by qarvd.deploy.calibrate_attention_ (other
@@ -23,8 +23,10 @@ from kernels._common import triton_ok
 # its numerics), per-layer static scales. int8_sage: INT8 Q.K^T with per-token scales and the calibrated mean key
 # subtracted, bf16 P.V (kernels/attn_int8.py; torch_ref runs its torch reference).
 QUANTIZED_ATTENTION = {"cudnn_fp8": "fp8", "int8_sage": "int8"}
-# fa4: FlashAttention-4 (kernels/attn_fa4.py) for the fused block's bf16 self- and cross-attention
-ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", "fa4", *QUANTIZED_ATTENTION)
+# fa4: FlashAttention-4 (kernels/attn_fa4.py) for the fused block's bf16 self- and cross-attention. sage2:
+# SageAttention2's Hopper kernel (kernels/attn_sage.py) for the fused block's self-attention over the bf16 cache (INT8
+# Q.K^T, FP8 P.V, quantized per call: no calibration; torch_ref emulates it), cross-attention as "auto"
+ATTENTION = ("auto", "cudnn", "flash", "efficient", "math", "fa4", "sage2", *QUANTIZED_ATTENTION)
 DUAL = ("exact", "int_ratio")
 # split: dual-scale consumers read their input through the outlier-first permutation and get two contiguous runs
 # (ffn.0's rows permuted to ffn.2's order); head: as split, but a gathering producer writes every column in its own
@@ -38,7 +40,7 @@ def sdpa_context(name: str):
     """Context restricting F.scaled_dot_product_attention to one backend ('auto' leaves PyTorch's choice)."""
     if name not in ATTENTION:
         raise ValueError(f"attention={name!r}; choose from {ATTENTION}")
-    if name in ("auto", "fa4") or name in QUANTIZED_ATTENTION:  # what SDPA still runs: PyTorch's choice
+    if name in ("auto", "fa4", "sage2") or name in QUANTIZED_ATTENTION:  # what SDPA still runs: PyTorch's choice
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -72,10 +74,11 @@ class KernelBackend:
     fp8_linear = staticmethod(fp8.fp8_linear)
     int8_attention = staticmethod(attn_int8.int8_attention)
     fa4_attention = staticmethod(attn_fa4.fa4_attention)
+    sage_attention = staticmethod(attn_sage.sage_attention)
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
                  weights: str = "artifact", graphs: bool = False, dual_layout: str = "split",
-                 attention_chunks=None) -> None:
+                 attention_chunks=None, smooth_keys: bool = True) -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
@@ -90,6 +93,11 @@ class KernelBackend:
         # chunk-adaptive precision (qarvd.deploy.precision_schedule): the chunks that run the quantized attention,
         # bf16 attention in the others; None: every chunk
         self.attention_chunks = _chunk_set(attention_chunks, self.quantized_attention, attention)
+        if not isinstance(smooth_keys, bool):
+            raise ValueError(f"kernel.smooth_keys must be true or false, got {smooth_keys!r}")
+        # cudnn_fp8: the calibrated mean key is subtracted before the keys are coded (softmax-invariant); int8_sage
+        # always does it
+        self.smooth_keys = smooth_keys
 
     def sdpa(self):
         return sdpa_context(self.attention)
@@ -135,7 +143,7 @@ class KernelBackend:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(attention={self.attention!r}, fused={self.fused}, dual_mode={self.dual_mode!r}, "
                 f"weights={self.weights!r}, graphs={self.graphs}, dual_layout={self.dual_layout!r}, "
-                f"attention_chunks={self.attention_chunks})")
+                f"attention_chunks={self.attention_chunks}, smooth_keys={self.smooth_keys})")
 
 
 def _lowrank(mod, x2: torch.Tensor):
@@ -192,6 +200,7 @@ class _TorchGlue:
 
     int8_attention = staticmethod(attn_int8.int8_attention_ref)
     fa4_attention = staticmethod(attn_fa4.fa4_attention_ref)
+    sage_attention = staticmethod(attn_sage.sage_attention_ref)
 
 
 class TorchRefBackend(_TorchGlue, TritonInt8Backend):

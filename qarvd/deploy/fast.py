@@ -240,6 +240,8 @@ class FastWanAttentionBlock(WanAttentionBlock):
         qkv = plan.qkv(x2, mod, s)
         quant = be.quantized_attention
         scales, key_mean = getattr(self, "_qarvd_attn_scales", None), getattr(self, "_qarvd_key_mean", None)
+        if quant == "fp8" and not be.smooth_keys:
+            key_mean = None  # plain FP8 keys (the mean, if any, came from another calibration)
         cache_k, cache_v, kind = kv.k, kv.v, quant
         codes_from_early = False  # this chunk's K/V go to the 16-bit cache, then their codes to the quantized one
         if quant and be.attention_chunks is not None:  # chunk-adaptive precision
@@ -252,13 +254,16 @@ class FastWanAttentionBlock(WanAttentionBlock):
             if kv.early is not None and (bf16_here or bf16_later):
                 cache_k, cache_v = kv.early
                 codes_from_early = True  # (without early K/V the attention is not calibrated: 16-bit caches)
-        if quant and not _ready(self, kv, quant):
-            raise RuntimeError(f"attention={be.attention} needs its calibration ({'per-layer scales and a float8 KV cache' if quant == 'fp8' else 'per-layer mean keys and an int8 key cache'}): run "
+        if quant and not _ready(self, kv, quant, be.smooth_keys):
+            need = {"fp8": "per-layer scales" + (" and mean keys" if be.smooth_keys else "") + " and a float8 KV cache",
+                    "int8": "per-layer mean keys and an int8 key cache"}[quant]
+            raise RuntimeError(f"attention={be.attention} needs its calibration ({need}): run "
                                "qarvd.deploy.calibrate_attention_(model, run) after accelerate_")
         q = be.qk_norm_rope(qkv, (0, d, 2 * d), d, n, wq=_norm_weight(sa.norm_q), wk=_norm_weight(sa.norm_k),
                             eps=getattr(sa.norm_q, "eps", 0.0), cos=cos, sin=sin, cache_k=cache_k, cache_v=cache_v,
                             start=token_start, fp8_scales=scales if quant == "fp8" and not codes_from_early else None,
-                            key_int8=(key_mean, kv.k_scale) if quant == "int8" and not codes_from_early else None)
+                            key_int8=(key_mean, kv.k_scale) if quant == "int8" and not codes_from_early else None,
+                            fp8_key_mean=key_mean if quant == "fp8" and not codes_from_early else None)
         if codes_from_early:
             _quantize_early(kv, token_start, end, kind, scales, key_mean, heads, hd)
             if quant == "fp8":  # a quantized chunk followed by a bf16 one: q coded from its 16-bit value
@@ -270,15 +275,21 @@ class FastWanAttentionBlock(WanAttentionBlock):
         else:
             if quant == "int8":
                 y = be.int8_attention(q, kv.k, kv.k_scale, kv.v, end)
+            elif be.attention == "sage2":
+                y = be.sage_attention(q, cache_k[:, :end], cache_v[:, :end])
             else:
                 y = _attend(be, q, cache_k[:, :end], cache_v[:, :end])
             seen = getattr(self, "_qarvd_attn_stats", None)
             if seen is not None:  # calibration (bf16 attention): amax of q, this chunk's k and v, the output; k sums
-                k_new, v_new = cache_k[:, token_start:end], cache_v[:, token_start:end]
+                k_new, v_new = cache_k[:, token_start:end], cache_v[:, token_start:end].float()
+                k_new = k_new.float().flatten(2)
                 new = torch.stack([q.abs().amax(), k_new.abs().amax(), v_new.abs().amax(), y.abs().amax()]).float()
                 torch.maximum(seen[:4], new, out=seen[:4])
-                seen[4:-1] += k_new.float().sum((0, 1)).flatten()
-                seen[-1] += b * n
+                sums, count, kmax, kmin = seen[4:].split([d, 1, d, d])
+                sums += k_new.sum((0, 1))
+                count += b * n
+                torch.maximum(kmax, k_new.amax((0, 1)), out=kmax)
+                torch.minimum(kmin, k_new.amin((0, 1)), out=kmin)
             x2 = plan.self_out(y.reshape(m, d), x2, mod, s)
         qc = be.qk_norm_rope(plan.cross_q(x2), (0,), d, n, wq=_norm_weight(ca.norm_q), eps=getattr(ca.norm_q, "eps", 0.0))
         if kv.cross is None:
@@ -307,7 +318,8 @@ def _quantize_early(kv, start: int, end: int, quant: str, scales, key_mean, head
     Each forward rewrites only its own chunk's slot (the refresh pass leaves the clean values), at fixed shapes and
     addresses: CUDA graphs capture it, and no chunk converts the cache of others."""
     k, v = (t[:, start:end] for t in kv.early)
-    if quant == "fp8":
+    if quant == "fp8":  # key_mean: smoothed FP8 keys (None: plain)
+        k = k if key_mean is None else k.float() - key_mean.view(heads, head_dim)
         kv.k[:, start:end].copy_(fp8_code(k, scales[1].float()))
         kv.v[:, start:end].copy_(fp8_code(v, scales[2].float()))
         return
@@ -317,10 +329,11 @@ def _quantize_early(kv, start: int, end: int, quant: str, scales, key_mean, head
     kv.v[:, start:end].copy_(v)
 
 
-def _ready(block, kv, quant: str) -> bool:
+def _ready(block, kv, quant: str, smooth_keys: bool) -> bool:
     """The block's quantized attention is calibrated and the cache has the matching key format."""
     if quant == "fp8":
-        return getattr(block, "_qarvd_attn_scales", None) is not None and kv.k.dtype == torch.float8_e4m3fn
+        return (getattr(block, "_qarvd_attn_scales", None) is not None and kv.k.dtype == torch.float8_e4m3fn
+                and (not smooth_keys or getattr(block, "_qarvd_key_mean", None) is not None))
     return getattr(block, "_qarvd_key_mean", None) is not None and kv.k.dtype == torch.int8
 
 
@@ -348,7 +361,7 @@ def accelerate_(model: torch.nn.Module, backend) -> torch.nn.Module:
             block.__class__ = FastWanAttentionBlock
             block._qarvd_plan = plan
     quant = backend.quantized_attention
-    if (quant or backend.attention == "fa4") and not planned:
+    if (quant or backend.attention in ("fa4", "sage2")) and not planned:
         raise ValueError(f"attention={backend.attention} runs inside the fused block forward: it needs fused=true and "
                          f"a plan for every block (no low-rank branches)")
     _set_cache_dtypes(model, quant, backend.attention_chunks)
@@ -376,9 +389,11 @@ def calibrate_attention_(model: torch.nn.Module, run: Callable[[], object], marg
 
     ``model`` must be accelerated (``accelerate_``) with a quantized attention (``cudnn_fp8`` or ``int8_sage``);
     ``run`` executes with bf16 attention (SDPA's own choice, cuDNN on Hopper) while the fused blocks record the amax
-    of q (after norm and RoPE), k, v and the attention output, and the sum of the keys. ``cudnn_fp8``: static FP8
-    steps ``margin * amax / 448``, returns the amax [layers, 4] (q, k, v, o); ``int8_sage``: the mean key of each
-    layer (subtracted before the int8 rounding, softmax-invariant), returns it [layers, dim]; on the host. Afterwards
+    of q (after norm and RoPE), k, v and the attention output, and the sum, max and min of the keys per channel.
+    ``cudnn_fp8``: static FP8 steps ``margin * amax / 448``, returns the amax [layers, 4] (q, k, v, o); with the
+    backend's ``smooth_keys`` also the mean key of each layer, subtracted before the keys are coded (the k amax is
+    then that of k - mean). ``int8_sage``: the mean key of each layer (subtracted before the int8 rounding,
+    softmax-invariant), returns it [layers, dim]; on the host. Afterwards
     new caches take the quantized format and the blocks attend quantized (CUDA graphs captured before are dropped).
     """
     from qarvd.deploy.graphs import graph_, ungraph_
@@ -392,9 +407,15 @@ def calibrate_attention_(model: torch.nn.Module, run: Callable[[], object], marg
     name, quant, graphs = be.attention, be.quantized_attention, getattr(be, "graphs", False)
     ungraph_(model)
     device = next(model.parameters()).device
-    for b in blocks:
-        b._qarvd_attn_stats = torch.zeros(4 + model.cfg.dim + 1, device=device)  # amax q/k/v/o, key sum, count
+    d = model.cfg.dim
+    smooth = quant == "int8" or be.smooth_keys  # the mean key is subtracted before the keys are coded
+    for b in blocks:  # amax q/k/v/o, key sum [d], count, key max [d], key min [d]
+        b._qarvd_attn_stats = torch.cat([torch.zeros(4 + d + 1, device=device),
+                                         torch.full((d,), -torch.inf, device=device),
+                                         torch.full((d,), torch.inf, device=device)])
         setattr(b, _STATE[quant], None)
+        if smooth:
+            b._qarvd_key_mean = None
     model.kv_cache_dtype = model.key_cache_dtype = model.early_cache_dtype = None
     be.attention = "auto"  # bf16 SDPA, PyTorch's choice (cuDNN on Hopper); "auto" also runs on the CPU
     try:
@@ -405,12 +426,17 @@ def calibrate_attention_(model: torch.nn.Module, run: Callable[[], object], marg
     stats = torch.stack([b._qarvd_attn_stats for b in blocks])
     for b in blocks:
         b._qarvd_attn_stats = None
+    sums, count, kmax, kmin = stats[:, 4:].split([d, 1, d, d], dim=1)
+    means = sums / count.clamp_min(1)
+    if smooth:
+        set_attention_key_means_(model, means)
     if quant == "fp8":
-        out = stats[:, :4]
+        out = stats[:, :4].clone()
+        if smooth:  # the smoothed keys' amax: per channel, the farther of its max and min from the mean
+            out[:, 1] = torch.maximum(kmax - means, means - kmin).amax(1)
         set_attention_fp8_scales_(model, out.clamp_min(1e-12) * (margin / FP8_MAX))
     else:
-        out = stats[:, 4:-1] / stats[:, -1:].clamp_min(1)
-        set_attention_key_means_(model, out)
+        out = means
     if graphs:
         graph_(model)
     return out.cpu()
