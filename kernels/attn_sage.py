@@ -2,9 +2,9 @@
 
 Why: the W8A8 rollout spends ~1.7 s of its 3.0 s in bf16 attention (FA4), and the two quantized attentions at hand
 each miss one side of issue 22's target: cuDNN's FP8 attention is fast but doubles the embedded model's latent MSE
-(the E4M3 keys: their 3-bit mantissa, not their mean, costs the error; subtracting the mean key changes 2.01x to
-1.95x, results/fp8_attention_keys/), and this project's Triton INT8 Q.K^T kernel keeps W8A8 quality but is slower
-than FA4. SageAttention2's Hopper kernel has both halves: INT8 Q.K^T (wgmma) on keys with the sequence mean
+(the E4M3 keys: their 3-bit mantissa costs the error, docs/experiments/fp8_attention_ablation.md; subtracting the
+mean key, ``kernel.smooth_keys``, leaves 1.95x against 1.97x, results/fp8_attention_keys/), and this project's Triton
+INT8 Q.K^T kernel keeps W8A8 quality but is slower than FA4. SageAttention2's Hopper kernel has both halves: INT8 Q.K^T (wgmma) on keys with the sequence mean
 subtracted, FP8 P.V with per-channel V scales and a float32 buffer around the FP22 accumulator, warp-specialised
 with TMA (the SageAttention2 paper, arXiv 2411.10958; ~870 TOPS at head dim 128 on the H100 in its README).
 

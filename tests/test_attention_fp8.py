@@ -72,7 +72,7 @@ def test_calibrated_fp8_attention_rollout(real, graphs):
     assert amax.shape == (2, 4) and (amax > 0).all()
     block = model.blocks[0]
     assert torch.allclose(block._qarvd_attn_scales, amax[0] / 448)
-    assert block._qarvd_key_mean.shape == (ARCH["dim"],)  # smooth_keys (the default): keys coded as k - mean
+    assert getattr(block, "_qarvd_key_mean", None) is None  # smooth_keys=false (the default): plain FP8 keys
     assert model.new_cache(2, 6, 8, 8).layers[0].k.dtype == torch.float8_e4m3fn
     got = _video(model, ctx)
     rel = float((got - base).norm() / base.norm())
@@ -88,11 +88,11 @@ def test_plain_fp8_keys_need_no_mean_and_smoothed_ones_do(real):
     """smooth_keys=false calibrates scales only (the raw keys' amax) and runs; smoothed keys refuse to run on scales
     without their mean keys, and their k amax is that of k - mean."""
     ctx = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(2))
-    plain = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8", smooth_keys=False))
+    plain = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8"))
     amax_plain = calibrate_attention_(plain, lambda: _video(plain, ctx))
     assert all(getattr(b, "_qarvd_key_mean", None) is None for b in plain.blocks)
     got_plain = _video(plain, ctx)
-    smooth = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8"))
+    smooth = accelerate_(copy.deepcopy(real), TorchRefBackend(attention="cudnn_fp8", smooth_keys=True))
     amax = calibrate_attention_(smooth, lambda: _video(smooth, ctx))
     assert torch.equal(amax[:, [0, 2, 3]], amax_plain[:, [0, 2, 3]]) and not torch.equal(amax[:, 1], amax_plain[:, 1])
     assert not torch.equal(_video(smooth, ctx), got_plain)

@@ -78,7 +78,7 @@ class KernelBackend:
 
     def __init__(self, attention: str = "auto", fused: bool = True, dual_mode: str = "exact",
                  weights: str = "artifact", graphs: bool = False, dual_layout: str = "split",
-                 attention_chunks=None, smooth_keys: bool = True) -> None:
+                 attention_chunks=None, smooth_keys: bool = False) -> None:
         if attention not in ATTENTION:
             raise ValueError(f"attention={attention!r}; choose from {ATTENTION}")
         if dual_mode not in DUAL:
