@@ -46,20 +46,23 @@ def test_emulation_error_is_small_and_mean_key_invariant():
     assert float((shifted - out).norm() / out.norm()) < 1e-4
 
 
-def test_sage2_runs_in_the_fused_block_and_takes_no_chunks(real):
+def test_sage2_runs_in_the_fused_block_in_the_chosen_chunks(real):
     """torch_ref emulates sage2 in the fused block's self-attention: the latents move a little from bf16 attention;
-    the eager path and chunk schedules refuse it; SDPA keeps PyTorch's choice for the cross-attention."""
+    with attention_chunks=[1] chunk 0 attends in bf16 (its frames equal the bf16 rollout's bit for bit) and chunk 1
+    in sage2, over the same bf16 cache; the eager path refuses it; SDPA keeps PyTorch's choice for the
+    cross-attention."""
     ctx = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(4))
     base = _video(accelerate_(copy.deepcopy(real), TorchRefBackend()), ctx)
     got = _video(accelerate_(copy.deepcopy(real), TorchRefBackend(attention="sage2")), ctx)
     assert 1e-5 < float((got - base).norm() / base.norm()) < 0.1
+    late = _video(accelerate_(copy.deepcopy(real), TorchRefBackend(attention="sage2", attention_chunks=[1])), ctx)
+    assert torch.equal(late[:, :2], base[:, :2]) and not torch.equal(late[:, :2], got[:, :2])
+    assert not torch.equal(late[:, 2:4], base[:, 2:4])
     with pytest.raises(ValueError, match="fused=true"):
         accelerate_(copy.deepcopy(real), TorchRefBackend(attention="sage2", fused=False))
-    with pytest.raises(ValueError, match="attention_chunks"):
-        TorchRefBackend(attention="sage2", attention_chunks=[1])
-    with pytest.raises(ValueError, match="sage2@2"):
-        attention_choice("sage2@2", 3)
-    assert attention_choice("sage2", 3) == ("sage2", None)
+    with pytest.raises(ValueError, match="default@2"):
+        attention_choice("default@2", 3)
+    assert attention_choice("sage2", 3) == ("sage2", None) and attention_choice("sage2@2", 3) == ("sage2", (2,))
     assert type(sdpa_context("sage2")).__name__ == "nullcontext"
     if not attn_sage.available():
         with pytest.raises(ImportError, match="SageAttention"):

@@ -72,7 +72,7 @@ def attention_choice(value: str, num_chunks: Optional[int] = None) -> tuple[str,
     chunks 1, 5 and 6 only): :func:`chunk_choice`. Every chunk means the uniform quantized attention (no 16-bit K/V
     beside the codes)."""
     name, picked = chunk_choice("attention", value, ATTENTION, num_chunks,
-                                plain_only=[n for n, a in ATTENTION.items() if a not in QUANTIZED_ATTENTION])
+                                plain_only=[n for n, a in ATTENTION.items() if a not in (*QUANTIZED_ATTENTION, "sage2")])
     return ATTENTION[name], picked
 
 

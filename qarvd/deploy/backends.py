@@ -56,9 +56,9 @@ def _chunk_set(chunks, quantized: Optional[str], attention: str) -> Optional[tup
     if not values or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in values):
         raise ValueError(f"kernel.attention_chunks={chunks!r}: give null (every chunk) or a non-empty list of chunk "
                          f"indices >= 0, e.g. [2,3,4,5,6]")
-    if quantized is None:
+    if quantized is None and attention != "sage2":
         raise ValueError(f"kernel.attention_chunks={list(values)} chooses the chunks of a quantized attention "
-                         f"(cudnn_fp8 | int8_sage); attention={attention!r} is not one")
+                         f"(cudnn_fp8 | int8_sage | sage2); attention={attention!r} is not one")
     return tuple(sorted(set(values)))
 
 

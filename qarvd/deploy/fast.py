@@ -275,7 +275,7 @@ class FastWanAttentionBlock(WanAttentionBlock):
         else:
             if quant == "int8":
                 y = be.int8_attention(q, kv.k, kv.k_scale, kv.v, end)
-            elif be.attention == "sage2":
+            elif be.attention == "sage2" and _chunk_runs(be.attention_chunks):  # over the bf16 cache: no codes
                 y = be.sage_attention(q, cache_k[:, :end], cache_v[:, :end])
             else:
                 y = _attend(be, q, cache_k[:, :end], cache_v[:, :end])
@@ -298,6 +298,14 @@ class FastWanAttentionBlock(WanAttentionBlock):
         y = _attend(be, qc.view(b, n, heads, hd), kc, vc)
         x2 = plan.cross_out(y.reshape(m, d), x2)
         return plan.ffn(x2, mod, s).view(b, n, d)
+
+
+def _chunk_runs(chunks) -> bool:
+    """Whether this forward's chunk runs the chosen attention (``chunks`` None: every chunk)."""
+    if chunks is None:
+        return True
+    info = current_forward()
+    return info is not None and info.chunk in chunks
 
 
 def _attend(be, q, k, v):
