@@ -59,9 +59,47 @@ def available(device: Optional[torch.device] = None) -> bool:
     return True
 
 
+_STREAM_OK: dict = {}  # device -> whether the installed kernels launch on PyTorch's current stream
+
+
+def _check_stream(device: torch.device) -> None:
+    """SageAttention 2.2.0's CUDA launches name no stream: they run on the legacy default stream, so a CUDA graph
+    captured around them records nothing and its replays leave the output unwritten (seen on an H100: a "1.88 s"
+    rollout that skipped attention). Once per device, before any capture, replay a small call in a graph and compare
+    with the eager call; refuse graphs when they differ (build with the launches on ``at::cuda::
+    getCurrentCUDAStream()``, kernels/NOTES.md, or use kernel.graphs=false)."""
+    if device in _STREAM_OK:
+        ok = _STREAM_OK[device]
+    elif torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("kernel.attention=sage2: first call inside CUDA graph capture; run one eager forward first")
+    else:
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(1, 256, 2, 128, device=device, generator=g).to(torch.bfloat16) for _ in range(3))
+        run = lambda: _sm90()(q, k, v, tensor_layout="NHD", is_causal=False, qk_quant_gran="per_thread",  # noqa: E731
+                              pv_accum_dtype="fp32+fp32", smooth_k=True)
+        eager = run().clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="relaxed"):
+            out = run()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize(device)
+        ok = _STREAM_OK[device] = bool(torch.equal(out, eager))
+    if not ok and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("the installed sageattention launches its CUDA kernels on the legacy default stream, so "
+                           "CUDA graphs would skip them: rebuild it with the launches on the current stream "
+                           "(kernels/NOTES.md, session 9) or set kernel.graphs=false")
+
+
 def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v with SageAttention2's Hopper kernel; [B, Lq, H, D] q and [B, Lk, H, D] k, v (cache
     slices: unit stride in D), bf16/fp16 (float32 inputs go through bf16); returns [B, Lq, H, D] in q's dtype."""
+    _check_stream(q.device)
     dtype = q.dtype
     if dtype == torch.float32:
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
