@@ -99,12 +99,13 @@ def _check_stream(device: torch.device) -> None:
 def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v with SageAttention2's Hopper kernel; [B, Lq, H, D] q and [B, Lk, H, D] k, v (cache
     slices: unit stride in D), bf16/fp16 (float32 inputs go through bf16); returns [B, Lq, H, D] in q's dtype."""
+    attend = _sm90()
     _check_stream(q.device)
     dtype = q.dtype
     if dtype == torch.float32:
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
-    out = _sm90()(q, k, v, tensor_layout="NHD", is_causal=False, qk_quant_gran="per_thread",
-                  pv_accum_dtype="fp32+fp32", smooth_k=True)
+    out = attend(q, k, v, tensor_layout="NHD", is_causal=False, qk_quant_gran="per_thread", pv_accum_dtype="fp32+fp32",
+                 smooth_k=True)
     return out.to(dtype)
 
 
