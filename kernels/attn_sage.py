@@ -23,7 +23,10 @@ The cache stays bf16: each call quantizes q, the keys and the values it reads (t
 quantizers), so this costs one pass over K and V per forward on top of the kernel; keeping codes in the cache, as
 ``int8_sage`` does for its keys, is the next step. The package is optional and imported on first use; it has no
 wheel on PyPI for its CUDA kernels (1.0.6 there is the Triton-only SageAttention1), so it is built from source:
-``TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation git+https://github.com/thu-ml/SageAttention``.
+``TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation git+https://github.com/thu-ml/SageAttention``. Its 2.2.0
+kernels launch on the legacy default stream, which CUDA graphs do not capture: for ``kernel.graphs=true`` build it
+with the launches on ``at::cuda::getCurrentCUDAStream()`` (kernels/NOTES.md, session 9); :func:`_check_stream`
+refuses graphs otherwise.
 """
 from __future__ import annotations
 
