@@ -314,7 +314,11 @@ def test_causal_forcing_step_variants(model, first, later, chunks):
 
 # ------------------------------------------------------------------------------------------------- entry points
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    # one thread count for every process: torchrun gives its workers OMP_NUM_THREADS=1 unless it is set, and a CPU
+    # matmul split over another number of threads sums in another order (the two-process videos then differ by a
+    # rounding, seen on a 2-core machine)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args[:3])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
