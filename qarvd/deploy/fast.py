@@ -246,7 +246,7 @@ class FastWanAttentionBlock(WanAttentionBlock):
         codes_from_early = False  # this chunk's K/V go to the 16-bit cache, then their codes to the quantized one
         if quant and be.attention_chunks is not None:  # chunk-adaptive precision
             info = current_forward()
-            bf16_here = info is None or info.chunk not in be.attention_chunks
+            bf16_here = not _chunk_runs(be.attention_chunks)
             bf16_later = info is not None and any(c not in be.attention_chunks
                                                   for c in range(info.chunk + 1, info.num_chunks))
             if bf16_here:
